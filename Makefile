@@ -1,0 +1,32 @@
+# One-command set-up: `make run` and `make test` create .venv and install everything first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# CPU machines take the CPU wheel of torch that lies on disk; a machine with an NVIDIA driver
+# lets pip pick the CUDA build (or set TORCH_SPEC yourself).
+TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+EXTRAS ?= dev,embed
+
+.PHONY: install run test test-gpu check-cuda bench clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]" "$(TORCH_SPEC)"
+	touch $@
+
+install: $(BIN)/.installed
+
+# The main job: build the demo collection on the embedded default and query it.
+run: install
+	HF_HUB_OFFLINE=1 $(BIN)/gpusearch demo
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-gpu: install
+	$(BIN)/python -m pytest -q -m gpu
+
+clean:
+	rm -rf $(VENV) build *.egg-info
