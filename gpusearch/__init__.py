@@ -1,0 +1,27 @@
+"""gpusearch: GPU-accelerated similarity search.
+
+>>> import gpusearch as gs
+>>> sorted(gs.METRICS)
+['cosine', 'ip', 'l2']
+
+Start with :class:`Collection` (``Collection.create`` / ``Collection.open``).
+"""
+from __future__ import annotations
+
+from .collection import FORMAT_VERSION, MAX_TOP_K, METRICS, Collection, shard_of
+from .results import FetchResult, QueryResult, SearchResult, WriteResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Collection",
+    "SearchResult",
+    "QueryResult",
+    "FetchResult",
+    "WriteResult",
+    "METRICS",
+    "MAX_TOP_K",
+    "FORMAT_VERSION",
+    "shard_of",
+    "__version__",
+]

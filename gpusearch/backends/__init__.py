@@ -1,0 +1,30 @@
+"""Index backends: search over one shard's vector block.
+
+One protocol for all: ``add(store, rows)``, ``search(store, queries, k, allow, params)``
+returning ``(scores, rows)`` best first with ``-1`` padding, ``rebuild(store)``,
+``train(sample)``, ``to_bytes()`` / ``from_bytes()``, ``memory_bytes()``.
+``"Flat"`` is our exact path; any other FAISS factory string is a FAISS index.
+"""
+from __future__ import annotations
+
+from .exact import ExactBackend
+from .faiss_backend import FaissBackend
+
+__all__ = ["ExactBackend", "FaissBackend", "make_backend", "check_index_spec"]
+
+
+def check_index_spec(spec: str, dim: int, metric: str) -> str:
+    """Validate an index spec by building it once (FAISS parses factory strings)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise TypeError(f"index must be a FAISS factory string such as 'Flat', 'IVF1024,Flat' or 'HNSW32', got {spec!r}")
+    spec = spec.strip()
+    if spec == "Flat":
+        return spec
+    FaissBackend.build_empty(spec, dim, metric)
+    return spec
+
+
+def make_backend(spec: str, *, dim: int, metric: str, device: str):
+    if spec == "Flat":
+        return ExactBackend(dim=dim, metric=metric, device=device)
+    return FaissBackend(spec, dim=dim, metric=metric, device=device)

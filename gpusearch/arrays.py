@@ -1,0 +1,157 @@
+"""Checking and converting what users hand us: vectors, queries, ids and ``k``.
+
+Everything here runs before any write or kernel call, so a bad request is
+refused whole with a message that says what was expected and what came.
+Vectors may be NumPy arrays, torch tensors (CPU or CUDA), CuPy arrays,
+anything with ``__cuda_array_interface__`` or DLPack, or (nested) lists.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["as_matrix", "as_ids", "check_k", "to_host", "MAX_ID_LENGTH"]
+
+MAX_ID_LENGTH = 512
+_FLOAT_KINDS = ("float16", "float32", "float64", "bfloat16")
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "dtype") and hasattr(x, "device")
+
+
+def _dtype_name(x: Any) -> str:
+    return str(x.dtype).replace("torch.", "")
+
+
+def as_matrix(x: Any, *, name: str, dim: int | None = None, device: str = "cpu"):
+    """Validate ``x`` as an ``(n, dim)`` float matrix and put it on ``device``.
+
+    Returns a float32 NumPy array when ``device`` is ``"cpu"`` and a float32
+    torch tensor on that device otherwise. A 1-D input is one row.
+
+    >>> as_matrix([[1, 0], [0, 1]], name="vectors", dim=2).shape
+    (2, 2)
+    >>> as_matrix([[1, 0, 0]], name="vectors", dim=2)
+    Traceback (most recent call last):
+    ...
+    ValueError: vectors must have 2 columns (the collection's dim), got 3
+    """
+    if _is_torch(x):
+        return _torch_matrix(x, name=name, dim=dim, device=device)
+    if hasattr(x, "__cuda_array_interface__") or (hasattr(x, "__dlpack__") and not isinstance(x, np.ndarray)):
+        import torch
+
+        try:
+            t = torch.from_dlpack(x)
+        except Exception as e:  # e.g. a CuPy array on a machine whose torch lacks CUDA
+            raise TypeError(f"{name} could not be read through DLPack ({e}); pass a NumPy array instead") from None
+        return _torch_matrix(t, name=name, dim=dim, device=device)
+    if isinstance(x, np.ndarray):
+        arr = x
+    else:
+        if isinstance(x, (str, bytes)) or not isinstance(x, (Sequence, np.generic)) and not hasattr(x, "__array__"):
+            raise TypeError(
+                f"{name} must be a 2-D array of floats (NumPy, torch, CuPy or a list of lists), got {type(x).__name__}"
+            )
+        try:
+            arr = np.asarray(x)
+        except ValueError as e:
+            raise ValueError(f"{name} must be a rectangular 2-D array of floats; {e}") from None
+        if arr.dtype.kind in "iu" or arr.dtype == object and arr.size == 0:
+            arr = arr.astype(np.float64)  # JSON-style lists of numbers
+    if arr.dtype.kind not in "f":
+        raise TypeError(f"{name} must hold floating-point numbers (float16, float32 or float64), got {arr.dtype}")
+    arr = _check_shape(arr, arr.shape, name=name, dim=dim)
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        bad = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
+        raise ValueError(f"{name} must be finite; row {bad} holds NaN or Inf")
+    if device != "cpu":
+        import torch
+
+        return torch.from_numpy(arr).to(device)
+    return arr
+
+
+def _check_shape(x, shape, *, name: str, dim: int | None):
+    if len(shape) == 1:
+        x = x.reshape(1, -1)
+        shape = tuple(x.shape)
+    if len(shape) != 2:
+        raise ValueError(f"{name} must be a 2-D array (n, dim) or a single 1-D vector, got {len(shape)} dimensions {tuple(shape)}")
+    if shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (0 rows); send at least one vector")
+    if dim is not None and shape[1] != dim:
+        raise ValueError(f"{name} must have {dim} columns (the collection's dim), got {shape[1]}")
+    return x
+
+
+def _torch_matrix(t, *, name: str, dim: int | None, device: str):
+    import torch
+
+    if _dtype_name(t) not in _FLOAT_KINDS:
+        raise TypeError(f"{name} must hold floating-point numbers (float16, float32 or float64), got {_dtype_name(t)}")
+    t = _check_shape(t, tuple(t.shape), name=name, dim=dim)
+    t = t.detach().to(device=device, dtype=torch.float32).contiguous()
+    finite = torch.isfinite(t).all(dim=1)
+    if not bool(finite.all()):
+        bad = int(torch.nonzero(~finite)[0, 0])
+        raise ValueError(f"{name} must be finite; row {bad} holds NaN or Inf")
+    if device == "cpu":
+        return t.numpy()
+    return t
+
+
+def to_host(x) -> np.ndarray:
+    """A float32 NumPy copy (or view) of a matrix from :func:`as_matrix`."""
+    if isinstance(x, np.ndarray):
+        return x
+    return x.detach().cpu().numpy()
+
+
+def as_ids(ids: Any, *, name: str = "ids") -> list[str]:
+    """Validate record ids: strings, or ints (stored as their decimal string).
+
+    >>> as_ids([1, "a"])
+    ['1', 'a']
+    """
+    if isinstance(ids, (str, bytes, int)) or ids is None:
+        raise TypeError(f"{name} must be a list of str or int, got a single {type(ids).__name__}; wrap it in a list")
+    if isinstance(ids, np.ndarray):
+        if ids.dtype.kind in "iu":
+            return [str(int(i)) for i in ids.tolist()]
+        ids = ids.tolist()
+    elif _is_torch(ids):
+        ids = ids.tolist()
+    try:
+        items = list(ids)
+    except TypeError:
+        raise TypeError(f"{name} must be a list of str or int, got {type(ids).__name__}") from None
+    if not items:
+        raise ValueError(f"{name} is empty; send at least one id")
+    out = []
+    for i, v in enumerate(items):
+        if isinstance(v, bool) or not isinstance(v, (str, int, np.integer)):
+            raise TypeError(f"{name}[{i}] must be str or int, got {type(v).__name__} ({v!r})")
+        s = v if isinstance(v, str) else str(int(v))
+        if not s:
+            raise ValueError(f"{name}[{i}] is an empty string; ids must be non-empty")
+        if len(s) > MAX_ID_LENGTH:
+            raise ValueError(f"{name}[{i}] is {len(s)} characters long; at most {MAX_ID_LENGTH} are allowed")
+        out.append(s)
+    return out
+
+
+def check_k(k: Any, *, max_k: int) -> int:
+    """``k`` must be an int in 1..max_k.
+
+    >>> check_k(10, max_k=1024)
+    10
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an int between 1 and {max_k}, got {type(k).__name__} ({k!r})")
+    if not 1 <= int(k) <= max_k:
+        raise ValueError(f"k must be between 1 and {max_k}, got {int(k)}")
+    return int(k)

@@ -1,0 +1,278 @@
+"""Any FAISS factory string as a shard's index (``"IVF1024,Flat"``, ``"IVF4096,PQ64"``, ``"HNSW32"``).
+
+Rows are added to FAISS in row order, so FAISS ids are row numbers. An index
+that needs training buffers rows until it has enough of them (or until
+``train(sample)``); rows not yet in the index are searched exactly, so a
+query always sees every record. Deleted and filtered-out rows are excluded by
+an ``IDSelectorBitmap``; when a filter leaves few rows, or FAISS returns fewer
+than ``k`` allowed rows that exist, the shard answers by exact search over the
+allowed rows instead, so a filtered query never silently loses matches.
+"""
+from __future__ import annotations
+
+import logging
+import re
+
+import numpy as np
+
+from .. import kernels
+from ..devices import faiss_gpu_count, is_cuda
+from ..progress import progress
+from .exact import exact_search
+
+__all__ = ["FaissBackend", "train_size_for"]
+
+log = logging.getLogger(__name__)
+
+# Below this many allowed rows, exact search over just those rows is both
+# exact and cheaper than asking an approximate index to find them.
+EXACT_FALLBACK_ROWS = 4096
+_ADD_CHUNK = 65536
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def train_size_for(spec: str) -> int:
+    """How many vectors an index wants before training: FAISS's k-means asks for 39 per centroid."""
+    need = 0
+    m = re.search(r"IVF(\d+)", spec)
+    if m:
+        need = max(need, 39 * int(m.group(1)))
+    m = re.search(r"PQ(\d+)(?:x(\d+))?", spec)
+    if m:
+        nbits = int(m.group(2) or 8)
+        need = max(need, 39 * (1 << nbits))
+    if re.search(r"(OPQ|PCA|SQ|RQ|LSQ)", spec):
+        need = max(need, 1000)
+    return need
+
+
+class FaissBackend:
+    kind = "faiss"
+
+    def __init__(self, spec: str, *, dim: int, metric: str, device: str):
+        self.spec, self.dim, self.metric, self.device = spec, dim, metric, device
+        self.index = self.build_empty(spec, dim, metric)
+        self.train_size = train_size_for(spec) if not self.index.is_trained else 0
+        self.on_gpu = False
+
+    @staticmethod
+    def build_empty(spec: str, dim: int, metric: str):
+        faiss = _faiss()
+        fm = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        try:
+            return faiss.index_factory(dim, spec, fm)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+            raise ValueError(
+                f"index must be 'Flat' or a FAISS factory string such as 'IVF1024,Flat', 'IVF4096,PQ64' "
+                f"or 'HNSW32' for dim {dim}; FAISS could not build {spec!r}: {first}"
+            ) from None
+
+    # -- state ---------------------------------------------------------------
+    @property
+    def needs_training(self) -> bool:
+        return not self.index.is_trained
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self.index.is_trained)
+
+    @property
+    def n_indexed(self) -> int:
+        return int(self.index.ntotal)
+
+    def memory_bytes(self) -> int:
+        if self.on_gpu:
+            return 0
+        return int(_faiss().serialize_index(self.index).nbytes) if self.index.ntotal < 200_000 else self._estimate_bytes()
+
+    def _estimate_bytes(self) -> int:
+        return int(self.index.ntotal) * (self.index.sa_code_size() if hasattr(self.index, "sa_code_size") else self.dim * 4)
+
+    # -- building ------------------------------------------------------------
+    def train(self, sample: np.ndarray) -> None:
+        """Train on ``sample`` (k-means for IVF, codebooks for PQ); a no-op when already trained."""
+        if self.index.is_trained:
+            return
+        sample = np.ascontiguousarray(sample, dtype=np.float32)
+        with progress(1, f"training {self.spec}", unit="index") as bar:
+            self.index.train(sample)
+            bar.update(1)
+        self._maybe_to_gpu()
+
+    def add(self, store, rows: range) -> None:
+        """Index every row of ``store`` not yet in FAISS, training first once enough rows exist."""
+        n = len(store)
+        if not self.index.is_trained:
+            if n < max(self.train_size, 1):
+                return  # still buffering: these rows are searched exactly
+            self.train(store.host[:n])
+        start = self.n_indexed
+        if start >= n:
+            return
+        with progress(n - start, f"adding to {self.spec}", min_total=_ADD_CHUNK) as bar:
+            for lo in range(start, n, _ADD_CHUNK):
+                hi = min(lo + _ADD_CHUNK, n)
+                self.index.add(np.ascontiguousarray(store.host[lo:hi]))
+                bar.update(hi - lo)
+
+    def rebuild(self, store) -> None:
+        """Re-add every row after compaction renumbered them (keeps the trained quantiser and codebooks)."""
+        faiss = _faiss()
+        if self.on_gpu:
+            self.index = faiss.index_gpu_to_cpu(self.index)
+            self.on_gpu = False
+        if self.index.is_trained and self._can_reset():
+            self.index.reset()
+        else:
+            trained = self.index.is_trained
+            old = self.index
+            self.index = self.build_empty(self.spec, self.dim, self.metric)
+            if trained and not self.index.is_trained:
+                self.index = old
+                self.index.reset()
+        self.add(store, range(0, len(store)))
+        self._maybe_to_gpu()
+
+    def _can_reset(self) -> bool:
+        faiss = _faiss()
+        # HNSW graphs cannot be emptied in place; everything else keeps its training through reset().
+        return not isinstance(faiss.downcast_index(self.index), faiss.IndexHNSW)
+
+    def _maybe_to_gpu(self) -> None:
+        if self.on_gpu or not is_cuda(self.device) or faiss_gpu_count() == 0:
+            return
+        faiss = _faiss()
+        try:
+            res = faiss.StandardGpuResources()
+            self.index = faiss.index_cpu_to_gpu(res, int(self.device.split(":")[1]), self.index)
+            self._gpu_res = res
+            self.on_gpu = True
+        except Exception as e:  # not every index type has a GPU version (HNSW does not)
+            log.info("FAISS index %s stays on the CPU: %s", self.spec, e)
+
+    # -- persistence ---------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        faiss = _faiss()
+        index = faiss.index_gpu_to_cpu(self.index) if self.on_gpu else self.index
+        return faiss.serialize_index(index).tobytes()
+
+    def load_bytes(self, data: bytes, n_indexed: int) -> None:
+        faiss = _faiss()
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        if index.ntotal != n_indexed or index.d != self.dim:
+            raise ValueError(
+                f"saved FAISS index holds {index.ntotal} vectors of dim {index.d}, "
+                f"the manifest expects {n_indexed} of dim {self.dim}"
+            )
+        self.index = index
+        self.on_gpu = False
+        self._maybe_to_gpu()
+
+    # -- search --------------------------------------------------------------
+    def param_names(self) -> set[str]:
+        faiss = _faiss()
+        names = set()
+        try:
+            faiss.extract_index_ivf(self.index)
+            names.add("nprobe")
+        except RuntimeError:
+            pass
+        if self._hnsw() is not None:
+            names.add("efSearch")
+        return names
+
+    def _hnsw(self):
+        faiss = _faiss()
+        idx = faiss.downcast_index(self.index)
+        if isinstance(idx, faiss.IndexPreTransform):
+            idx = faiss.downcast_index(idx.index)
+        return idx if isinstance(idx, faiss.IndexHNSW) else None
+
+    def check_params(self, params: dict) -> dict:
+        allowed = self.param_names()
+        out = {}
+        for name, value in (params or {}).items():
+            if name not in allowed:
+                hint = ", ".join(sorted(allowed)) or "none"
+                raise ValueError(f"search param {name!r} does not apply to index {self.spec!r}; it takes: {hint}")
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"search param {name!r} must be a positive int, got {value!r}")
+            out[name] = int(value)
+        return out
+
+    def _search_parameters(self, sel, params: dict):
+        faiss = _faiss()
+        idx = faiss.downcast_index(self.index)
+        wrap = None
+        if isinstance(idx, faiss.IndexPreTransform):
+            wrap, idx = idx, faiss.downcast_index(idx.index)
+        if "nprobe" in params or isinstance(idx, faiss.IndexIVF):
+            p = faiss.SearchParametersIVF(sel=sel, nprobe=params.get("nprobe", getattr(idx, "nprobe", 1)))
+        elif isinstance(idx, faiss.IndexHNSW):
+            p = faiss.SearchParametersHNSW(sel=sel, efSearch=params.get("efSearch", idx.hnsw.efSearch))
+        else:
+            p = faiss.SearchParameters(sel=sel)
+        if wrap is not None:
+            return faiss.SearchParametersPreTransform(index_params=p)
+        return p
+
+    def search(self, store, queries, k: int, allow: np.ndarray | None, params: dict):
+        params = self.check_params(params)
+        q = queries if isinstance(queries, np.ndarray) else queries.detach().cpu().numpy()
+        nq, n_idx = q.shape[0], self.n_indexed
+        allowed_idx = n_idx if allow is None else int(np.count_nonzero(allow[:n_idx]))
+        if n_idx == 0 or allowed_idx <= EXACT_FALLBACK_ROWS and allow is not None:
+            return exact_search(store, queries, k, self.metric, allow)
+        D, I = self._faiss_search(q, k, allow, params)
+        # FAISS may find fewer than k allowed rows (an IVF probe that misses them, a
+        # sparse HNSW neighbourhood); answer those queries exactly instead.
+        short = np.count_nonzero(I >= 0, axis=1) < min(k, allowed_idx)
+        if short.any():
+            rows = np.flatnonzero(short)
+            D[rows], I[rows] = exact_search(store, queries[rows], k, self.metric, self._cut(allow, n_idx, len(store)))
+        if n_idx < len(store):  # rows waiting for training: exact over them, then merge
+            Dp, Ip = exact_search(store, queries, k, self.metric, allow, start=n_idx)
+            D, I = kernels.merge_topk([D, Dp], [I, Ip], k, largest=self.metric != "l2")
+        return D, I
+
+    @staticmethod
+    def _cut(allow, n_idx, n):
+        """An allow mask over the indexed rows only (the pending ones are searched separately)."""
+        cut = np.zeros(n, dtype=bool)
+        cut[:n_idx] = True if allow is None else allow[:n_idx]
+        return cut
+
+    def _faiss_search(self, q: np.ndarray, k: int, allow, params: dict):
+        faiss = _faiss()
+        n_idx = self.n_indexed
+        if self.on_gpu:
+            # FAISS GPU indexes take no IDSelector: over-fetch and drop what is not allowed.
+            kk = min(max(k * 4, k + 64), 2048, n_idx)
+            D, I = self.index.search(q, kk)
+            if allow is not None:
+                bad = (I < 0) | ~allow[np.clip(I, 0, None)]
+                D = np.where(bad, np.inf if self.metric == "l2" else -np.inf, D)
+                I = np.where(bad, -1, I)
+                order = np.argsort(bad, axis=1, kind="stable")
+                D, I = np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
+            D, I = D[:, :k], I[:, :k]
+            if I.shape[1] < k:
+                pad = k - I.shape[1]
+                D = np.pad(D, ((0, 0), (0, pad)), constant_values=np.inf if self.metric == "l2" else -np.inf)
+                I = np.pad(I, ((0, 0), (0, pad)), constant_values=-1)
+            return D.astype(np.float32), I.astype(np.int64)
+        sel = None
+        if allow is not None:
+            bits = np.packbits(np.ascontiguousarray(allow[:n_idx]), bitorder="little")
+            sel = faiss.IDSelectorBitmap(bits)
+        sp = self._search_parameters(sel, params)
+        D, I = self.index.search(q, k, params=sp)
+        sentinel = np.inf if self.metric == "l2" else -np.inf
+        D = np.where(I < 0, sentinel, D).astype(np.float32)
+        return D, I.astype(np.int64)

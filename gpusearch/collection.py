@@ -1,0 +1,479 @@
+"""The in-process engine: a persistent, sharded collection of (id, vector, metadata) records.
+
+>>> import numpy as np, tempfile, gpusearch as gs
+>>> col = gs.Collection.create(tempfile.mkdtemp() + "/docs", dim=3, metric="cosine", device="cpu")
+>>> col.upsert(["a", "b"], np.array([[1, 0, 0], [0, 1, 0]], "float32"), metadata=[{"genre": "drama"}, {"genre": "news"}]).count
+2
+>>> col.search([1, 0.1, 0], k=1, filter={"genre": {"$eq": "drama"}}).ids
+[['a']]
+>>> col.close()
+
+Writes: a batch is validated whole, split by a stable hash of each id into
+shard parts, each part appended to its shard's WAL and fsynced, and (when it
+spans several shards) a commit record appended to the collection's commit
+log; only then is it applied in memory and acknowledged. Reopening replays
+committed parts only, so a batch is all there or not at all.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from . import kernels
+from . import metadata as md
+from . import ops as ops_mod
+from .arrays import as_ids, as_matrix, check_k, to_host
+from .backends import check_index_spec
+from .devices import resolve_device
+from .fileio import atomic_write_json, read_json
+from .filters import compile_filter
+from .progress import progress
+from .results import FetchResult, SearchResult, WriteResult
+from .shard import Shard
+from .wal import WriteAheadLog
+
+__all__ = ["Collection", "FORMAT_VERSION", "MAX_TOP_K", "METRICS"]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+METRICS = ("cosine", "ip", "l2")
+DTYPES = ("float32", "float16")
+# One below the kernels' limit: exact search asks each shard for k + 1 to see ties at the k-th place.
+MAX_TOP_K = 1000
+MAX_SHARDS = 256
+CHECKPOINT_WAL_BYTES = 256 << 20
+_MANIFEST = "collection.json"
+
+
+def shard_of(record_id: str, shards: int) -> int:
+    """The shard that owns an id: a stable 64-bit hash (the same in every process and release)."""
+    h = hashlib.blake2b(record_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(h, "little") % shards
+
+
+class Collection:
+    """A named, persistent set of records with a fixed ``dim``, ``metric`` and index.
+
+    Use :meth:`create` or :meth:`open`; see the module docstring for an example.
+    Thread-safe: searches run concurrently, writes one at a time.
+    """
+
+    def __init__(self, path: Path, config: dict, shards: list[Shard], *, device: str, next_seq: int,
+                 commits: WriteAheadLog):
+        self.path = path
+        self._config = config
+        self.dim: int = config["dim"]
+        self.metric: str = config["metric"]
+        self.index: str = config["index"]
+        self.dtype: str = config["dtype"]
+        self.lineage: dict = dict(config.get("lineage") or {})
+        self.device = device
+        self._shards = shards
+        self._seq = next_seq - 1
+        self._commits = commits
+        self._write_lock = threading.Lock()
+        self._pool = cf.ThreadPoolExecutor(max_workers=max(1, len(shards)), thread_name_prefix="gpusearch-shard")
+        self.schema: dict[str, str] = {}
+        for s in shards:
+            self.schema = md.merge_schemas(self.schema, s.schema)
+        self._closed = False
+
+    # -- construction --------------------------------------------------------
+    @classmethod
+    def create(cls, path, *, dim: int, metric: str = "cosine", index: str = "Flat", shards: int = 1,
+               device: str = "auto", dtype: str = "float32", lineage: Mapping[str, Any] | None = None,
+               fsync: bool = True) -> "Collection":
+        """Create an empty collection at ``path`` (a directory that must not hold one yet).
+
+        Parameters
+        ----------
+        dim : vector length.
+        metric : ``"cosine"`` (vectors are stored unit-normalised), ``"ip"`` or ``"l2"``
+            (scores are squared distances, smaller is better).
+        index : ``"Flat"`` (exact search on our kernels) or any FAISS factory string,
+            e.g. ``"IVF1024,Flat"``, ``"IVF4096,PQ64"``, ``"HNSW32"``.
+        shards : number of partitions; records are placed by a stable hash of their id.
+        device : ``"auto"`` (a GPU when torch sees one), ``"cpu"`` or ``"cuda:N"``.
+        dtype : ``"float32"``, or ``"float16"`` for the copy held in GPU memory.
+        lineage : which embedding model made the vectors, e.g. ``{"model": "all-MiniLM-L6-v2", "version": "1"}``.
+        fsync : keep True; False trades the durability guarantee for speed (tests, bulk loads).
+        """
+        path = Path(path)
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+            raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+        if not 1 <= dim <= 65536:
+            raise ValueError(f"dim must be between 1 and 65536, got {dim}")
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or not 1 <= shards <= MAX_SHARDS:
+            raise ValueError(f"shards must be an int between 1 and {MAX_SHARDS}, got {shards!r}")
+        if lineage is not None and not isinstance(lineage, Mapping):
+            raise TypeError(f"lineage must be a dict such as {{'model': ..., 'version': ...}}, got {type(lineage).__name__}")
+        index = check_index_spec(index, int(dim), metric)
+        resolve_device(device)  # fail before creating anything
+        if (path / _MANIFEST).exists():
+            raise ValueError(f"{path} already holds a collection; use Collection.open({str(path)!r})")
+        if path.exists() and any(path.iterdir()):
+            raise ValueError(f"{path} exists and is not empty; create a collection in a new or empty directory")
+        path.mkdir(parents=True, exist_ok=True)
+        config = {
+            "format_version": FORMAT_VERSION,
+            "dim": int(dim),
+            "metric": metric,
+            "index": index,
+            "shards": int(shards),
+            "dtype": dtype,
+            "lineage": json.loads(json.dumps(dict(lineage or {}))),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        atomic_write_json(path / _MANIFEST, config)
+        return cls._load(path, config, device=device, fsync=fsync)
+
+    @classmethod
+    def open(cls, path, *, device: str = "auto", fsync: bool = True) -> "Collection":
+        """Open an existing collection: load each shard's snapshot and replay its WAL."""
+        path = Path(path)
+        mpath = path / _MANIFEST
+        if not mpath.is_file():
+            raise ValueError(f"{path} is not a gpusearch collection (no {_MANIFEST}); create one with Collection.create")
+        config = read_json(mpath)
+        version = config.get("format_version") if isinstance(config, dict) else None
+        if not isinstance(version, int):
+            raise ValueError(f"{mpath} is not a gpusearch collection manifest (no format_version)")
+        if version > FORMAT_VERSION:
+            raise ValueError(
+                f"{path} was written in collection format {version}; this gpusearch reads format "
+                f"{FORMAT_VERSION} or older: upgrade gpusearch to open it"
+            )
+        return cls._load(path, config, device=device, fsync=fsync)
+
+    @classmethod
+    def _load(cls, path: Path, config: dict, *, device: str, fsync: bool) -> "Collection":
+        device = resolve_device(device)
+        commits, commit_records = WriteAheadLog.open(path / "commits", fsync=fsync)
+        committed = {r.seq for r in commit_records}
+        shards, last = [], commits.last_seq
+        for i in range(config["shards"]):
+            shard, records = Shard.open(
+                path / f"shard-{i:03d}", number=i, dim=config["dim"], metric=config["metric"],
+                index=config["index"], device=device, dtype=config["dtype"], fsync=fsync,
+            )
+            last = max(last, shard.applied_seq, shard.wal.last_seq)
+            with progress(len(records), f"replaying shard {i} WAL", unit="op", min_total=100) as bar:
+                for r in records:
+                    op = ops_mod.decode(r.payload)
+                    if op.participants == 1 or r.seq in committed:
+                        shard.apply(r.seq, op)
+                    else:
+                        log.warning("shard %d: dropping batch %d, which was never committed (a crash cut it)", i, r.seq)
+                    bar.update(1)
+            shards.append(shard)
+        return cls(path, config, shards, device=device, next_seq=last + 1, commits=commits)
+
+    # -- helpers -------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"collection {self.path} is closed; open it again with Collection.open")
+
+    def _prepare_vectors(self, x, name: str, device: str = "cpu"):
+        m = as_matrix(x, name=name, dim=self.dim, device=device)
+        if self.metric == "cosine":
+            if isinstance(m, np.ndarray):
+                norms = np.linalg.norm(m, axis=1, keepdims=True)
+                zero = np.flatnonzero(norms[:, 0] == 0)
+            else:
+                norms = m.norm(dim=1, keepdim=True)
+                zero = np.flatnonzero(to_host(norms)[:, 0] == 0)
+            if len(zero):
+                raise ValueError(f"{name} row {int(zero[0])} is all zeros; cosine similarity needs non-zero vectors")
+            m = m / norms
+        return m
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _commit(self, parts: dict[int, bytes], apply: dict[int, ops_mod.Op]) -> int:
+        """Log ``parts`` (shard -> payload) durably, commit, apply; returns the sequence number."""
+        seq = self._next_seq()
+        shards = sorted(parts)
+        list(self._pool.map(lambda i: self._shards[i].log(seq, parts[i]), shards))
+        if len(shards) > 1:
+            self._commits.append(seq, b"")
+        for i in shards:
+            self._shards[i].apply(seq, apply[i])
+        return seq
+
+    def _maybe_checkpoint(self) -> None:
+        if any(s.wal.size_bytes > CHECKPOINT_WAL_BYTES for s in self._shards):
+            self._checkpoint_locked()
+
+    # -- writes --------------------------------------------------------------
+    def upsert(self, ids, vectors, metadata: Sequence[Mapping | None] | None = None, *,
+               batch_size: int | None = None) -> WriteResult:
+        """Insert or overwrite records. Durable (fsynced) when it returns.
+
+        ``ids`` are str or int (ints are stored as their decimal string). If an id
+        appears twice in one call the last occurrence wins. The whole call is one
+        atomic batch unless ``batch_size`` is given: then it commits in batches of
+        that many records (each atomic, with a progress bar), for bulk loads.
+        """
+        self._check_open()
+        ids = as_ids(ids)
+        vecs = self._prepare_vectors(vectors, "vectors")
+        if len(ids) != vecs.shape[0]:
+            raise ValueError(f"ids and vectors must have the same length, got {len(ids)} ids and {vecs.shape[0]} vectors")
+        table, schema = md.normalize_metadata(metadata, len(ids), self.schema)
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        last: dict[str, int] = {}
+        for pos, i in enumerate(ids):
+            last[i] = pos
+        keep = np.fromiter(last.values(), dtype=np.int64, count=len(last))
+        keep.sort()
+        step = batch_size or len(keep)
+        with self._write_lock:
+            seq = self._seq
+            with progress(len(keep), "upsert", min_total=100_000) as bar:
+                for lo in range(0, len(keep), step):
+                    sel = keep[lo : lo + step]
+                    seq = self._upsert_rows([ids[p] for p in sel.tolist()], vecs[sel], table.take(sel) if table.num_columns else table, schema)
+                    bar.update(len(sel))
+            self.schema = schema
+            self._maybe_checkpoint()
+        return WriteResult(len(keep), seq)
+
+    def _upsert_rows(self, ids: list[str], vecs: np.ndarray, table, schema) -> int:
+        groups: dict[int, list[int]] = {}
+        for pos, i in enumerate(ids):
+            groups.setdefault(shard_of(i, len(self._shards)), []).append(pos)
+        parts, apply = {}, {}
+        for s, positions in groups.items():
+            p = np.asarray(positions, dtype=np.int64)
+            sub_ids = [ids[j] for j in positions]
+            sub_meta = table.take(p) if table.num_columns else table
+            parts[s] = ops_mod.encode_upsert(sub_ids, vecs[p], sub_meta, len(groups))
+            apply[s] = ops_mod.Op(ops_mod.UPSERT, len(groups), sub_ids, vecs[p], sub_meta)
+        seq = self._commit(parts, apply)
+        self.schema = schema
+        return seq
+
+    def delete(self, ids=None, *, filter: Mapping | None = None, delete_all: bool = False) -> WriteResult:
+        """Delete records by ``ids``, by metadata ``filter``, or every record (``delete_all=True``).
+
+        Exactly one of the three. Ids that do not exist are ignored; ``count`` is how many records were deleted.
+        """
+        self._check_open()
+        given = sum([ids is not None, filter is not None, bool(delete_all)])
+        if given != 1:
+            raise ValueError("delete takes exactly one of ids=[...], filter={...} or delete_all=True")
+        compiled = None
+        if filter is not None:
+            compiled = compile_filter(filter, self.schema)
+            if compiled is None:
+                raise ValueError("delete with an empty filter would delete everything; use delete_all=True for that")
+        id_list = as_ids(ids) if ids is not None else None
+        with self._write_lock:
+            groups: dict[int, list[str]] = {}
+            if id_list is not None:
+                for i in dict.fromkeys(id_list):
+                    s = shard_of(i, len(self._shards))
+                    if self._shards[s].rows_of([i])[0] is not None:
+                        groups.setdefault(s, []).append(i)
+            else:
+                for s, shard in enumerate(self._shards):
+                    found = shard.ids_matching(compiled, self.schema)
+                    if found:
+                        groups[s] = found
+            if not groups:
+                return WriteResult(0, self._seq)
+            parts = {s: ops_mod.encode_delete(g, len(groups)) for s, g in groups.items()}
+            apply = {s: ops_mod.Op(ops_mod.DELETE, len(groups), g) for s, g in groups.items()}
+            seq = self._commit(parts, apply)
+            self._maybe_checkpoint()
+        return WriteResult(sum(len(g) for g in groups.values()), seq)
+
+    def train(self, sample) -> None:
+        """Train every shard's index on ``sample`` (an (n, dim) array) now, instead of on the first vectors.
+
+        Rows already held are then added to the index. A no-op for ``"Flat"`` and
+        for indexes that need no training (HNSW).
+        """
+        self._check_open()
+        x = to_host(self._prepare_vectors(sample, "sample"))
+        with self._write_lock:
+            for shard in self._shards:
+                with shard.lock.write():
+                    shard.backend.train(x)
+                    shard.backend.add(shard.store, range(0, len(shard.store)))
+            self._checkpoint_locked()
+
+    # -- reads ---------------------------------------------------------------
+    def search(self, queries, k: int = 10, *, filter: Mapping | None = None, include_metadata: bool = False,
+               include_vectors: bool = False, params: Mapping[str, int] | None = None) -> SearchResult:
+        """The ``k`` best records for each query, best first; ties go to the smaller id.
+
+        ``queries``: (nq, dim) or one (dim,) vector, NumPy / torch / CuPy / list.
+        ``filter``: Pinecone-style, e.g. ``{"genre": {"$eq": "drama"}, "year": {"$gte": 2019}}``.
+        ``params``: FAISS search parameters, ``{"nprobe": 32}`` for IVF, ``{"efSearch": 128}`` for HNSW.
+        """
+        self._check_open()
+        k = check_k(k, max_k=MAX_TOP_K)
+        q = self._prepare_vectors(queries, "queries", device=self.device)
+        compiled = compile_filter(filter, self.schema)
+        if params is not None and not isinstance(params, Mapping):
+            raise TypeError(f"params must be a dict such as {{'nprobe': 32}}, got {type(params).__name__}")
+        schema = dict(self.schema)
+        results = list(self._pool.map(
+            lambda s: s.search(q, k, compiled_filter=compiled, schema=schema, params=dict(params or {})),
+            self._shards,
+        ))
+        nq = q.shape[0]
+        if len(results) == 1:
+            D, ids, rows = results[0]
+            where = [[(0, int(r)) for r in row[: len(ids[qi])]] for qi, row in enumerate(rows.tolist())]
+            scores = [D[qi, : len(ids[qi])].copy() for qi in range(nq)]
+        else:
+            ids, scores, where = self._merge(results, k, nq)
+        out_meta = out_vecs = None
+        if include_metadata or include_vectors:
+            out_meta, out_vecs = self._gather(where, include_metadata, include_vectors, schema)
+        info = {"sequence": self._seq, "index": self.index, "lineage": self.lineage}
+        return SearchResult(ids, scores, out_meta, out_vecs, info)
+
+    def _merge(self, results, k: int, nq: int):
+        """Merge per-shard lists with the kernels' k-way merge; ties go to the smaller id."""
+        flat_ids = [i for _, ids, _ in results for row in ids for i in row]
+        if not flat_ids:
+            return [[] for _ in range(nq)], [np.empty(0, np.float32) for _ in range(nq)], [[] for _ in range(nq)]
+        uniq, inv = np.unique(np.array(flat_ids, dtype=object), return_inverse=True)
+        where_of = np.empty((len(uniq), 2), dtype=np.int64)
+        ranks, pos = [], 0
+        for s, (D, ids, rows) in enumerate(results):
+            R = np.full(D.shape, -1, dtype=np.int64)
+            for qi, row in enumerate(ids):
+                n = len(row)
+                r = inv[pos : pos + n]
+                R[qi, :n] = r
+                where_of[r, 0], where_of[r, 1] = s, rows[qi, :n]
+                pos += n
+            ranks.append(R)
+        Dm, Rm = kernels.merge_topk([r[0] for r in results], ranks, k, largest=self.metric != "l2")
+        ids_out, scores_out, where = [], [], []
+        for qi in range(nq):
+            valid = Rm[qi] >= 0
+            rr = Rm[qi, valid]
+            ids_out.append(uniq[rr].tolist())
+            scores_out.append(np.asarray(Dm[qi, valid], dtype=np.float32))
+            where.append([(int(a), int(b)) for a, b in where_of[rr]])
+        return ids_out, scores_out, where
+
+    def _gather(self, where, include_metadata: bool, include_vectors: bool, schema):
+        metas, vecs = ([] if include_metadata else None), ([] if include_vectors else None)
+        for hits in where:
+            if include_metadata:
+                metas.append([self._shards[s].metadata_of([r], schema)[0] for s, r in hits])
+            if include_vectors:
+                rows = [self._shards[s].store.host[r] for s, r in hits]
+                vecs.append(np.stack(rows) if rows else np.empty((0, self.dim), np.float32))
+        return metas, vecs
+
+    def fetch(self, ids) -> FetchResult:
+        """Records by id, in the order asked (duplicates once); unknown ids are listed in ``missing``."""
+        self._check_open()
+        id_list = list(dict.fromkeys(as_ids(ids)))
+        found, vecs, metas, missing = [], [], [], []
+        schema = dict(self.schema)
+        for i in id_list:
+            shard = self._shards[shard_of(i, len(self._shards))]
+            with shard.lock.read():
+                r = shard.id_to_row.get(i)
+                if r is None:
+                    missing.append(i)
+                    continue
+                found.append(i)
+                vecs.append(shard.store.host[r].copy())
+                metas.append(shard.metadata_of([r], schema)[0])
+        v = np.stack(vecs) if vecs else np.empty((0, self.dim), np.float32)
+        return FetchResult(found, v, metas, missing)
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._shards)
+
+    def stats(self) -> dict:
+        """Counts, sizes and settings, per shard and in total."""
+        shards = [s.stats() for s in self._shards]
+        return {
+            "path": str(self.path),
+            "records": sum(s["records"] for s in shards),
+            "dim": self.dim,
+            "metric": self.metric,
+            "index": self.index,
+            "dtype": self.dtype,
+            "device": self.device,
+            "lineage": self.lineage,
+            "sequence": self._seq,
+            "schema": dict(self.schema),
+            "shards": shards,
+        }
+
+    # -- maintenance ---------------------------------------------------------
+    def checkpoint(self) -> None:
+        """Fold every shard's WAL into its snapshot (the FAISS index is saved with it)."""
+        self._check_open()
+        with self._write_lock:
+            self._checkpoint_locked()
+
+    def _checkpoint_locked(self) -> None:
+        schema = dict(self.schema)
+        list(self._pool.map(lambda s: s.checkpoint(schema), self._shards))
+        self._drop_commits()
+
+    def _drop_commits(self) -> None:
+        self._commits.rotate()
+        self._commits.drop_through(min(s.applied_seq for s in self._shards))
+
+    def compact(self) -> None:
+        """Reclaim deleted and overwritten rows: rewrite each shard as one segment and rebuild its index."""
+        self._check_open()
+        with self._write_lock:
+            schema = dict(self.schema)
+            with progress(len(self._shards), "compacting", unit="shard", min_total=2) as bar:
+                for s in self._shards:
+                    s.compact(schema)
+                    bar.update(1)
+            self._drop_commits()
+
+    def close(self) -> None:
+        """Checkpoint what the WAL holds and release files. Safe to call twice."""
+        if self._closed:
+            return
+        with self._write_lock:
+            if any(s.wal.size_bytes for s in self._shards):
+                self._checkpoint_locked()
+            for s in self._shards:
+                s.close()
+            self._commits.close()
+            self._pool.shutdown(wait=True)
+            self._closed = True
+
+    def __enter__(self) -> "Collection":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Collection({str(self.path)!r}, dim={self.dim}, metric={self.metric!r}, index={self.index!r}, "
+                f"shards={len(self._shards)}, device={self.device!r}, records={len(self)})")

@@ -1,0 +1,67 @@
+"""The records a shard's WAL holds: one upsert or delete batch each, encoded as an Arrow IPC stream.
+
+Layout of a payload: ``b"GSop"``, u8 format version, u8 kind (1 upsert,
+2 delete), u16 number of shards the batch spans, then an Arrow IPC stream of
+one table: ``id`` (string), and for upserts ``vector``
+(fixed_size_list<float32>[dim]) plus the batch's metadata columns as
+``meta.<field>``. The WAL adds its own framing and CRC around this.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = ["Op", "encode_upsert", "encode_delete", "decode", "UPSERT", "DELETE"]
+
+UPSERT, DELETE = 1, 2
+_MAGIC, _VERSION = b"GSop", 1
+_HEAD = struct.Struct("<4sBBH")
+_META = "meta."
+
+
+@dataclass
+class Op:
+    kind: int
+    participants: int
+    ids: list[str]
+    vectors: np.ndarray | None = None
+    metadata: pa.Table | None = None
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def encode_upsert(ids: list[str], vectors: np.ndarray, metadata: pa.Table, participants: int) -> bytes:
+    n, dim = vectors.shape
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+    cols = {"id": pa.array(ids, pa.string()), "vector": pa.FixedSizeListArray.from_arrays(flat, dim)}
+    for name in metadata.column_names:
+        cols[_META + name] = metadata.column(name)
+    return _HEAD.pack(_MAGIC, _VERSION, UPSERT, participants) + _ipc(pa.table(cols))
+
+
+def encode_delete(ids: list[str], participants: int) -> bytes:
+    return _HEAD.pack(_MAGIC, _VERSION, DELETE, participants) + _ipc(pa.table({"id": pa.array(ids, pa.string())}))
+
+
+def decode(payload: bytes) -> Op:
+    magic, version, kind, participants = _HEAD.unpack_from(payload)
+    if magic != _MAGIC or version != _VERSION or kind not in (UPSERT, DELETE):
+        raise ValueError(f"WAL record is not a gpusearch op (magic {magic!r}, version {version}, kind {kind})")
+    table = pa.ipc.open_stream(pa.py_buffer(payload)[_HEAD.size :]).read_all()
+    ids = table.column("id").to_pylist()
+    if kind == DELETE:
+        return Op(DELETE, participants, ids)
+    vec = table.column("vector").combine_chunks()
+    dim = vec.type.list_size
+    vectors = vec.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+    meta_names = [c for c in table.column_names if c.startswith(_META)]
+    metadata = table.select(meta_names).rename_columns([c[len(_META) :] for c in meta_names])
+    return Op(UPSERT, participants, ids, vectors, metadata)

@@ -1,0 +1,364 @@
+"""One partition of a collection: vectors, ids, tombstones, metadata, an index backend and storage.
+
+A shard applies the ops the collection hands it, searches its rows, and
+persists itself as a snapshot (segments + alive bitmap + FAISS index + a
+manifest) plus a WAL of the ops applied since. Rows are append-only: an
+overwrite or delete marks the old row dead; ``compact()`` drops dead rows.
+
+On-disk layout of ``<collection>/shard-NNN/``::
+
+    manifest.json          format version, applied sequence number, files below
+    seg-<seq>.arrow        snapshot segments, rows in order (ids, vectors, metadata)
+    alive-<seq>.bits       which snapshot rows are alive (packed bits)
+    index-<seq>.faiss      the FAISS index over the first n_indexed rows
+    wal/                   ops after the snapshot (see gpusearch.wal)
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from . import metadata as md
+from . import ops as ops_mod
+from .backends import make_backend
+from .fileio import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
+from .locks import RWLock
+from .progress import progress
+from .segments import read_segment, write_segment
+from .vectors import VectorStore
+from .wal import WriteAheadLog
+
+__all__ = ["Shard", "SHARD_FORMAT_VERSION"]
+
+log = logging.getLogger(__name__)
+SHARD_FORMAT_VERSION = 1
+_META_CHUNKS_BEFORE_MERGE = 32
+
+
+class Shard:
+    def __init__(self, path: Path, *, number: int, dim: int, metric: str, index: str, device: str,
+                 dtype: str = "float32", fsync: bool = True):
+        self.path, self.number = Path(path), number
+        self.dim, self.metric, self.index_spec, self.device = dim, metric, index, device
+        self.store = VectorStore(dim, device=device, dtype=dtype)
+        self.backend = make_backend(index, dim=dim, metric=metric, device=device)
+        self.ids: list[str] = []
+        self.id_to_row: dict[str, int] = {}
+        self._alive = np.zeros(1024, dtype=bool)
+        self._meta_chunks: list[pa.Table] = []
+        self._meta_rows: list[int] = []  # row count of each chunk (zero-column tables do not keep one)
+        self._meta_cache: pa.Table | None = None
+        self._meta_cache_schema: dict | None = None
+        self.schema: dict[str, str] = {}
+        self.applied_seq = 0
+        self.lock = RWLock()
+        self._fsync = fsync
+        self._manifest: dict = {}
+        self.wal: WriteAheadLog | None = None
+
+    # -- opening -------------------------------------------------------------
+    @classmethod
+    def open(cls, path, **kw) -> tuple["Shard", list]:
+        """Load the snapshot; return the shard and the WAL records after it (not yet applied).
+
+        The collection decides which records to apply: a batch that spans shards
+        counts only once its commit record exists.
+        """
+        shard = cls(path, **kw)
+        shard.path.mkdir(parents=True, exist_ok=True)
+        mpath = shard.path / "manifest.json"
+        if mpath.exists():
+            shard._load_snapshot(read_json(mpath))
+        shard.wal, records = WriteAheadLog.open(shard.path / "wal", fsync=shard._fsync)
+        return shard, [r for r in records if r.seq > shard.applied_seq]
+
+    def _load_snapshot(self, m: dict) -> None:
+        version = m.get("format_version")
+        if not isinstance(version, int) or version > SHARD_FORMAT_VERSION:
+            raise ValueError(
+                f"{self.path} was written by a newer gpusearch (shard format {version}); "
+                f"this version reads format {SHARD_FORMAT_VERSION} or older: upgrade gpusearch"
+            )
+        self._manifest = m
+        ids, vecs, tables, rows = [], [], [], []
+        for seg in m["segments"]:
+            s = read_segment(self.path / seg)
+            ids.extend(s.ids if isinstance(s.ids, list) else s.ids.to_pylist())
+            vecs.append(s.vectors)
+            tables.append(s.metadata)
+            rows.append(len(s.vectors))
+        n = len(ids)
+        self.schema = dict(m.get("schema", {}))
+        if vecs:
+            self.store.replace(np.concatenate(vecs) if len(vecs) > 1 else np.asarray(vecs[0], dtype=np.float32))
+        self.ids = ids
+        self._alive = np.ones(max(n, 1024), dtype=bool)
+        if m.get("alive"):
+            bits = np.frombuffer((self.path / m["alive"]).read_bytes(), dtype=np.uint8)
+            self._alive[:n] = np.unpackbits(bits, count=n, bitorder="little").astype(bool)
+        self._alive[n:] = False
+        self.id_to_row = {ids[r]: r for r in np.flatnonzero(self._alive[:n]).tolist()}
+        self._meta_chunks, self._meta_rows, self._meta_cache = tables, rows, None
+        if m.get("index"):
+            self.backend.load_bytes((self.path / m["index"]).read_bytes(), int(m["n_indexed"]))
+        self.backend.add(self.store, range(self.backend.n_indexed, n))
+        self.applied_seq = int(m["applied_seq"])
+
+    # -- sizes ---------------------------------------------------------------
+    def __len__(self) -> int:
+        """Live records."""
+        return len(self.id_to_row)
+
+    @property
+    def n_rows(self) -> int:
+        """Rows held, dead ones included (until compaction)."""
+        return len(self.store)
+
+    @property
+    def alive(self) -> np.ndarray:
+        return self._alive[: self.n_rows]
+
+    # -- writes --------------------------------------------------------------
+    def log(self, seq: int, payload: bytes) -> None:
+        """Append an op to the WAL; durable (fsynced) when this returns."""
+        self.wal.append(seq, payload)
+
+    def apply(self, seq: int, op: ops_mod.Op) -> None:
+        """Apply a logged op in memory (the caller logged it, or is replaying it)."""
+        with self.lock.write():
+            if op.kind == ops_mod.UPSERT:
+                self._apply_upsert(op.ids, op.vectors, op.metadata)
+            else:
+                self._apply_delete(op.ids)
+            self.applied_seq = max(self.applied_seq, seq)
+
+    def _apply_upsert(self, ids: list[str], vectors: np.ndarray, meta: pa.Table) -> None:
+        for i in ids:
+            old = self.id_to_row.get(i)
+            if old is not None:
+                self._alive[old] = False
+        rows = self.store.append(np.ascontiguousarray(vectors, dtype=np.float32))
+        if self._alive.shape[0] < rows.stop:
+            grown = np.zeros(max(rows.stop, 2 * self._alive.shape[0]), dtype=bool)
+            grown[: rows.start] = self._alive[: rows.start]
+            self._alive = grown
+        self._alive[rows.start : rows.stop] = True
+        self.ids.extend(ids)
+        for i, r in zip(ids, rows):
+            self.id_to_row[i] = r
+        self._meta_chunks.append(meta)
+        self._meta_rows.append(len(ids))
+        self._meta_cache = None
+        self.schema = md.merge_schemas(self.schema, md.schema_of(meta))
+        self.backend.add(self.store, rows)
+
+    def _apply_delete(self, ids: list[str]) -> None:
+        for i in ids:
+            r = self.id_to_row.pop(i, None)
+            if r is not None:
+                self._alive[r] = False
+
+    # -- reads ---------------------------------------------------------------
+    def metadata_table(self, schema: dict[str, str] | None = None) -> pa.Table:
+        """All rows' metadata as one table (dead rows included, so row numbers line up)."""
+        schema = self.schema if schema is None else schema
+        if self._meta_cache is None or self._meta_cache_schema != schema:
+            chunks = [md.conform(t, schema) if t.num_columns else _nulls(schema, r)
+                      for t, r in zip(self._meta_chunks, self._meta_rows)]
+            table = md.concat(chunks, schema) if chunks else _nulls(schema, 0)
+            if len(self._meta_chunks) > _META_CHUNKS_BEFORE_MERGE and table.num_columns:
+                self._meta_chunks, self._meta_rows = [table], [self.n_rows]
+            self._meta_cache, self._meta_cache_schema = table, dict(schema)
+        return self._meta_cache
+
+    def allow_mask(self, compiled_filter, schema) -> np.ndarray | None:
+        """Rows a query may return: alive and passing the filter; ``None`` when every row may."""
+        n = self.n_rows
+        allow = None if len(self.id_to_row) == n else self.alive.copy()
+        if compiled_filter is not None:
+            table = self.metadata_table(schema)
+            m = compiled_filter.mask(table) if table.num_columns else compiled_filter.mask(_nulls(schema, n))
+            allow = m if allow is None else allow & m
+        return allow
+
+    def search(self, queries, k: int, *, compiled_filter=None, schema=None, params=None):
+        """Top-k of this shard: ``(scores (nq, k) float32, ids list of lists, rows (nq, k) int64)``.
+
+        Results are ordered by score, then by id. For the exact index the order
+        is exact even when tied scores straddle the k-th place.
+        """
+        with self.lock.read():
+            nq = queries.shape[0]
+            if self.n_rows == 0:
+                return _empty(nq, k, self.metric)
+            allow = self.allow_mask(compiled_filter, schema)
+            if allow is not None and not allow.any():
+                return _empty(nq, k, self.metric)
+            exact = self.backend.kind == "exact"
+            kk = k + 1 if exact else k
+            D, I = self.backend.search(self.store, queries, kk, allow, params or {})
+            D, I = self._order_by_id(D, I)
+            if exact:
+                tied = (I[:, k] >= 0) & (D[:, k] == D[:, k - 1])
+                for q in np.flatnonzero(tied):
+                    D[q, :k], I[q, :k] = self._exact_row(queries, q, k, allow)
+            D, I = D[:, :k], I[:, :k]
+            return D, [[self.ids[r] for r in row if r >= 0] for row in I.tolist()], I
+
+    def _order_by_id(self, D: np.ndarray, I: np.ndarray):
+        """Within equal scores, put the smaller id first (kernels break ties by row number)."""
+        ties = np.any((D[:, 1:] == D[:, :-1]) & (I[:, 1:] >= 0), axis=1)
+        for q in np.flatnonzero(ties):
+            valid = I[q] >= 0
+            rows = I[q, valid]
+            keys = [self.ids[r] for r in rows.tolist()]
+            sign = 1.0 if self.metric == "l2" else -1.0
+            order = sorted(range(len(keys)), key=lambda j: (sign * float(D[q, j]), keys[j]))
+            I[q, : len(order)] = rows[order]
+            D[q, : len(order)] = D[q, valid][order]
+        return D, I
+
+    def _exact_row(self, queries, q: int, k: int, allow):
+        """The exact top-k of one query from its full score row, ties by smaller id (rare slow path)."""
+        base = self.store.search_view()
+        if isinstance(base, np.ndarray):
+            s = base @ queries[q]
+        else:
+            s = (base.float() @ queries[q].float()).cpu().numpy()
+        if self.metric == "l2":
+            qn = queries[q] if isinstance(queries, np.ndarray) else queries[q].cpu().numpy()
+            s = np.maximum(self.store.sqnorms + np.float32(qn @ qn) - 2 * s, 0)
+        else:
+            s = -s  # smaller is better below
+        s = s.astype(np.float32)
+        if allow is not None:
+            s = np.where(allow, s, np.inf)
+        kth = np.partition(s, min(k, len(s)) - 1)[min(k, len(s)) - 1]
+        cand = np.flatnonzero(s <= kth)
+        cand = cand[np.isfinite(s[cand])]
+        order = sorted(cand.tolist(), key=lambda r: (float(s[r]), self.ids[r]))[:k]
+        D = np.full(k, np.inf if self.metric == "l2" else -np.inf, np.float32)
+        I = np.full(k, -1, np.int64)
+        I[: len(order)] = order
+        D[: len(order)] = s[order] if self.metric == "l2" else -s[order]
+        return D, I
+
+    def rows_of(self, ids: list[str]) -> list[int | None]:
+        with self.lock.read():
+            return [self.id_to_row.get(i) for i in ids]
+
+    def ids_matching(self, compiled_filter, schema) -> list[str]:
+        with self.lock.read():
+            allow = self.allow_mask(compiled_filter, schema)
+            rows = np.flatnonzero(self.alive if allow is None else allow)
+            return [self.ids[r] for r in rows.tolist()]
+
+    def metadata_of(self, rows: list[int], schema) -> list[dict]:
+        if not rows:
+            return []
+        table = self.metadata_table(schema)
+        if not table.num_columns:
+            return [{} for _ in rows]
+        return md.rows_to_dicts(table, rows)
+
+    # -- persistence ---------------------------------------------------------
+    def checkpoint(self, schema: dict[str, str]) -> None:
+        """Fold the WAL into the snapshot: a new segment for the rows added since, the alive bitmap,
+        the FAISS index and the manifest; then drop the WAL files it covers."""
+        with self.lock.write():
+            m = self._manifest or {"segments": [], "rows": 0}
+            start = int(m.get("rows", 0))
+            if self.applied_seq == m.get("applied_seq") and start == self.n_rows:
+                return
+            seq = self.applied_seq
+            segments = list(m.get("segments", []))
+            if self.n_rows > start:
+                name = f"seg-{seq:020d}.arrow"
+                table = self.metadata_table(schema)
+                write_segment(self.path / name, self.ids[start:], self.store.host[start:],
+                              table.slice(start) if table.num_columns else None)
+                segments.append(name)
+            self._write_manifest(seq, segments, keep=set(m.get("segments", [])))
+
+    def compact(self, schema: dict[str, str]) -> None:
+        """Rewrite the shard as one segment of live rows and rebuild the index over them."""
+        with self.lock.write():
+            rows = np.flatnonzero(self.alive)
+            seq = self.applied_seq
+            table = self.metadata_table(schema)
+            ids = [self.ids[r] for r in rows.tolist()]
+            vecs = self.store.host[rows]
+            meta = table.take(pa.array(rows)) if table.num_columns else _nulls({}, len(rows))
+            name = f"seg-{seq:020d}-c.arrow"
+            write_segment(self.path / name, ids, vecs, meta if meta.num_columns else None)
+            self.store.replace(vecs)
+            self.ids = ids
+            self.id_to_row = {i: r for r, i in enumerate(ids)}
+            self._alive = np.ones(max(len(ids), 1024), dtype=bool)
+            self._alive[len(ids):] = False
+            self._meta_chunks, self._meta_rows, self._meta_cache = [meta], [len(ids)], None
+            with progress(len(ids), f"rebuilding shard {self.number} index", min_total=100_000):
+                self.backend.rebuild(self.store)
+            self._write_manifest(seq, [name], keep=set())
+
+    def _write_manifest(self, seq: int, segments: list[str], keep: set[str]) -> None:
+        n = self.n_rows
+        alive_name = f"alive-{seq:020d}.bits"
+        atomic_write_bytes(self.path / alive_name, np.packbits(self.alive, bitorder="little").tobytes())
+        index_name = None
+        data = self.backend.to_bytes()
+        if data is not None:
+            index_name = f"index-{seq:020d}.faiss"
+            atomic_write_bytes(self.path / index_name, data)
+        m = {
+            "format_version": SHARD_FORMAT_VERSION,
+            "applied_seq": seq,
+            "rows": n,
+            "segments": segments,
+            "alive": alive_name,
+            "index": index_name,
+            "n_indexed": self.backend.n_indexed,
+            "schema": dict(self.schema),
+        }
+        atomic_write_json(self.path / "manifest.json", m)
+        self._manifest = m
+        self.wal.rotate()
+        self.wal.drop_through(seq)
+        wanted = set(segments) | {alive_name, "manifest.json"} | ({index_name} if index_name else set())
+        for p in self.path.iterdir():
+            if p.is_file() and p.name not in wanted and p.name.startswith(("seg-", "alive-", "index-")):
+                p.unlink()
+        fsync_dir(self.path)
+
+    def close(self) -> None:
+        if self.wal is not None:
+            self.wal.close()
+
+    # -- reporting -----------------------------------------------------------
+    def stats(self) -> dict:
+        with self.lock.read():
+            mem = self.store.memory_bytes()
+            return {
+                "shard": self.number,
+                "records": len(self.id_to_row),
+                "rows": self.n_rows,
+                "deleted_rows": self.n_rows - len(self.id_to_row),
+                "indexed_rows": self.backend.n_indexed if self.backend.kind == "faiss" else self.n_rows,
+                "index_trained": self.backend.is_trained,
+                "applied_seq": self.applied_seq,
+                "wal_bytes": self.wal.size_bytes if self.wal else 0,
+                "memory_bytes": {**mem, "index": self.backend.memory_bytes()},
+            }
+
+
+def _empty(nq: int, k: int, metric: str):
+    sentinel = np.inf if metric == "l2" else -np.inf
+    return np.full((nq, k), sentinel, np.float32), [[] for _ in range(nq)], np.full((nq, k), -1, np.int64)
+
+
+def _nulls(schema: dict[str, str], n: int) -> pa.Table:
+    """A table of n rows with every schema field null."""
+    return pa.table({name: pa.nulls(n, md.FIELD_TYPES[t]) for name, t in schema.items()}) if schema else pa.table({})

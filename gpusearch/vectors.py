@@ -1,0 +1,97 @@
+"""A shard's vector block: a growable host array, mirrored on the device when the shard runs on a GPU."""
+from __future__ import annotations
+
+import numpy as np
+
+from .devices import is_cuda
+
+__all__ = ["VectorStore"]
+
+
+class VectorStore:
+    """Rows are only appended (deletes are tombstones kept by the shard) until :meth:`replace`.
+
+    ``host`` is the float32 source of truth. On a CUDA device a mirror in the
+    storage dtype (float32 or float16) lives in device memory, so searches never
+    copy the base vectors.
+    """
+
+    def __init__(self, dim: int, *, device: str = "cpu", dtype: str = "float32", capacity: int = 1024):
+        self.dim = dim
+        self.device = device
+        self.dtype = dtype
+        self._n = 0
+        self._host = np.empty((max(capacity, 1), dim), dtype=np.float32)
+        self._dev = None
+        self._sqnorms = np.empty(self._host.shape[0], dtype=np.float32)
+        if is_cuda(device):
+            self._dev = self._device_buffer(self._host.shape[0])
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def host(self) -> np.ndarray:
+        return self._host[: self._n]
+
+    @property
+    def sqnorms(self) -> np.ndarray:
+        """Squared L2 norm of every row (for l2 search)."""
+        return self._sqnorms[: self._n]
+
+    def search_view(self):
+        """The rows as the search kernels want them: host NumPy on CPU, a device tensor on CUDA."""
+        if self._dev is None:
+            return self.host
+        return self._dev[: self._n]
+
+    def _device_buffer(self, rows: int):
+        import torch
+
+        dtype = torch.float16 if self.dtype == "float16" else torch.float32
+        return torch.empty((rows, self.dim), dtype=dtype, device=self.device)
+
+    def _grow(self, need: int) -> None:
+        cap = self._host.shape[0]
+        if need <= cap:
+            return
+        new_cap = max(need, cap * 2)
+        host = np.empty((new_cap, self.dim), dtype=np.float32)
+        host[: self._n] = self._host[: self._n]
+        self._host = host
+        sq = np.empty(new_cap, dtype=np.float32)
+        sq[: self._n] = self._sqnorms[: self._n]
+        self._sqnorms = sq
+        if self._dev is not None:
+            dev = self._device_buffer(new_cap)
+            dev[: self._n] = self._dev[: self._n]
+            self._dev = dev
+
+    def append(self, x: np.ndarray) -> range:
+        """Append float32 rows; returns their row numbers."""
+        n = x.shape[0]
+        self._grow(self._n + n)
+        start = self._n
+        self._host[start : start + n] = x
+        self._sqnorms[start : start + n] = np.einsum("ij,ij->i", x, x)
+        if self._dev is not None:
+            import torch
+
+            self._dev[start : start + n] = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, dtype=self._dev.dtype)
+        self._n += n
+        return range(start, start + n)
+
+    def replace(self, x: np.ndarray) -> None:
+        """Drop every row and hold ``x`` instead (after compaction or on load)."""
+        self._n = 0
+        self._host = np.empty((max(int(x.shape[0] * 1.25), 1024), self.dim), dtype=np.float32)
+        self._sqnorms = np.empty(self._host.shape[0], dtype=np.float32)
+        if self._dev is not None:
+            self._dev = self._device_buffer(self._host.shape[0])
+        self.append(x)
+
+    def memory_bytes(self) -> dict[str, int]:
+        out = {"host": int(self._host.nbytes + self._sqnorms.nbytes)}
+        if self._dev is not None:
+            out["device"] = int(self._dev.numel() * self._dev.element_size())
+        return out
