@@ -86,6 +86,10 @@ def _show(value: Any) -> str:
     return _repr.repr(value)
 
 
+def _a(word: str) -> str:
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
+
+
 def _slow_kind(t: type) -> str | None:
     """Kind of a value type that is not one of the exact built-ins."""
     if issubclass(t, (bool, np.bool_)):  # bool before int: bool subclasses int
@@ -228,7 +232,7 @@ def _column_kind(name: str, col: list, schema_type: str | None) -> str:
         if k is None:
             i = _first_index(col, lambda v: type(v) is t)
             what = "nested objects are not supported" if isinstance(col[i], Mapping) else "expected str, bool, int, float or a list of str"
-            raise TypeError(f"metadata field {name!r} in record {i} has a {t.__name__} value {_show(col[i])}; {what}")
+            raise TypeError(f"metadata field {name!r} in record {i} has {_a(t.__name__)} value {_show(col[i])}; {what}")
         kinds.setdefault(k, t)
     numeric = set(kinds) <= {"int", "float"}
     if len(kinds) > 1 and not numeric:
@@ -236,7 +240,7 @@ def _column_kind(name: str, col: list, schema_type: str | None) -> str:
         i = _first_index(col, lambda v: _kind(type(v)) == first)
         j = _first_index(col, lambda v: _kind(type(v)) == second)
         raise ValueError(
-            f"metadata field {name!r} has type {first!r} in record {i} but record {j} has a {second} value "
+            f"metadata field {name!r} has type {first!r} in record {i} but record {j} has {_a(second)} value "
             f"{_show(col[j])}; a field must have one type"
         )
     kind = "float" if "float" in kinds else next(iter(kinds))
@@ -246,8 +250,8 @@ def _column_kind(name: str, col: list, schema_type: str | None) -> str:
         return "float"
     i = _first_index(col, lambda v: _kind(type(v)) in kinds)
     raise ValueError(
-        f"metadata field {name!r} has type {schema_type!r} in this collection, but record {i} has a "
-        f"{_kind(type(col[i]))} value {_show(col[i])}"
+        f"metadata field {name!r} has type {schema_type!r} in this collection, but record {i} has "
+        f"{_a(_kind(type(col[i])))} value {_show(col[i])}"
     )
 
 
