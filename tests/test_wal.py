@@ -627,7 +627,11 @@ def test_kill_9_keeps_every_acknowledged_record(tmp_path, fsync):
                 acked.append(int(line))
         finally:
             os.kill(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate(timeout=30)
+            proc.wait(30)
+            # Read through the buffered pipe (communicate() would skip what readline() buffered).
+            out, err = proc.stdout.read(), proc.stderr.read()
+            proc.stdout.close()
+            proc.stderr.close()
         assert proc.returncode == -signal.SIGKILL, err.decode()
         acked.extend(int(x) for x in out.decode().split("\n")[:-1])  # complete lines only
         assert len(acked) >= target, err.decode()
