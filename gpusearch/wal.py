@@ -11,7 +11,9 @@ The directory holds files named ``wal-<first seq, 20 digits>.log`` (zero padded,
 so name order is seq order) plus a ``LOCK`` file that one open log holds with
 ``flock`` so two writers never share a directory. Files are read in name order.
 A new file is started by the first append after :meth:`WriteAheadLog.rotate`,
-named after that append's seq. Other names in the directory are ignored.
+named after that append's seq. :meth:`WriteAheadLog.drop_through` deletes whole
+files once a checkpoint covers them, but never the newest file, so the last seq
+survives a reopen. Other names in the directory are ignored.
 
 Record framing
 --------------
@@ -19,7 +21,7 @@ Each record is a 20-byte header followed by the payload, all little-endian::
 
     offset  size  field
          0     4  magic    u32  0x314C5747 (the bytes b"GWL1")
-         4     4  length   u32  payload length in bytes, at most MAX_PAYLOAD_BYTES
+         4     4  length   u32  payload length in bytes, at most MAX_PAYLOAD_BYTES (2**30)
          8     8  seq      u64
         16     4  crc      u32  zlib.crc32 over bytes 4..16 (length, seq), then the payload
         20  length payload
@@ -50,7 +52,10 @@ so the log stays valid and can take the next append. A failed fsync leaves the
 state of the written data unknown; the log then refuses further appends and must
 be reopened (recovery keeps whatever reached the disk intact). With
 ``fsync=False`` a record survives the death of the process (it is in the page
-cache) but not a power cut.
+cache) but not a power cut until :meth:`WriteAheadLog.sync`, ``rotate`` or
+``close``. A caller that orders its appends under its own lock gets group commit
+by opening with ``fsync=False``, appending under that lock and calling ``sync()``
+after releasing it.
 """
 from __future__ import annotations
 
