@@ -4,7 +4,7 @@ A segment is one Arrow IPC *file* (the random-access format with a footer, not
 the stream format) holding a single record batch with these columns:
 
 ``id``
-    ``string``, not null, unique.
+    ``string``, not null (ids may repeat: a snapshot keeps overwritten rows until compaction).
 ``vector``
     ``fixed_size_list<float32 or float16>[dim]``, not null. The list size is the
     dimension, so it round-trips even with no rows.
@@ -60,7 +60,7 @@ class Segment:
     Attributes
     ----------
     ids : pyarrow.StringArray
-        ``n`` unique ids, in row order (``ids.to_pylist()`` gives Python strings).
+        ``n`` ids, in row order (``ids.to_pylist()`` gives Python strings).
     vectors : numpy.ndarray
         ``(n, dim)`` float32 or float16. Read back with ``memory_map=True`` it is
         a read-only view of the mapped file; copy it before writing into it.
@@ -114,10 +114,8 @@ def _check_ids(ids, n: int) -> pa.StringArray:
         raise ValueError(f"ids must have one entry per vector ({n}), got {len(arr)}")
     if arr.null_count:
         raise ValueError(f"ids must not be null, got {arr.null_count} nulls")
-    if n and len(pc.unique(arr)) != n:
-        counts = pc.value_counts(arr)
-        repeated = counts.filter(pc.greater(counts.field("counts"), 1))
-        raise ValueError(f"ids must be unique, got {len(repeated)} repeated, e.g. {repeated[0]['values'].as_py()!r}")
+    # Ids may repeat: a shard's snapshot keeps overwritten (dead) rows until compaction,
+    # and its alive bitmap says which copy counts.
     return arr
 
 
@@ -173,7 +171,7 @@ def write_segment(
         Target file (conventionally ``*.arrow``); its directory must exist. An
         existing file is replaced atomically.
     ids : sequence of str, numpy array of str, or pyarrow string array
-        One unique, non-null id per vector.
+        One non-null id per vector.
     vectors : numpy.ndarray
         ``(n, dim)`` float32 or float16, ``dim >= 1``. Written without a copy
         when C-contiguous.

@@ -43,20 +43,41 @@ def test_round_trip(tmp_path, rng, index):
     again.close()
 
 
-def test_reopen_without_close_replays_wal(tmp_path, rng):
-    x = rng.standard_normal((100, 4)).astype(np.float32)
-    col = gs.Collection.create(tmp_path / "c", dim=4, metric="ip", shards=3, device="cpu")
-    col.upsert(range(50), x[:50])
-    col.checkpoint()
-    col.upsert(range(50, 100), x[50:], metadata=[{"late": True}] * 50)
-    col.delete(ids=["0"])
-    # no close(): a second process opening the files must see everything acknowledged
+def run_and_die(code: str, path) -> None:
+    """Run ``code`` in a child process that then exits at once, with no close(): a crash after its writes."""
+    prog = "import os, numpy as np, gpusearch as gs\n" + textwrap.dedent(code) + "\nos._exit(0)\n"
+    subprocess.run([sys.executable, "-c", prog, str(path)], check=True, env={**os.environ, "GPUSEARCH_PROGRESS": "0"})
+
+
+def test_reopen_after_crash_replays_wal(tmp_path):
+    run_and_die(
+        """
+        import sys
+        x = np.random.default_rng(1).standard_normal((100, 4)).astype(np.float32)
+        col = gs.Collection.create(sys.argv[1], dim=4, metric="ip", shards=3, device="cpu")
+        col.upsert(range(50), x[:50])
+        col.checkpoint()
+        col.upsert(range(50, 100), x[50:], metadata=[{"late": True}] * 50)
+        col.delete(ids=["0"])
+        """,
+        tmp_path / "c",
+    )
+    x = np.random.default_rng(1).standard_normal((100, 4)).astype(np.float32)
     other = gs.Collection.open(tmp_path / "c", device="cpu")
     assert len(other) == 99
     assert other.fetch(["99"]).metadata == [{"late": True}]
     got = _ids_vectors(other)
     for i in range(1, 100):
         np.testing.assert_array_equal(got[str(i)], x[i])
+    other.close()
+
+
+def test_second_open_of_an_open_collection_is_refused(tmp_path):
+    col = gs.Collection.create(tmp_path / "c", dim=2, device="cpu")
+    with pytest.raises(RuntimeError, match="already open"):
+        gs.Collection.open(tmp_path / "c", device="cpu")
+    col.close()
+    gs.Collection.open(tmp_path / "c", device="cpu").close()
 
 
 def test_faiss_index_is_saved_not_retrained(tmp_path, rng, monkeypatch):
@@ -98,22 +119,28 @@ def test_compact_reclaims_deleted_rows(tmp_path, rng):
     assert again.search(q, k=8, params={"nprobe": 4}).ids == before.ids
 
 
-def test_corrupt_wal_tail_is_cut(tmp_path, rng, caplog):
-    x = rng.standard_normal((30, 4)).astype(np.float32)
-    col = gs.Collection.create(tmp_path / "c", dim=4, metric="l2", device="cpu")
-    col.upsert(range(10), x[:10])
-    col.upsert(range(10, 20), x[10:20])
-    # simulate a crash: no close, then damage the end of the WAL
+def test_corrupt_wal_tail_is_cut(tmp_path, caplog):
+    run_and_die(
+        """
+        import sys
+        x = np.random.default_rng(2).standard_normal((20, 4)).astype(np.float32)
+        col = gs.Collection.create(sys.argv[1], dim=4, metric="l2", device="cpu")
+        col.upsert(range(10), x[:10])
+        col.upsert(range(10, 20), x[10:20])
+        """,
+        tmp_path / "c",
+    )
     wal_dir = tmp_path / "c" / "shard-000" / "wal"
-    last = sorted(wal_dir.iterdir())[-1]
+    last = sorted(p for p in wal_dir.iterdir() if p.name.startswith("wal-"))[-1]
     data = bytearray(last.read_bytes())
-    data[-5] ^= 0xFF  # flip a byte in the second batch's payload
+    data[-5] ^= 0xFF  # flip a byte in the second batch's payload, as a torn write would leave it
     last.write_bytes(bytes(data) + b"\x00garbage-after-a-torn-write")
     with caplog.at_level("WARNING"):
         again = gs.Collection.open(tmp_path / "c", device="cpu")
     assert len(again) == 10  # the damaged batch is gone, the first one intact
-    assert any("wal" in r.getMessage().lower() or "cut" in r.getMessage().lower() for r in caplog.records)
-    again.upsert(range(20, 30), x[20:30])  # the log is usable after the cut
+    assert any("wal" in r.getMessage().lower() for r in caplog.records)
+    x = np.random.default_rng(3).standard_normal((10, 4)).astype(np.float32)
+    again.upsert(range(20, 30), x)  # the log is usable after the cut
     again.close()
     assert len(gs.Collection.open(tmp_path / "c", device="cpu")) == 20
 
