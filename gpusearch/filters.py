@@ -94,38 +94,40 @@ def _show(value: Any) -> str:
     return _repr.repr(value)
 
 
-# A compiled node is either a Python bool (a constant, folded away where it can be)
-# or a pyarrow Expression that never evaluates to null.
+class _Node:
+    """A compiled piece of filter: an expression that is never null for any row, the
+    fields it reads, and the derived list columns it refers to.
+
+    Constants are plain Python bools instead, folded away by :func:`_and` and :func:`_or`
+    so that ``fields`` names only the columns the final expression reads.
+    """
+
+    __slots__ = ("expr", "fields", "lists")
+
+    def __init__(self, expr: pc.Expression, fields: frozenset, lists: tuple = ()):
+        self.expr, self.fields, self.lists = expr, fields, lists
+
+
+def _combine(parts: list, absorbing: bool, join) -> Any:
+    """Join nodes with ``join``; ``absorbing`` is False for AND and True for OR."""
+    if any(p is absorbing for p in parts):
+        return absorbing
+    nodes = [p for p in parts if not isinstance(p, bool)]  # the rest are the identity
+    if not nodes:
+        return not absorbing
+    expr = nodes[0].expr
+    for node in nodes[1:]:
+        expr = join(expr, node.expr)
+    fields = frozenset().union(*(node.fields for node in nodes))
+    return _Node(expr, fields, tuple(item for node in nodes for item in node.lists))
 
 
 def _and(parts: list) -> Any:
-    exprs = []
-    for p in parts:
-        if p is False:
-            return False
-        if p is not True:
-            exprs.append(p)
-    if not exprs:
-        return True
-    out = exprs[0]
-    for e in exprs[1:]:
-        out = out & e
-    return out
+    return _combine(parts, False, lambda a, b: a & b)
 
 
 def _or(parts: list) -> Any:
-    exprs = []
-    for p in parts:
-        if p is True:
-            return True
-        if p is not False:
-            exprs.append(p)
-    if not exprs:
-        return False
-    out = exprs[0]
-    for e in exprs[1:]:
-        out = out | e
-    return out
+    return _combine(parts, True, lambda a, b: a | b)
 
 
 class CompiledFilter:
@@ -236,8 +238,7 @@ def _any_in(col, values: pa.Array, negate: bool, n: int) -> pa.Array:
 class _Compiler:
     def __init__(self, schema: Mapping[str, str]):
         self.schema = schema
-        self.fields: dict[str, pa.DataType] = {}
-        self.lists: list[tuple] = []
+        self.list_count = 0
 
     def filter(self, flt: Any, depth: int, where: str) -> Any:
         if not isinstance(flt, Mapping):
@@ -302,8 +303,8 @@ class _Compiler:
                 raise TypeError(f"$exists for field {field!r} needs true or false, got {type(operand).__name__} {_show(operand)}")
             if field not in self.schema:
                 return not operand  # a field no record has
-            ref = self.ref(field)
-            return pc.is_valid(ref) if operand else pc.is_null(ref)
+            ref = pc.field(field)
+            return _Node(pc.is_valid(ref) if operand else pc.is_null(ref), frozenset([field]))
         if field not in self.schema:
             known = ", ".join(repr(f) for f in sorted(self.schema)) or "none yet"
             raise ValueError(f"unknown metadata field {field!r} in filter; the collection's fields are: {known}")
@@ -368,16 +369,12 @@ class _Compiler:
 
     # -- expressions --------------------------------------------------------
 
-    def ref(self, field: str) -> pc.Expression:
-        self.fields[field] = FIELD_TYPES[self.schema[field]]
-        return pc.field(field)
-
-    def compare(self, field: str, op: str, value: Any) -> pc.Expression:
-        ref = self.ref(field)
+    def compare(self, field: str, op: str, value: Any) -> _Node:
+        ref = pc.field(field)
         if op == "$ne":
-            return pc.coalesce(pc.not_equal(ref, value), True)  # missing passes $ne
+            return _Node(pc.coalesce(pc.not_equal(ref, value), True), frozenset([field]))  # missing passes $ne
         fn = {"$eq": pc.equal, "$gt": pc.greater, "$gte": pc.greater_equal, "$lt": pc.less, "$lte": pc.less_equal}[op]
-        return pc.coalesce(fn(ref, value), False)
+        return _Node(pc.coalesce(fn(ref, value), False), frozenset([field]))
 
     def membership(self, field: str, ftype: str, op: str, values: list) -> Any:
         if ftype == "int":
@@ -389,14 +386,14 @@ class _Compiler:
         if not values:  # no stored value can equal any operand
             return op == "$nin"
         value_set = pa.array(values, type=FIELD_TYPES[ftype])
-        isin = pc.is_in(self.ref(field), value_set=value_set)  # null input gives false, never null
-        return ~isin if op == "$nin" else isin
+        isin = pc.is_in(pc.field(field), value_set=value_set)  # null input gives false, never null
+        return _Node(~isin if op == "$nin" else isin, frozenset([field]))
 
-    def list_any(self, field: str, values: list, negate: bool) -> pc.Expression:
-        self.ref(field)
-        name = f"$list{len(self.lists)}"
-        self.lists.append((name, field, pa.array(values, type=pa.string()), negate))
-        return pc.field(name)
+    def list_any(self, field: str, values: list, negate: bool) -> _Node:
+        name = f"$list{self.list_count}"
+        self.list_count += 1
+        derived = (name, field, pa.array(values, type=pa.string()), negate)
+        return _Node(pc.field(name), frozenset([field]), (derived,))
 
     def int_vs_float(self, field: str, op: str, value: float) -> Any:
         """Compare an int64 column with a float exactly, by moving the bound to an integer."""
@@ -426,8 +423,8 @@ class _Compiler:
             op = {"$gt": "$gt", "$gte": "$gt", "$lt": "$lte", "$lte": "$lte"}[op]
         return self.compare(field, op, near)
 
-    def exists(self, field: str) -> pc.Expression:
-        return pc.is_valid(self.ref(field))
+    def exists(self, field: str) -> _Node:
+        return _Node(pc.is_valid(pc.field(field)), frozenset([field]))
 
 
 def _operand_kind(value: Any) -> str | None:
@@ -486,8 +483,9 @@ def compile_filter(filter: Any, schema: Mapping[str, str]) -> CompiledFilter | N
         raise TypeError(f"filter must be a dict, got {type(filter).__name__} {_show(filter)}")
     if not filter:
         return None
-    compiler = _Compiler(check_schema(schema))
-    node = compiler.filter(filter, 0, "filter")
-    constant = node if isinstance(node, bool) else None
-    expression = pc.scalar(node) if constant is not None else node
-    return CompiledFilter(expression, frozenset(compiler.fields), dict(compiler.fields), tuple(compiler.lists), constant)
+    schema = check_schema(schema)
+    node = _Compiler(schema).filter(filter, 0, "filter")
+    if isinstance(node, bool):
+        return CompiledFilter(pc.scalar(node), frozenset(), {}, (), node)
+    types = {name: FIELD_TYPES[schema[name]] for name in sorted(node.fields)}
+    return CompiledFilter(node.expr, node.fields, types, node.lists, None)

@@ -200,11 +200,11 @@ def _gather_columns(records: list[dict]) -> dict[str, list]:
     return {key: list(map(dict.get, records, itertools.repeat(key))) for key in ordered}
 
 
-def _check_no_none(records: list[dict], cols: dict[str, list]) -> None:
+def _check_no_none(records: list[dict], cols: dict[str, list], types: dict[str, set]) -> None:
     """Refuse explicit ``None`` values, which a column cannot tell apart from missing keys."""
     present = 0
-    for col in cols.values():
-        if set(map(type, col)) <= _SAFE_TYPES:  # list.count compares with ==; safe for these
+    for name, col in cols.items():
+        if types[name] <= _SAFE_TYPES:  # list.count compares with ==; safe for these
             present += len(col) - col.count(None)
         else:
             present += sum(v is not None for v in col)
@@ -222,10 +222,10 @@ def _first_index(col: list, pred) -> int:
     return next(i for i, v in enumerate(col) if v is not None and pred(v))
 
 
-def _column_kind(name: str, col: list, schema_type: str | None) -> str:
+def _column_kind(name: str, col: list, types: set, schema_type: str | None) -> str:
     """The kind the values in ``col`` have together, checked against the collection's type."""
     kinds: dict[str, type] = {}
-    for t in set(map(type, col)):
+    for t in types:
         if t is _NONE_TYPE:
             continue
         k = _kind(t)
@@ -270,11 +270,11 @@ def _check_list_items(name: str, col: list) -> None:
                 )
 
 
-def _plain_values(col: list, kind: str) -> list:
+def _plain_values(col: list, types: set, kind: str) -> list:
     """Convert NumPy scalars and subclasses to the plain built-in types."""
     plain = _PLAIN[kind]
     exact = {str, bool, int, float, list, tuple, _NONE_TYPE}
-    if set(map(type, col)) <= exact:
+    if types <= exact:
         return col
     return [v if v is None or type(v) in exact else plain(v) for v in col]
 
@@ -390,14 +390,15 @@ def normalize_metadata(metadata: Any, n: int, schema: Mapping[str, str]) -> tupl
 
     records = _as_dicts(metadata)
     cols = _gather_columns(records)
-    _check_no_none(records, cols)
+    types = {name: set(map(type, col)) for name, col in cols.items()}
+    _check_no_none(records, cols, types)
 
-    kinds = {name: _column_kind(name, col, schema.get(name)) for name, col in cols.items()}
+    kinds = {name: _column_kind(name, col, types[name], schema.get(name)) for name, col in cols.items()}
     out_schema = dict(schema)
     for name, kind in kinds.items():
         out_schema[name] = kind
     names = [name for name in out_schema if name in cols]
-    arrays = [_build_array(name, _plain_values(cols[name], kinds[name]), kinds[name]) for name in names]
+    arrays = [_build_array(name, _plain_values(cols[name], types[name], kinds[name]), kinds[name]) for name in names]
     return _from_columns(names, arrays, n), out_schema
 
 
