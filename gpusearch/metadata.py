@@ -29,7 +29,6 @@ zero-field struct array), but as of pyarrow 26 ``Table.take`` and
 from __future__ import annotations
 
 import itertools
-import math
 import numbers
 import reprlib
 from typing import Any, Mapping, Sequence
