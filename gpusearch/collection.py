@@ -248,7 +248,7 @@ class Collection:
             with progress(len(keep), "upsert", min_total=100_000) as bar:
                 for lo in range(0, len(keep), step):
                     sel = keep[lo : lo + step]
-                    seq = self._upsert_rows([ids[p] for p in sel.tolist()], vecs[sel], table.take(sel) if table.num_columns else table, schema)
+                    seq = self._upsert_rows([ids[p] for p in sel.tolist()], vecs[sel], md.take(table, sel), schema)
                     bar.update(len(sel))
             self.schema = schema
             self._maybe_checkpoint()
@@ -262,7 +262,7 @@ class Collection:
         for s, positions in groups.items():
             p = np.asarray(positions, dtype=np.int64)
             sub_ids = [ids[j] for j in positions]
-            sub_meta = table.take(p) if table.num_columns else table
+            sub_meta = md.take(table, p)
             parts[s] = ops_mod.encode_upsert(sub_ids, vecs[p], sub_meta, len(groups))
             apply[s] = ops_mod.Op(ops_mod.UPSERT, len(groups), sub_ids, vecs[p], sub_meta)
         seq = self._commit(parts, apply)

@@ -46,7 +46,8 @@ class SentenceEncoder:
         path = model or default_model_path()
         self.name = DEFAULT_MODEL if model is None else os.path.basename(str(model).rstrip("/"))
         self.model = SentenceTransformer(path, device=self.device)
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
         self.batch_size = batch_size
 
     @property

@@ -49,7 +49,6 @@ class Shard:
         self.id_to_row: dict[str, int] = {}
         self._alive = np.zeros(1024, dtype=bool)
         self._meta_chunks: list[pa.Table] = []
-        self._meta_rows: list[int] = []  # row count of each chunk (zero-column tables do not keep one)
         self._meta_cache: pa.Table | None = None
         self._meta_cache_schema: dict | None = None
         self.schema: dict[str, str] = {}
@@ -83,13 +82,12 @@ class Shard:
                 f"this version reads format {SHARD_FORMAT_VERSION} or older: upgrade gpusearch"
             )
         self._manifest = m
-        ids, vecs, tables, rows = [], [], [], []
+        ids, vecs, tables = [], [], []
         for seg in m["segments"]:
             s = read_segment(self.path / seg)
-            ids.extend(s.ids if isinstance(s.ids, list) else s.ids.to_pylist())
+            ids.extend(s.ids.to_pylist())
             vecs.append(s.vectors)
-            tables.append(s.metadata)
-            rows.append(len(s.vectors))
+            tables.append(s.metadata if s.metadata.num_columns else md.empty_table(len(s.vectors)))
         n = len(ids)
         self.schema = dict(m.get("schema", {}))
         if vecs:
@@ -101,7 +99,7 @@ class Shard:
             self._alive[:n] = np.unpackbits(bits, count=n, bitorder="little").astype(bool)
         self._alive[n:] = False
         self.id_to_row = {ids[r]: r for r in np.flatnonzero(self._alive[:n]).tolist()}
-        self._meta_chunks, self._meta_rows, self._meta_cache = tables, rows, None
+        self._meta_chunks, self._meta_cache = tables, None
         if m.get("index"):
             self.backend.load_bytes((self.path / m["index"]).read_bytes(), int(m["n_indexed"]))
         self.backend.add(self.store, range(self.backend.n_indexed, n))
@@ -150,7 +148,6 @@ class Shard:
         for i, r in zip(ids, rows):
             self.id_to_row[i] = r
         self._meta_chunks.append(meta)
-        self._meta_rows.append(len(ids))
         self._meta_cache = None
         self.schema = md.merge_schemas(self.schema, md.schema_of(meta))
         self.backend.add(self.store, rows)
@@ -166,11 +163,9 @@ class Shard:
         """All rows' metadata as one table (dead rows included, so row numbers line up)."""
         schema = self.schema if schema is None else schema
         if self._meta_cache is None or self._meta_cache_schema != schema:
-            chunks = [md.conform(t, schema) if t.num_columns else _nulls(schema, r)
-                      for t, r in zip(self._meta_chunks, self._meta_rows)]
-            table = md.concat(chunks, schema) if chunks else _nulls(schema, 0)
-            if len(self._meta_chunks) > _META_CHUNKS_BEFORE_MERGE and table.num_columns:
-                self._meta_chunks, self._meta_rows = [table], [self.n_rows]
+            table = md.concat(self._meta_chunks, schema)
+            if len(self._meta_chunks) > _META_CHUNKS_BEFORE_MERGE:
+                self._meta_chunks = [table]
             self._meta_cache, self._meta_cache_schema = table, dict(schema)
         return self._meta_cache
 
@@ -179,8 +174,7 @@ class Shard:
         n = self.n_rows
         allow = None if len(self.id_to_row) == n else self.alive.copy()
         if compiled_filter is not None:
-            table = self.metadata_table(schema)
-            m = compiled_filter.mask(table) if table.num_columns else compiled_filter.mask(_nulls(schema, n))
+            m = compiled_filter.mask(self.metadata_table(schema))
             allow = m if allow is None else allow & m
         return allow
 
@@ -259,10 +253,7 @@ class Shard:
     def metadata_of(self, rows: list[int], schema) -> list[dict]:
         if not rows:
             return []
-        table = self.metadata_table(schema)
-        if not table.num_columns:
-            return [{} for _ in rows]
-        return md.rows_to_dicts(table, rows)
+        return md.rows_to_dicts(self.metadata_table(schema), rows)
 
     # -- persistence ---------------------------------------------------------
     def checkpoint(self, schema: dict[str, str]) -> None:
@@ -278,8 +269,7 @@ class Shard:
             if self.n_rows > start:
                 name = f"seg-{seq:020d}.arrow"
                 table = self.metadata_table(schema)
-                write_segment(self.path / name, self.ids[start:], self.store.host[start:],
-                              table.slice(start) if table.num_columns else None)
+                write_segment(self.path / name, self.ids[start:], self.store.host[start:], table.slice(start))
                 segments.append(name)
             self._write_manifest(seq, segments, keep=set(m.get("segments", [])))
 
@@ -291,15 +281,15 @@ class Shard:
             table = self.metadata_table(schema)
             ids = [self.ids[r] for r in rows.tolist()]
             vecs = self.store.host[rows]
-            meta = table.take(pa.array(rows)) if table.num_columns else _nulls({}, len(rows))
+            meta = md.take(table, rows)
             name = f"seg-{seq:020d}-c.arrow"
-            write_segment(self.path / name, ids, vecs, meta if meta.num_columns else None)
+            write_segment(self.path / name, ids, vecs, meta)
             self.store.replace(vecs)
             self.ids = ids
             self.id_to_row = {i: r for r, i in enumerate(ids)}
             self._alive = np.ones(max(len(ids), 1024), dtype=bool)
             self._alive[len(ids):] = False
-            self._meta_chunks, self._meta_rows, self._meta_cache = [meta], [len(ids)], None
+            self._meta_chunks, self._meta_cache = [meta], None
             with progress(len(ids), f"rebuilding shard {self.number} index", min_total=100_000):
                 self.backend.rebuild(self.store)
             self._write_manifest(seq, [name], keep=set())
@@ -358,7 +348,3 @@ def _empty(nq: int, k: int, metric: str):
     sentinel = np.inf if metric == "l2" else -np.inf
     return np.full((nq, k), sentinel, np.float32), [[] for _ in range(nq)], np.full((nq, k), -1, np.int64)
 
-
-def _nulls(schema: dict[str, str], n: int) -> pa.Table:
-    """A table of n rows with every schema field null."""
-    return pa.table({name: pa.nulls(n, md.FIELD_TYPES[t]) for name, t in schema.items()}) if schema else pa.table({})

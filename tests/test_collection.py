@@ -205,3 +205,22 @@ def test_concurrent_searches_and_writes(tmp_path, rng):
     assert len(col) == 400
     # read-your-writes: every acknowledged vector is its own nearest neighbour
     assert col.search(x[390], k=1).ids == [["390"]]
+
+
+def test_batches_with_and_without_metadata_mix(tmp_path, rng):
+    x = rng.standard_normal((30, 4)).astype(np.float32)
+    col = gs.Collection.create(tmp_path / "c", dim=4, metric="l2", shards=2, device="cpu")
+    col.upsert(range(10), x[:10])  # no metadata at all
+    assert len(col.search(x[0], k=30, filter={"colour": {"$exists": False}}).ids[0]) == 10
+    col.upsert(range(10, 20), x[10:20], metadata=[{"colour": "red"}] * 10)
+    col.upsert(range(20, 30), x[20:30], metadata=[None] * 5 + [{"size": 3}] * 5)
+    for c in (col, None):
+        if c is None:
+            col.close()
+            c = gs.Collection.open(tmp_path / "c", device="cpu")
+        assert sorted(map(int, c.search(x[0], k=30, filter={"colour": "red"}).ids[0])) == list(range(10, 20))
+        assert len(c.search(x[0], k=30, filter={"colour": {"$exists": False}}).ids[0]) == 20
+        assert c.fetch(["0", "10", "29"]).metadata == [{}, {"colour": "red"}, {"size": 3}]
+    c.compact()
+    assert len(c.search(x[0], k=30, filter={"size": {"$gte": 3}}).ids[0]) == 5
+    c.close()
