@@ -335,10 +335,10 @@ class Collection:
         if params is not None and not isinstance(params, Mapping):
             raise TypeError(f"params must be a dict such as {{'nprobe': 32}}, got {type(params).__name__}")
         schema = dict(self.schema)
-        results = list(self._pool.map(
-            lambda s: s.search(q, k, compiled_filter=compiled, schema=schema, params=dict(params or {})),
-            self._shards,
-        ))
+        def one(shard):
+            return shard.search(q, k, compiled_filter=compiled, schema=schema, params=dict(params or {}))
+
+        results = [one(self._shards[0])] if len(self._shards) == 1 else list(self._pool.map(one, self._shards))
         nq = q.shape[0]
         if len(results) == 1:
             D, ids, rows = results[0]
@@ -380,13 +380,21 @@ class Collection:
         return ids_out, scores_out, where
 
     def _gather(self, where, include_metadata: bool, include_vectors: bool, schema):
-        metas, vecs = ([] if include_metadata else None), ([] if include_vectors else None)
-        for hits in where:
-            if include_metadata:
-                metas.append([self._shards[s].metadata_of([r], schema)[0] for s, r in hits])
-            if include_vectors:
-                rows = [self._shards[s].store.host[r] for s, r in hits]
-                vecs.append(np.stack(rows) if rows else np.empty((0, self.dim), np.float32))
+        """Metadata and vectors of the hits, one metadata lookup per shard."""
+        metas = vecs = None
+        if include_metadata:
+            per_shard: dict[int, list[int]] = {}
+            for hits in where:
+                for s, r in hits:
+                    per_shard.setdefault(s, []).append(r)
+            found = {}
+            for s, rows in per_shard.items():
+                rows = sorted(set(rows))
+                found.update(zip(((s, r) for r in rows), self._shards[s].metadata_of(rows, schema)))
+            metas = [[found[h] for h in hits] for hits in where]
+        if include_vectors:
+            vecs = [np.stack([self._shards[s].store.host[r] for s, r in hits]) if hits
+                    else np.empty((0, self.dim), np.float32) for hits in where]
         return metas, vecs
 
     def fetch(self, ids) -> FetchResult:

@@ -42,6 +42,9 @@ def placement_of(x, name: str) -> Placement:
     >>> placement_of(np.zeros(3), "scores")
     Placement(library='numpy', device=None)
     """
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and isinstance(x, cupy.ndarray):
+        return Placement("cupy", x.device.id)
     if isinstance(x, np.ndarray):
         return Placement("numpy", None)
     torch = sys.modules.get("torch")
@@ -51,9 +54,6 @@ def placement_of(x, name: str) -> Placement:
         if x.device.type == "cuda":
             return Placement("torch", x.device.index if x.device.index is not None else torch.cuda.current_device())
         raise TypeError(f"{name} is a torch tensor on device {x.device}; expected a CPU or CUDA tensor")
-    cupy = sys.modules.get("cupy")
-    if cupy is not None and isinstance(x, cupy.ndarray):
-        return Placement("cupy", x.device.id)
     raise TypeError(f"{name} must be a NumPy array, torch tensor or CuPy array, got {type(x).__module__}.{type(x).__name__}")
 
 
