@@ -336,66 +336,57 @@ class Collection:
             raise TypeError(f"params must be a dict such as {{'nprobe': 32}}, got {type(params).__name__}")
         schema = dict(self.schema)
         def one(shard):
-            return shard.search(q, k, compiled_filter=compiled, schema=schema, params=dict(params or {}))
+            return shard.search(q, k, compiled_filter=compiled, schema=schema, params=dict(params or {}),
+                                include_metadata=include_metadata, include_vectors=include_vectors)
 
         results = [one(self._shards[0])] if len(self._shards) == 1 else list(self._pool.map(one, self._shards))
-        nq = q.shape[0]
         if len(results) == 1:
-            D, ids, rows = results[0]
-            where = [[(0, int(r)) for r in row[: len(ids[qi])]] for qi, row in enumerate(rows.tolist())]
-            scores = [D[qi, : len(ids[qi])].copy() for qi in range(nq)]
+            h = results[0]
+            scores = [h.scores[qi, : len(ids)].copy() for qi, ids in enumerate(h.ids)]
+            ids, metas, vecs = h.ids, h.metadata, h.vectors
         else:
-            ids, scores, where = self._merge(results, k, nq)
-        out_meta = out_vecs = None
-        if include_metadata or include_vectors:
-            out_meta, out_vecs = self._gather(where, include_metadata, include_vectors, schema)
+            ids, scores, metas, vecs = self._merge(results, k, q.shape[0])
         info = {"sequence": self._seq, "index": self.index, "lineage": self.lineage}
-        return SearchResult(ids, scores, out_meta, out_vecs, info)
+        return SearchResult(ids, scores, metas, vecs, info)
 
     def _merge(self, results, k: int, nq: int):
-        """Merge per-shard lists with the kernels' k-way merge; ties go to the smaller id."""
-        flat_ids = [i for _, ids, _ in results for row in ids for i in row]
-        if not flat_ids:
-            return [[] for _ in range(nq)], [np.empty(0, np.float32) for _ in range(nq)], [[] for _ in range(nq)]
-        uniq, inv = np.unique(np.array(flat_ids, dtype=object), return_inverse=True)
-        where_of = np.empty((len(uniq), 2), dtype=np.int64)
-        ranks, pos = [], 0
-        for s, (D, ids, rows) in enumerate(results):
-            R = np.full(D.shape, -1, dtype=np.int64)
-            for qi, row in enumerate(ids):
-                n = len(row)
-                r = inv[pos : pos + n]
-                R[qi, :n] = r
-                where_of[r, 0], where_of[r, 1] = s, rows[qi, :n]
-                pos += n
-            ranks.append(R)
-        Dm, Rm = kernels.merge_topk([r[0] for r in results], ranks, k, largest=self.metric != "l2")
-        ids_out, scores_out, where = [], [], []
-        for qi in range(nq):
-            valid = Rm[qi] >= 0
-            rr = Rm[qi, valid]
-            ids_out.append(uniq[rr].tolist())
-            scores_out.append(np.asarray(Dm[qi, valid], dtype=np.float32))
-            where.append([(int(a), int(b)) for a, b in where_of[rr]])
-        return ids_out, scores_out, where
+        """Merge per-shard lists with the kernels' k-way merge; ties go to the smaller id.
 
-    def _gather(self, where, include_metadata: bool, include_vectors: bool, schema):
-        """Metadata and vectors of the hits, one metadata lookup per shard."""
-        metas = vecs = None
-        if include_metadata:
-            per_shard: dict[int, list[int]] = {}
-            for hits in where:
-                for s, r in hits:
-                    per_shard.setdefault(s, []).append(r)
-            found = {}
-            for s, rows in per_shard.items():
-                rows = sorted(set(rows))
-                found.update(zip(((s, r) for r in rows), self._shards[s].metadata_of(rows, schema)))
-            metas = [[found[h] for h in hits] for hits in where]
-        if include_vectors:
-            vecs = [np.stack([self._shards[s].store.host[r] for s, r in hits]) if hits
-                    else np.empty((0, self.dim), np.float32) for hits in where]
-        return metas, vecs
+        The merge orders equal scores by the id passed to it, so each candidate's
+        id is its rank among all candidate ids in string order.
+        """
+        flat_ids = [i for h in results for row in h.ids for i in row]
+        if not flat_ids:
+            empty = [[] for _ in range(nq)]
+            return empty, [np.empty(0, np.float32) for _ in range(nq)], \
+                (empty if results[0].metadata is not None else None), \
+                ([np.empty((0, self.dim), np.float32)] * nq if results[0].vectors is not None else None)
+        uniq, inv = np.unique(np.array(flat_ids, dtype=object), return_inverse=True)
+        ranks, pos = [], 0
+        for h in results:
+            R = np.full(h.scores.shape, -1, dtype=np.int64)
+            for qi, row in enumerate(h.ids):
+                R[qi, : len(row)] = inv[pos : pos + len(row)]
+                pos += len(row)
+            ranks.append(R)
+        Dm, Rm = kernels.merge_topk([h.scores for h in results], ranks, k, largest=self.metric != "l2")
+        ids_out, scores_out = [], []
+        metas = [] if results[0].metadata is not None else None
+        vecs = [] if results[0].vectors is not None else None
+        for qi in range(nq):
+            rr = Rm[qi, Rm[qi] >= 0]
+            ids_out.append(uniq[rr].tolist())
+            scores_out.append(np.asarray(Dm[qi, : len(rr)], dtype=np.float32))
+            if metas is not None or vecs is not None:
+                # where each winner sits: (shard, position in that shard's list for this query)
+                loc = {int(r): (s, j) for s, R in enumerate(ranks) for j, r in enumerate(R[qi].tolist()) if r >= 0}
+                src = np.array([loc[int(r)] for r in rr], dtype=np.int64).reshape(-1, 2)
+            if metas is not None:
+                metas.append([results[s].metadata[qi][j] for s, j in src.tolist()])
+            if vecs is not None:
+                vecs.append(np.stack([results[s].vectors[qi][j] for s, j in src.tolist()]) if len(rr)
+                            else np.empty((0, self.dim), np.float32))
+        return ids_out, scores_out, metas, vecs
 
     def fetch(self, ids) -> FetchResult:
         """Records by id, in the order asked (duplicates once); unknown ids are listed in ``missing``."""

@@ -16,6 +16,7 @@ On-disk layout of ``<collection>/shard-NNN/``::
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from .segments import read_segment, write_segment
 from .vectors import VectorStore
 from .wal import WriteAheadLog
 
-__all__ = ["Shard", "SHARD_FORMAT_VERSION"]
+__all__ = ["Shard", "ShardHits", "SHARD_FORMAT_VERSION"]
 
 log = logging.getLogger(__name__)
 SHARD_FORMAT_VERSION = 1
@@ -178,29 +179,39 @@ class Shard:
             allow = m if allow is None else allow & m
         return allow
 
-    def search(self, queries, k: int, *, compiled_filter=None, schema=None, params=None):
-        """Top-k of this shard: ``(scores (nq, k) float32, ids list of lists, rows (nq, k) int64)``.
+    def search(self, queries, k: int, *, compiled_filter=None, schema=None, params=None,
+               include_metadata: bool = False, include_vectors: bool = False) -> "ShardHits":
+        """Top-k of this shard, ordered by score, then by id.
 
-        Results are ordered by score, then by id. For the exact index the order
-        is exact even when tied scores straddle the k-th place.
+        For the exact index the order is exact even when tied scores straddle the
+        k-th place. Metadata and vectors are read under the same lock as the
+        search, so a concurrent compaction cannot mix up rows.
         """
         with self.lock.read():
             nq = queries.shape[0]
-            if self.n_rows == 0:
-                return _empty(nq, k, self.metric)
-            allow = self.allow_mask(compiled_filter, schema)
-            if allow is not None and not allow.any():
-                return _empty(nq, k, self.metric)
-            exact = self.backend.kind == "exact"
-            kk = k + 1 if exact else k
-            D, I = self.backend.search(self.store, queries, kk, allow, params or {})
-            D, I = self._order_by_id(D, I)
-            if exact:
-                tied = (I[:, k] >= 0) & (D[:, k] == D[:, k - 1])
-                for q in np.flatnonzero(tied):
-                    D[q, :k], I[q, :k] = self._exact_row(queries, q, k, allow)
-            D, I = D[:, :k], I[:, :k]
-            return D, [[self.ids[r] for r in row if r >= 0] for row in I.tolist()], I
+            allow = self.allow_mask(compiled_filter, schema) if self.n_rows else None
+            if self.n_rows == 0 or allow is not None and not allow.any():
+                sentinel = np.inf if self.metric == "l2" else -np.inf
+                D, I = np.full((nq, k), sentinel, np.float32), np.full((nq, k), -1, np.int64)
+            else:
+                exact = self.backend.kind == "exact"
+                D, I = self.backend.search(self.store, queries, k + 1 if exact else k, allow, params or {})
+                D, I = self._order_by_id(D, I)
+                if exact:
+                    tied = (I[:, k] >= 0) & (D[:, k] == D[:, k - 1])
+                    for q in np.flatnonzero(tied):
+                        D[q, :k], I[q, :k] = self._exact_row(queries, q, k, allow)
+                D, I = D[:, :k], I[:, :k]
+            rows = [[r for r in row if r >= 0] for row in I.tolist()]
+            hits = ShardHits(D, [[self.ids[r] for r in row] for row in rows])
+            if include_metadata:
+                flat = sorted({r for row in rows for r in row})
+                found = dict(zip(flat, self.metadata_of(flat, schema)))
+                hits.metadata = [[found[r] for r in row] for row in rows]
+            if include_vectors:
+                host = self.store.host
+                hits.vectors = [host[row].copy() for row in rows]
+            return hits
 
     def _order_by_id(self, D: np.ndarray, I: np.ndarray):
         """Within equal scores, put the smaller id first (kernels break ties by row number)."""
@@ -344,7 +355,12 @@ class Shard:
             }
 
 
-def _empty(nq: int, k: int, metric: str):
-    sentinel = np.inf if metric == "l2" else -np.inf
-    return np.full((nq, k), sentinel, np.float32), [[] for _ in range(nq)], np.full((nq, k), -1, np.int64)
+@dataclass
+class ShardHits:
+    """One shard's answer: ``scores`` (nq, k) padded with the sentinel, ``ids[q]`` the valid hits."""
+
+    scores: np.ndarray
+    ids: list[list[str]]
+    metadata: list[list[dict]] | None = None
+    vectors: list[np.ndarray] | None = None
 
