@@ -90,6 +90,7 @@ def to_compute(x, placement: Placement, name: str):
         import cupy
         import torch
 
+        x = x.detach()
         if x.dtype == torch.bool:  # DLPack bool support varies between versions; bytes do not
             return cupy.from_dlpack(x.contiguous().view(torch.uint8)).view(cupy.bool_)
         return cupy.from_dlpack(x)
