@@ -16,6 +16,9 @@ import numpy as np
 
 __all__ = ["select_k", "gather"]
 
+#: Rows redone for ties at once hold at most about this many entries.
+TIE_GROUP_ELEMENTS = 1 << 22
+
 
 def select_k(w: np.ndarray, k: int, ids: np.ndarray | None = None) -> np.ndarray:
     """Positions of the ``min(k, n)`` smallest entries of each row of ``w``, best first.
@@ -54,12 +57,17 @@ def select_k(w: np.ndarray, k: int, ids: np.ndarray | None = None) -> np.ndarray
         if short.size:  # fewer than kk selectable entries: take the finite ones only
             cand[short] = w[short] < np.inf
     else:
-        cand = w < np.inf
+        t, cand = None, w < np.inf
     rows, cols, counts = _where(cand)
-    # Rows where entries equal to t outnumber the places left for them.
+    # Rows where entries equal to t outnumber the places left for them (only
+    # possible when kk < n). Redo them a bounded group of rows at a time, so
+    # tie-heavy data (duplicate vectors) cannot blow up memory.
     bad = np.flatnonzero(counts > kk)
     if bad.size:
-        cand[bad] = _resolve_ties(w[bad], t[bad], kk, None if ids is None else ids[bad])
+        group = max(1, TIE_GROUP_ELEMENTS // n)
+        for g in range(0, bad.size, group):
+            b = bad[g : g + group]
+            cand[b] = _resolve_ties(w[b], t[b], kk, None if ids is None else ids[b])
         rows, cols, counts = _where(cand)
     if counts.min() == kk:
         pos = cols.reshape(nq, kk)
@@ -98,7 +106,8 @@ def _resolve_ties(w: np.ndarray, t: np.ndarray, kk: int, ids: np.ndarray | None)
     lt = w < t
     eq = w == t
     need = kk - np.count_nonzero(lt, axis=1)
-    return lt | (eq & (np.cumsum(eq, axis=1, dtype=np.int64) <= need[:, None]))
+    count = np.int32 if w.shape[1] < 2**31 else np.int64
+    return lt | (eq & (np.cumsum(eq, axis=1, dtype=count) <= need[:, None]))
 
 
 def gather(a: np.ndarray, pos: np.ndarray, fill) -> np.ndarray:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gpusearch import kernels
-from gpusearch.kernels import MAX_K, fused, fused_search, fused_search_reference, merge_topk, merge_topk_reference
+from gpusearch.kernels import MAX_K, _select, fused, fused_search, fused_search_reference, merge_topk, merge_topk_reference
 from gpusearch.kernels import topk, topk_reference
 
 RTOL = {np.float32: 1e-4, np.float16: 1.5e-3}
@@ -115,6 +115,18 @@ def test_topk_heavy_ties_pick_smallest_columns(rng, k):
     ones = np.flatnonzero(x[0] > 0)
     zeros = np.setdiff1d(np.arange(2000), ones)[: max(0, k - ones.size)]
     np.testing.assert_array_equal(I[0], np.concatenate([ones, zeros])[:k])
+
+
+def test_tie_heavy_rows_redone_in_small_groups(rng, monkeypatch, small_tiles):
+    monkeypatch.setattr(_select, "TIE_GROUP_ELEMENTS", 100)
+    x = tied_scores(rng, (40, 300), np.float32, True, values=1)
+    assert_same(topk(x, 17), topk_reference(x, 17))
+    S, I = sorted_lists(rng, 40, [30, 50], False, id_high=10)
+    assert_same(merge_topk(S, I, 33, largest=False), merge_topk_reference(S, I, 33, largest=False))
+    xq, xb = np.ones((9, 4), np.float32), np.zeros((200, 4), np.float32)  # every row scores the same
+    xb[150] = 1.0
+    for metric in ("ip", "l2"):
+        assert_same(fused_search(xq, xb, 30, metric=metric), fused_search_reference(xq, xb, 30, metric=metric))
 
 
 def test_topk_rows_of_sentinels_are_padding(rng):
