@@ -65,13 +65,27 @@ class FaissBackend:
         faiss = _faiss()
         fm = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
         try:
-            return faiss.index_factory(dim, spec, fm)
+            index = faiss.index_factory(dim, spec, fm)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[-1] if str(e).strip() else ""
             raise ValueError(
                 f"index must be 'Flat' or a FAISS factory string such as 'IVF1024,Flat', 'IVF4096,PQ64' "
                 f"or 'HNSW32' for dim {dim}; FAISS could not build {spec!r}: {first}"
             ) from None
+        inner = faiss.downcast_index(index)
+        if isinstance(inner, faiss.IndexPreTransform):
+            inner = faiss.downcast_index(inner.index)
+        # Polysemous training (Hamming-ordered PQ codes) costs most of PQ training time
+        # and serves only polysemous search, which we do not use.
+        if hasattr(inner, "do_polysemous_training"):
+            inner.do_polysemous_training = False
+        # FAISS defaults (nprobe=1, efSearch=16) trade away most of the recall; these are the
+        # defaults a query gets without params.
+        if isinstance(inner, faiss.IndexIVF):
+            inner.nprobe = min(inner.nlist, max(8, inner.nlist // 16))
+        if isinstance(inner, faiss.IndexHNSW):
+            inner.hnsw.efSearch = 64
+        return index
 
     # -- state ---------------------------------------------------------------
     @property
