@@ -57,6 +57,7 @@ class FaissBackend:
     def __init__(self, spec: str, *, dim: int, metric: str, device: str):
         self.spec, self.dim, self.metric, self.device = spec, dim, metric, device
         self.index = self.build_empty(spec, dim, metric)
+        self._param_names = self._param_names_of(self.index)
         self.train_size = train_size_for(spec) if not self.index.is_trained else 0
         self.on_gpu = False
 
@@ -189,17 +190,22 @@ class FaissBackend:
         self._maybe_to_gpu()
 
     # -- search --------------------------------------------------------------
-    def param_names(self) -> set[str]:
+    @staticmethod
+    def _param_names_of(index) -> frozenset[str]:
         faiss = _faiss()
+        inner = faiss.downcast_index(index)
+        if isinstance(inner, faiss.IndexPreTransform):
+            inner = faiss.downcast_index(inner.index)
         names = set()
-        try:
-            faiss.extract_index_ivf(self.index)
+        if isinstance(inner, faiss.IndexIVF):
             names.add("nprobe")
-        except RuntimeError:
-            pass
-        if self._hnsw() is not None:
+        if isinstance(inner, faiss.IndexHNSW):
             names.add("efSearch")
-        return names
+        return frozenset(names)
+
+    def param_names(self) -> frozenset[str]:
+        """Search params this index takes (fixed by the spec, so worked out once)."""
+        return self._param_names
 
     def _hnsw(self):
         faiss = _faiss()
