@@ -234,7 +234,6 @@ class Collection:
         vecs = self._prepare_vectors(vectors, "vectors")
         if len(ids) != vecs.shape[0]:
             raise ValueError(f"ids and vectors must have the same length, got {len(ids)} ids and {vecs.shape[0]} vectors")
-        table, schema = md.normalize_metadata(metadata, len(ids), self.schema)
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
         last: dict[str, int] = {}
@@ -244,6 +243,9 @@ class Collection:
         keep.sort()
         step = batch_size or len(keep)
         with self._write_lock:
+            # Under the lock: the schema this batch extends must be the one it commits against,
+            # or two concurrent upserts could each add a field (or one type per field) and one lose.
+            table, schema = md.normalize_metadata(metadata, len(ids), self.schema)
             seq = self._seq
             with progress(len(keep), "upsert", min_total=100_000) as bar:
                 for lo in range(0, len(keep), step):
