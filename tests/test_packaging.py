@@ -1,0 +1,35 @@
+"""kernels/ and serve/ install as gpusearch.kernels and gpusearch.serve from a wheel too, CUDA sources included."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_wheel_maps_kernels_and_serve_into_gpusearch(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT), "-w", str(tmp_path)],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    wheel = next(tmp_path.glob("gpusearch-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for cu in (ROOT / "kernels").glob("*.cu"):
+        assert f"gpusearch/kernels/{cu.name}" in names
+    assert "gpusearch/serve/__init__.py" in names and "gpusearch/backends/faiss_backend.py" in names
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    probe = (
+        "import gpusearch, gpusearch.kernels as k, gpusearch.serve;"
+        "assert gpusearch.__file__.startswith(%r), gpusearch.__file__;"
+        "assert all(p.exists() for p in k.cuda_sources()) and len(k.cuda_sources()) >= 3" % str(site)
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+                         env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr[-2000:]
