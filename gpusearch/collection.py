@@ -20,6 +20,7 @@ import concurrent.futures as cf
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -81,7 +82,9 @@ class Collection:
         self._seq = next_seq - 1
         self._commits = commits
         self._write_lock = threading.Lock()
-        self._pool = cf.ThreadPoolExecutor(max_workers=max(1, len(shards)), thread_name_prefix="gpusearch-shard")
+        # More threads than cores only makes BLAS and FAISS threads fight over them.
+        self._pool = cf.ThreadPoolExecutor(max_workers=max(1, min(len(shards), os.cpu_count() or 1)),
+                                           thread_name_prefix="gpusearch-shard")
         self.schema: dict[str, str] = {}
         for s in shards:
             self.schema = md.merge_schemas(self.schema, s.schema)
