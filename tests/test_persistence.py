@@ -205,3 +205,35 @@ def test_sigkill_keeps_every_acknowledged_batch_and_nothing_partial(tmp_path, ki
         assert f.metadata[0] == {"batch": b}
     assert max(present) <= max(acked_batches) + 1  # at most the one batch in flight
     col.close()
+
+
+def _abandon(col):
+    """Release a collection's files without a checkpoint, as a crash would leave them."""
+    for s in col._shards:
+        s.close()
+    col._commits.close()
+
+
+def test_disk_full_on_one_shard_leaves_nothing_partial(tmp_path, rng):
+    import errno
+
+    x = rng.standard_normal((200, 4)).astype(np.float32)
+    col = gs.Collection.create(tmp_path / "c", dim=4, metric="l2", shards=2, device="cpu")
+    col.upsert(range(100), x[:100])
+    victim = col._shards[1].wal
+    real_append = victim.append
+
+    def full(seq, payload):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    victim.append = full
+    with pytest.raises(OSError, match="No space left"):
+        col.upsert(range(100, 200), x[100:])  # spans both shards; shard 0's part is logged first or not at all
+    assert len(col) == 100 and col.fetch(["150"]).missing == ["150"]
+    victim.append = real_append
+    col.upsert(range(100, 120), x[100:120])  # space is back: writes go on
+    assert len(col) == 120
+    _abandon(col)
+    again = gs.Collection.open(tmp_path / "c", device="cpu")
+    assert sorted(int(i) for s in again._shards for i in s.id_to_row) == list(range(120))
+    again.close()
