@@ -22,10 +22,10 @@ class VectorStore:
         self.dtype = dtype
         self._n = 0
         self._host = np.empty((max(capacity, 1), dim), dtype=np.float32)
-        self._dev = None
+        self._dev = self._dev_sq = None
         self._sqnorms = np.empty(self._host.shape[0], dtype=np.float32)
         if is_cuda(device):
-            self._dev = self._device_buffer(self._host.shape[0])
+            self._dev, self._dev_sq = self._device_buffers(self._host.shape[0])
 
     def __len__(self) -> int:
         return self._n
@@ -36,8 +36,13 @@ class VectorStore:
 
     @property
     def sqnorms(self) -> np.ndarray:
-        """Squared L2 norm of every row (for l2 search)."""
+        """Squared L2 norm of every row (for l2 search), on the host."""
         return self._sqnorms[: self._n]
+
+    def search_sqnorms(self):
+        """Squared norms where the search runs (host NumPy, or a float32 device tensor), so an
+        l2 search does not read the base vectors twice."""
+        return self.sqnorms if self._dev_sq is None else self._dev_sq[: self._n]
 
     def search_view(self):
         """The rows as the search kernels want them: host NumPy on CPU, a device tensor on CUDA."""
@@ -45,11 +50,12 @@ class VectorStore:
             return self.host
         return self._dev[: self._n]
 
-    def _device_buffer(self, rows: int):
+    def _device_buffers(self, rows: int):
         import torch
 
         dtype = torch.float16 if self.dtype == "float16" else torch.float32
-        return torch.empty((rows, self.dim), dtype=dtype, device=self.device)
+        return (torch.empty((rows, self.dim), dtype=dtype, device=self.device),
+                torch.empty(rows, dtype=torch.float32, device=self.device))
 
     def _grow(self, need: int) -> None:
         cap = self._host.shape[0]
@@ -63,9 +69,10 @@ class VectorStore:
         sq[: self._n] = self._sqnorms[: self._n]
         self._sqnorms = sq
         if self._dev is not None:
-            dev = self._device_buffer(new_cap)
+            dev, dev_sq = self._device_buffers(new_cap)
             dev[: self._n] = self._dev[: self._n]
-            self._dev = dev
+            dev_sq[: self._n] = self._dev_sq[: self._n]
+            self._dev, self._dev_sq = dev, dev_sq
 
     def append(self, x: np.ndarray) -> range:
         """Append float32 rows; returns their row numbers."""
@@ -78,6 +85,7 @@ class VectorStore:
             import torch
 
             self._dev[start : start + n] = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, dtype=self._dev.dtype)
+            self._dev_sq[start : start + n] = torch.from_numpy(self._sqnorms[start : start + n]).to(self.device)
         self._n += n
         return range(start, start + n)
 
@@ -87,11 +95,11 @@ class VectorStore:
         self._host = np.empty((max(int(x.shape[0] * 1.25), 1024), self.dim), dtype=np.float32)
         self._sqnorms = np.empty(self._host.shape[0], dtype=np.float32)
         if self._dev is not None:
-            self._dev = self._device_buffer(self._host.shape[0])
+            self._dev, self._dev_sq = self._device_buffers(self._host.shape[0])
         self.append(x)
 
     def memory_bytes(self) -> dict[str, int]:
         out = {"host": int(self._host.nbytes + self._sqnorms.nbytes)}
         if self._dev is not None:
-            out["device"] = int(self._dev.numel() * self._dev.element_size())
+            out["device"] = int(self._dev.numel() * self._dev.element_size() + self._dev_sq.numel() * 4)
         return out

@@ -21,9 +21,7 @@ def exact_search(store, queries, k: int, metric: str, allow: np.ndarray | None, 
         sentinel = np.inf if metric == "l2" else -np.inf
         return np.full((nq, k), sentinel, np.float32), np.full((nq, k), -1, np.int64)
     mask = None if allow is None else allow[start:]
-    sq = None
-    if metric == "l2" and isinstance(base, np.ndarray):
-        sq = store.sqnorms[start:]
+    sq = store.search_sqnorms()[start:] if metric == "l2" else None
     if mask is not None and not isinstance(base, np.ndarray):
         import torch
 
