@@ -22,10 +22,13 @@ def exact_search(store, queries, k: int, metric: str, allow: np.ndarray | None, 
         return np.full((nq, k), sentinel, np.float32), np.full((nq, k), -1, np.int64)
     mask = None if allow is None else allow[start:]
     sq = store.search_sqnorms()[start:] if metric == "l2" else None
-    if mask is not None and not isinstance(base, np.ndarray):
+    if not isinstance(base, np.ndarray):
         import torch
 
-        mask = torch.from_numpy(np.ascontiguousarray(mask)).to(base.device)
+        if mask is not None:
+            mask = torch.from_numpy(np.ascontiguousarray(mask)).to(base.device)
+        if queries.dtype != base.dtype:  # a float16 device copy takes float16 queries (fp32 accumulate)
+            queries = queries.to(base.dtype)
     D, I = kernels.fused_search(queries, base, k, metric=kernel_metric(metric), mask=mask, base_sqnorms=sq)
     D, I = _host(D), _host(I)
     if start:
