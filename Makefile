@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 # CPU machines take the CPU wheel of torch that lies on disk; a machine with an NVIDIA driver
 # lets pip pick the CUDA build (or set TORCH_SPEC yourself).
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
-EXTRAS ?= dev,embed
+# A machine with an NVIDIA driver also gets the gpu extra (CuPy for our kernels, FAISS GPU).
+EXTRAS ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo dev,embed,gpu || echo dev,embed)
 
 .PHONY: install run test test-gpu check-cuda bench clean
 

@@ -80,6 +80,18 @@ def common_placement(arrays: dict) -> Placement:
     return first
 
 
+def cupy_module():
+    """CuPy, or an ImportError that says how to install it (the GPU kernels need it)."""
+    try:
+        import cupy
+    except ImportError:
+        raise ImportError(
+            "GPU arrays need CuPy for the gpusearch kernels: pip install 'gpusearch[gpu]' "
+            "(or cupy-cuda12x / cupy-cuda13x to match your CUDA)"
+        ) from None
+    return cupy
+
+
 def to_compute(x, placement: Placement, name: str):
     """``x`` as a NumPy array (host) or CuPy array (device), sharing memory where possible."""
     if x is None or placement.library in ("numpy", "cupy"):
@@ -87,7 +99,7 @@ def to_compute(x, placement: Placement, name: str):
     try:
         if placement.device is None:
             return x.numpy(force=True)
-        import cupy
+        cupy = cupy_module()
         import torch
 
         x = x.detach()
@@ -115,7 +127,7 @@ def compute_context(placement: Placement):
     if placement.device is None:
         yield
         return
-    import cupy
+    cupy = cupy_module()
 
     with cupy.cuda.Device(placement.device):
         if placement.library == "torch":
