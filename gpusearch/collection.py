@@ -52,6 +52,8 @@ DTYPES = ("float32", "float16")
 MAX_TOP_K = 1000
 MAX_SHARDS = 256
 CHECKPOINT_WAL_BYTES = 256 << 20
+# Below this many multiply-adds per search, shards are searched one after another in the caller's thread.
+PARALLEL_SEARCH_FLOPS = 20_000_000
 _MANIFEST = "collection.json"
 
 
@@ -344,7 +346,12 @@ class Collection:
             return shard.search(q, k, compiled_filter=compiled, schema=schema, params=dict(params or {}),
                                 include_metadata=include_metadata, include_vectors=include_vectors)
 
-        results = [one(self._shards[0])] if len(self._shards) == 1 else list(self._pool.map(one, self._shards))
+        # Handing a shard to a thread costs ~0.1-1 ms; only worth it when each shard has real work.
+        work = q.shape[0] * sum(s.n_rows for s in self._shards) * self.dim
+        if len(self._shards) == 1 or work < PARALLEL_SEARCH_FLOPS:
+            results = [one(s) for s in self._shards]
+        else:
+            results = list(self._pool.map(one, self._shards))
         if len(results) == 1:
             h = results[0]
             scores = [h.scores[qi, : len(ids)].copy() for qi, ids in enumerate(h.ids)]

@@ -18,8 +18,10 @@ def make_meta(rng, n):
 
 
 @pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
-@pytest.mark.parametrize("shards", [1, 4])
-def test_exact_search_equals_brute_force(tmp_path, rng, metric, shards):
+@pytest.mark.parametrize("shards, parallel", [(1, False), (4, False), (4, True)])
+def test_exact_search_equals_brute_force(tmp_path, rng, monkeypatch, metric, shards, parallel):
+    if parallel:  # fan out over the thread pool even for this small search
+        monkeypatch.setattr("gpusearch.collection.PARALLEL_SEARCH_FLOPS", 0)
     n, d = 1500, 24
     x = rng.standard_normal((n, d)).astype(np.float32)
     ids = [f"id{i}" for i in range(n)]
