@@ -291,8 +291,10 @@ class FaissBackend:
         if allow is not None:
             bits = np.packbits(np.ascontiguousarray(allow[:n_idx]), bitorder="little")
             sel = faiss.IDSelectorBitmap(bits)
-        sp = self._search_parameters(sel, params)
-        D, I = self.index.search(q, k, params=sp)
+        if sel is None and not params:  # the index's own defaults: skip building a params object
+            D, I = self.index.search(q, k)
+        else:
+            D, I = self.index.search(q, k, params=self._search_parameters(sel, params))
         sentinel = np.inf if self.metric == "l2" else -np.inf
         D = np.where(I < 0, sentinel, D).astype(np.float32)
         return D, I.astype(np.int64)
