@@ -327,7 +327,7 @@ class Shard:
         atomic_write_json(self.path / "manifest.json", m)
         self._manifest = m
         self.wal.rotate()
-        self.wal.drop_through(seq)
+        self.wal.drop_through(seq, keep_newest=False)  # the manifest keeps the applied seq
         wanted = set(segments) | {alive_name, "manifest.json"} | ({index_name} if index_name else set())
         for p in self.path.iterdir():
             if p.is_file() and p.name not in wanted and p.name.startswith(("seg-", "alive-", "index-")):

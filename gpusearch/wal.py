@@ -516,17 +516,22 @@ class WriteAheadLog:
                 os.unlink(current.path)
                 self._files.pop()
 
-    def drop_through(self, seq: int) -> None:
+    def drop_through(self, seq: int, *, keep_newest: bool = True) -> None:
         """Delete the files all of whose records have seq <= ``seq``.
 
-        The file being appended to is never deleted, and neither is the newest
-        file (even after :meth:`rotate`), so :attr:`last_seq` survives a reopen.
+        The file being appended to is never deleted. By default neither is the
+        newest file (even after :meth:`rotate`), so :attr:`last_seq` survives a
+        reopen; a caller that keeps its own high-water mark (a checkpoint
+        manifest) passes ``keep_newest=False`` to reclaim that file too once it
+        has rotated.
 
         Parameters
         ----------
         seq : int
             Records up to and including this seq are no longer needed (e.g. a
             checkpoint covers them).
+        keep_newest : bool, default True
+            Keep the newest file even when it is covered and not being appended to.
         """
         if not isinstance(seq, int) or isinstance(seq, bool):
             raise TypeError(f"seq must be an int, got {type(seq).__name__}")
@@ -534,7 +539,8 @@ class WriteAheadLog:
             if self._closed:
                 raise ValueError(f"WAL {self._dir} is closed")
             doomed = []
-            for f in self._files[:-1]:
+            candidates = self._files if not keep_newest and self._fd is None else self._files[:-1]
+            for f in candidates:
                 if f.last_seq is None or f.last_seq > seq:
                     break
                 doomed.append(f)

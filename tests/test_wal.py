@@ -643,3 +643,25 @@ def test_kill_9_keeps_every_acknowledged_record(tmp_path, fsync):
         assert seqs[-1] <= acked[-1] + 1  # at most the one append in flight when killed
         assert all(r.payload == payload_for(r.seq) for r in records)
         acked = seqs  # the in-flight record, if it landed, is now part of the log
+
+
+def test_drop_through_can_reclaim_the_newest_file_after_rotate(tmp_path):
+    from gpusearch.wal import WriteAheadLog
+
+    wal, _ = WriteAheadLog.open(tmp_path / "w")
+    wal.append(1, b"a")
+    wal.append(2, b"b")
+    wal.drop_through(2, keep_newest=False)  # still being appended to: kept
+    assert wal.size_bytes > 0
+    wal.rotate()
+    wal.drop_through(2)  # default: the newest file stays
+    assert wal.size_bytes > 0
+    wal.drop_through(2, keep_newest=False)
+    assert wal.size_bytes == 0 and not list((tmp_path / "w").glob("wal-*.log"))
+    wal.append(3, b"c")  # seq still has to increase past what was dropped
+    with pytest.raises(ValueError, match="greater"):
+        wal.append(3, b"d")
+    wal.close()
+    again, records = WriteAheadLog.open(tmp_path / "w")
+    assert [(r.seq, r.payload) for r in records] == [(3, b"c")]
+    again.close()
