@@ -237,3 +237,17 @@ def test_disk_full_on_one_shard_leaves_nothing_partial(tmp_path, rng):
     again = gs.Collection.open(tmp_path / "c", device="cpu")
     assert sorted(int(i) for s in again._shards for i in s.id_to_row) == list(range(120))
     again.close()
+
+
+@pytest.mark.parametrize("index", ["HNSW16", "PCA8,HNSW16", "IVF4,PQ4x4", "HNSW16,Flat"])
+def test_compact_rebuilds_every_index_kind(tmp_path, rng, index):
+    x = rng.standard_normal((1200, 16)).astype(np.float32)
+    col = gs.Collection.create(tmp_path / "c", dim=16, metric="l2", index=index, device="cpu", fsync=False)
+    col.upsert(range(1200), x)
+    assert col.stats()["shards"][0]["index_trained"]
+    col.delete(ids=[str(i) for i in range(0, 1200, 2)])
+    col.compact()  # fewer rows than training wanted: the index is rebuilt (and retrained) all the same
+    st = col.stats()["shards"][0]
+    assert st["rows"] == 600 and st["indexed_rows"] == 600 and st["index_trained"]
+    got = col.search(x[1::2][:10], k=1).ids
+    assert sum(g == [str(i)] for g, i in zip(got, range(1, 20, 2))) >= 8

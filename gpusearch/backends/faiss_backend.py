@@ -137,27 +137,22 @@ class FaissBackend:
                 bar.update(hi - lo)
 
     def rebuild(self, store) -> None:
-        """Re-add every row after compaction renumbered them (keeps the trained quantiser and codebooks)."""
+        """Re-add every row after compaction renumbered them, keeping the trained quantiser and codebooks."""
         faiss = _faiss()
         if self.on_gpu:
             self.index = faiss.index_gpu_to_cpu(self.index)
             self.on_gpu = False
-        if self.index.is_trained and self._can_reset():
+        was_trained = self.index.is_trained
+        if was_trained and self._hnsw() is None:
             self.index.reset()
         else:
-            trained = self.index.is_trained
-            old = self.index
+            # Nothing trained to keep, or an HNSW graph, which cannot be emptied in place: start
+            # afresh, and retrain now on the rows kept if the old index had been trained.
             self.index = self.build_empty(self.spec, self.dim, self.metric)
-            if trained and not self.index.is_trained:
-                self.index = old
-                self.index.reset()
+            if was_trained and not self.index.is_trained and len(store):
+                self.train(store.host)
         self.add(store, range(0, len(store)))
         self._maybe_to_gpu()
-
-    def _can_reset(self) -> bool:
-        faiss = _faiss()
-        # HNSW graphs cannot be emptied in place; everything else keeps its training through reset().
-        return not isinstance(faiss.downcast_index(self.index), faiss.IndexHNSW)
 
     def _maybe_to_gpu(self) -> None:
         if self.on_gpu or not is_cuda(self.device) or faiss_gpu_count() == 0:
