@@ -38,16 +38,21 @@ def embeddings_like(rng, n, d, latent=32, clusters=1000):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def timed(fn, queries, batch, repeats):
-    """Median QPS of fn over the queries in batches of ``batch``."""
-    fn(queries[:batch])
-    runs = []
-    for _ in range(repeats):
+def timed_pair(fa, fb, queries, batch, repeats):
+    """Median QPS (and min, max) of fa and of fb over the queries in batches of ``batch``.
+
+    The two alternate run by run, so drift in a shared machine's speed hits both alike.
+    """
+    def once(fn):
         t = time.perf_counter()
         for lo in range(0, len(queries), batch):
             fn(queries[lo : lo + batch])
-        runs.append(len(queries) / (time.perf_counter() - t))
-    return float(np.median(runs)), float(np.min(runs)), float(np.max(runs))
+        return len(queries) / (time.perf_counter() - t)
+
+    once(fa), once(fb)  # warm-up
+    runs = [(once(fa), once(fb)) for _ in range(repeats)]
+    a, b = np.array(runs).T
+    return (float(np.median(a)), float(a.min()), float(a.max())), (float(np.median(b)), float(b.min()), float(b.max()))
 
 
 def recall(got, ref):
@@ -101,8 +106,8 @@ def main() -> None:
             _, ri = raw.search(q, args.k)
             r_ours, r_raw = recall(got, gt_ids), recall([[str(i) for i in r] for r in ri], gt_ids)
             for batch in (1, args.nq):
-                ours = timed(lambda b: col.search(b, k=args.k, params=params), q, batch, args.repeats)
-                theirs = timed(lambda b: raw.search(b, args.k), q, batch, args.repeats)
+                ours, theirs = timed_pair(lambda b: col.search(b, k=args.k, params=params),
+                                          lambda b: raw.search(b, args.k), q, batch, args.repeats)
                 rows.append({"index": spec, "params": params, "batch": batch, "shards": args.shards,
                              "gpusearch_qps": ours[0], "gpusearch_qps_min_max": ours[1:],
                              "faiss_qps": theirs[0], "faiss_qps_min_max": theirs[1:], "ratio": ours[0] / theirs[0],
