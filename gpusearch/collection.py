@@ -129,6 +129,8 @@ class Collection:
         resolve_device(device)  # fail before creating anything
         if (path / _MANIFEST).exists():
             raise ValueError(f"{path} already holds a collection; use Collection.open({str(path)!r})")
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{path} is a file; create a collection in a new or empty directory")
         if path.exists() and any(path.iterdir()):
             raise ValueError(f"{path} exists and is not empty; create a collection in a new or empty directory")
         path.mkdir(parents=True, exist_ok=True)

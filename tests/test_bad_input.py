@@ -157,6 +157,16 @@ def test_open_a_newer_format_version(tmp_path):
         gs.Collection.open(tmp_path / "c")
 
 
+def test_create_on_a_file_or_a_non_empty_directory(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        gs.Collection.create(tmp_path / "f", dim=2, device="cpu")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "other").write_text("x")
+    with pytest.raises(ValueError, match="not empty"):
+        gs.Collection.create(tmp_path / "d", dim=2, device="cpu")
+
+
 def test_create_over_existing_collection(tmp_path):
     gs.Collection.create(tmp_path / "c", dim=2, device="cpu").close()
     with pytest.raises(ValueError, match="already holds a collection"):
