@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
+from machine import machine_info, result_path  # noqa: E402
 
 import faiss  # noqa: E402
 
@@ -120,9 +120,7 @@ def main() -> None:
     out = {"benchmark": "engine", "n": args.n, "dim": args.dim, "nq": args.nq, "k": args.k,
            "repeats": args.repeats, "machine": machine_info(), "rows": rows,
            "date": time.strftime("%Y-%m-%d")}
-    m = out["machine"]
-    tag = (m["gpu"].split(",")[0].replace(" ", "-") if m["gpu"] else f"cpu{m['cores']}")
-    path = Path(__file__).resolve().parent / "results" / f"engine-{tag}.json"
+    path = result_path("engine", out["machine"])
     path.write_text(json.dumps(out, indent=2))
     print(f"wrote {path}")
 

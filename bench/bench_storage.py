@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
+from machine import machine_info, result_path  # noqa: E402
 
 import gpusearch as gs  # noqa: E402
 
@@ -69,9 +69,7 @@ def main() -> None:
         col.close()
     for key in ("ingest_vectors_per_s", "checkpoint_s", "open_s", "open_with_wal_tail_s", "disk_bytes"):
         print(f"{key:24s} {res[key]:.3f}" if isinstance(res[key], float) else f"{key:24s} {res[key]}")
-    m = res["machine"]
-    tag = m["gpu"].split(",")[0].replace(" ", "-") if m["gpu"] else f"cpu{m['cores']}"
-    out = Path(__file__).resolve().parent / "results" / f"storage-{tag}.json"
+    out = result_path("storage", res["machine"])
     out.write_text(json.dumps(res, indent=2))
     print(f"wrote {out}")
 

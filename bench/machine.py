@@ -35,3 +35,11 @@ def machine_info() -> dict:
 
     info.update(faiss=faiss.__version__, numpy=numpy.__version__, torch=torch.__version__)
     return info
+
+
+def result_path(kind: str, machine: dict):
+    """bench/results/<kind>-<GPU name, or cpuN>.json for a result measured on ``machine``."""
+    from pathlib import Path
+
+    tag = machine["gpu"].split(",")[0].replace(" ", "-") if machine["gpu"] else f"cpu{machine['cores']}"
+    return Path(__file__).resolve().parent / "results" / f"{kind}-{tag}.json"

@@ -92,7 +92,7 @@ class Shard:
         n = len(ids)
         self.schema = dict(m.get("schema", {}))
         if vecs:
-            self.store.replace(np.concatenate(vecs) if len(vecs) > 1 else np.asarray(vecs[0], dtype=np.float32))
+            self.store.replace(vecs)
         self.ids = ids
         self._alive = np.ones(max(n, 1024), dtype=bool)
         if m.get("alive"):

@@ -89,14 +89,18 @@ class VectorStore:
         self._n += n
         return range(start, start + n)
 
-    def replace(self, x: np.ndarray) -> None:
-        """Drop every row and hold ``x`` instead (after compaction or on load)."""
+    def replace(self, blocks) -> None:
+        """Drop every row and hold ``blocks`` instead: one array, or a list of them copied in
+        order (a snapshot's segments), so loading needs no concatenated temporary copy."""
+        blocks = [blocks] if isinstance(blocks, np.ndarray) else list(blocks)
+        n = sum(b.shape[0] for b in blocks)
         self._n = 0
-        self._host = np.empty((max(int(x.shape[0] * 1.25), 1024), self.dim), dtype=np.float32)
+        self._host = np.empty((max(int(n * 1.25), 1024), self.dim), dtype=np.float32)
         self._sqnorms = np.empty(self._host.shape[0], dtype=np.float32)
         if self._dev is not None:
             self._dev, self._dev_sq = self._device_buffers(self._host.shape[0])
-        self.append(x)
+        for b in blocks:
+            self.append(b)
 
     def memory_bytes(self) -> dict[str, int]:
         out = {"host": int(self._host.nbytes + self._sqnorms.nbytes)}
