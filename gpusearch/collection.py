@@ -28,7 +28,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import kernels
 from . import metadata as md
 from . import ops as ops_mod
 from .arrays import as_ids, as_matrix, check_k, to_host
@@ -36,6 +35,7 @@ from .backends import check_index_spec
 from .devices import resolve_device
 from .fileio import atomic_write_json, read_json
 from .filters import compile_filter
+from .merge import merge_hits
 from .progress import progress
 from .results import FetchResult, SearchResult, WriteResult
 from .shard import Shard
@@ -313,6 +313,43 @@ class Collection:
             self._maybe_checkpoint()
         return WriteResult(sum(len(g) for g in groups.values()), seq)
 
+    def update(self, record_id, *, values=None, set_metadata: Mapping | None = None) -> WriteResult:
+        """Change one record in place: new ``values``, and/or ``set_metadata`` merged into its metadata.
+
+        Fields in ``set_metadata`` overwrite those of the same name; the others stay.
+        ``count`` is 0 when the id does not exist (nothing is written then).
+        """
+        self._check_open()
+        rid = as_ids([record_id])[0]
+        if values is None and set_metadata is None:
+            raise ValueError("update needs values=[...] and/or set_metadata={...}")
+        if set_metadata is not None and not isinstance(set_metadata, Mapping):
+            raise TypeError(f"set_metadata must be a dict, got {type(set_metadata).__name__}")
+        new_vec = None if values is None else self._prepare_vectors(values, "values")
+        with self._write_lock:
+            shard = self._shards[shard_of(rid, len(self._shards))]
+            with shard.lock.read():
+                r = shard.id_to_row.get(rid)
+                if r is None:
+                    return WriteResult(0, self._seq)
+                vec = shard.store.host[r].copy()[None, :]
+                meta = shard.metadata_of([r], dict(self.schema))[0]
+            if new_vec is not None:
+                vec = to_host(new_vec)
+            if set_metadata is not None:
+                meta = {**meta, **dict(set_metadata)}
+            table, schema = md.normalize_metadata([meta], 1, self.schema)
+            seq = self._upsert_rows([rid], np.asarray(vec, np.float32), table, schema)
+            self._maybe_checkpoint()
+        return WriteResult(1, seq)
+
+    def ids_matching(self, filter: Mapping) -> list[str]:
+        """Ids of the live records that pass ``filter`` (all of them for ``{}``), shard by shard."""
+        self._check_open()
+        compiled = compile_filter(filter, self.schema)
+        schema = dict(self.schema)
+        return [i for s in self._shards for i in s.ids_matching(compiled, schema)]
+
     def train(self, sample) -> None:
         """Train every shard's index on ``sample`` (an (n, dim) array) now, instead of on the first vectors.
 
@@ -354,53 +391,9 @@ class Collection:
             results = [one(s) for s in self._shards]
         else:
             results = list(self._pool.map(one, self._shards))
-        if len(results) == 1:
-            h = results[0]
-            scores = [h.scores[qi, : len(ids)].copy() for qi, ids in enumerate(h.ids)]
-            ids, metas, vecs = h.ids, h.metadata, h.vectors
-        else:
-            ids, scores, metas, vecs = self._merge(results, k, q.shape[0])
+        ids, scores, metas, vecs = merge_hits(results, k, metric=self.metric, dim=self.dim)
         info = {"sequence": self._seq, "index": self.index, "lineage": self.lineage}
         return SearchResult(ids, scores, metas, vecs, info)
-
-    def _merge(self, results, k: int, nq: int):
-        """Merge per-shard lists with the kernels' k-way merge; ties go to the smaller id.
-
-        The merge orders equal scores by the id passed to it, so each candidate's
-        id is its rank among all candidate ids in string order.
-        """
-        flat_ids = [i for h in results for row in h.ids for i in row]
-        if not flat_ids:
-            empty = [[] for _ in range(nq)]
-            return empty, [np.empty(0, np.float32) for _ in range(nq)], \
-                (empty if results[0].metadata is not None else None), \
-                ([np.empty((0, self.dim), np.float32)] * nq if results[0].vectors is not None else None)
-        uniq, inv = np.unique(np.array(flat_ids, dtype=object), return_inverse=True)
-        ranks, pos = [], 0
-        for h in results:
-            R = np.full(h.scores.shape, -1, dtype=np.int64)
-            for qi, row in enumerate(h.ids):
-                R[qi, : len(row)] = inv[pos : pos + len(row)]
-                pos += len(row)
-            ranks.append(R)
-        Dm, Rm = kernels.merge_topk([h.scores for h in results], ranks, k, largest=self.metric != "l2")
-        ids_out, scores_out = [], []
-        metas = [] if results[0].metadata is not None else None
-        vecs = [] if results[0].vectors is not None else None
-        for qi in range(nq):
-            rr = Rm[qi, Rm[qi] >= 0]
-            ids_out.append(uniq[rr].tolist())
-            scores_out.append(np.asarray(Dm[qi, : len(rr)], dtype=np.float32))
-            if metas is not None or vecs is not None:
-                # where each winner sits: (shard, position in that shard's list for this query)
-                loc = {int(r): (s, j) for s, R in enumerate(ranks) for j, r in enumerate(R[qi].tolist()) if r >= 0}
-                src = np.array([loc[int(r)] for r in rr], dtype=np.int64).reshape(-1, 2)
-            if metas is not None:
-                metas.append([results[s].metadata[qi][j] for s, j in src.tolist()])
-            if vecs is not None:
-                vecs.append(np.stack([results[s].vectors[qi][j] for s, j in src.tolist()]) if len(rr)
-                            else np.empty((0, self.dim), np.float32))
-        return ids_out, scores_out, metas, vecs
 
     def fetch(self, ids) -> FetchResult:
         """Records by id, in the order asked (duplicates once); unknown ids are listed in ``missing``."""

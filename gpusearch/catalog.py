@@ -1,0 +1,377 @@
+"""Many named collections under one data directory, with aliases: what a server holds.
+
+>>> import numpy as np, tempfile
+>>> cat = Catalog(tempfile.mkdtemp(), shards=2, device="cpu", fsync=False)
+>>> cat.upsert("docs-v1", ["a", "b"], np.eye(2, 3, dtype="float32")).count   # created by its first upsert
+2
+>>> cat.set_alias("docs", "docs-v1")
+>>> cat.resolve("docs")
+'docs-v1'
+>>> cat.close()
+
+Layout of ``<data_dir>/``::
+
+    catalog.json           format version and the shard count every collection here uses
+    aliases.json           alias -> collection name (replaced atomically on every switch)
+    collections/<name>/    one gpusearch.Collection per name
+    trash/                 dropped collections on their way out
+
+The writable :class:`Catalog` lives in one process (it holds each collection's
+WAL lock). Read replicas follow it with :class:`ShardCatalog`, which holds one
+shard of every collection (a :class:`gpusearch.replica.ShardFollower` each) and
+answers batches of searches; :func:`resolve_alias` reads the alias file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .arrays import as_ids, as_matrix, check_k
+from .collection import MAX_TOP_K, METRICS, Collection, shard_of
+from .fileio import atomic_write_json, read_json
+from .results import WriteResult
+
+__all__ = ["Catalog", "ShardCatalog", "SearchRequest", "CollectionNotFound", "resolve_alias",
+           "check_name", "DEFAULT_COLLECTION", "CATALOG_FORMAT_VERSION"]
+
+CATALOG_FORMAT_VERSION = 1
+DEFAULT_COLLECTION = "default"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class CollectionNotFound(LookupError):
+    """No collection or alias of that name (HTTP 404)."""
+
+
+def check_name(name: Any, what: str = "collection name") -> str:
+    """A collection or alias name: 1-64 letters, digits, ``_ . -``, starting with a letter or digit.
+
+    ``""`` and ``"__default__"`` (Pinecone's default namespace) mean ``"default"``.
+    """
+    if name is None or name in ("", "__default__"):
+        return DEFAULT_COLLECTION
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a string, got {type(name).__name__}")
+    if not _NAME_RE.match(name):
+        raise ValueError(f"{what} must be 1-64 letters, digits, '_', '.' or '-' starting with a letter or digit, "
+                         f"got {name!r}")
+    return name
+
+
+class _JsonFileCache:
+    """A JSON file re-read only when its (inode, size, mtime) changes: a stat per lookup."""
+
+    def __init__(self, path: Path, default):
+        self.path, self.default = path, default
+        self._key, self._value = None, default
+        self._lock = threading.Lock()
+
+    def get(self):
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return self.default
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            if key != self._key:
+                self._value, self._key = read_json(self.path), key
+            return self._value
+
+
+_alias_caches: dict[str, _JsonFileCache] = {}
+
+
+def resolve_alias(data_dir, name: str) -> str:
+    """The collection an alias points at (``name`` itself when it is not an alias)."""
+    key = str(Path(data_dir).resolve())
+    cache = _alias_caches.get(key)
+    if cache is None:
+        cache = _alias_caches.setdefault(key, _JsonFileCache(Path(key) / "aliases.json", {}))
+    return cache.get().get(name, name)
+
+
+def _collection_dir(data_dir: Path, name: str) -> Path:
+    return data_dir / "collections" / name
+
+
+class Catalog:
+    """The writable side: create, drop, alias and write collections under ``data_dir``.
+
+    Every collection in one catalog has the same shard count (the serve app has
+    one shard deployment per shard number). Thread-safe.
+    """
+
+    def __init__(self, data_dir, *, shards: int = 2, metric: str = "cosine", index: str = "Flat",
+                 device: str = "auto", fsync: bool = True):
+        self.data_dir = Path(data_dir)
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        self.metric, self.index, self.device, self.fsync = metric, index, device, fsync
+        (self.data_dir / "collections").mkdir(parents=True, exist_ok=True)
+        meta_path = self.data_dir / "catalog.json"
+        if meta_path.exists():
+            meta = read_json(meta_path)
+            if meta.get("shards") != shards:
+                raise ValueError(f"{self.data_dir} holds collections with {meta.get('shards')} shards; "
+                                 f"serve it with shards={meta.get('shards')} (got shards={shards})")
+        else:
+            atomic_write_json(meta_path, {"format_version": CATALOG_FORMAT_VERSION, "shards": int(shards)})
+        self.shards = int(shards)
+        self._open: dict[str, Collection] = {}
+        self._lock = threading.RLock()
+        self._aliases_path = self.data_dir / "aliases.json"
+        # A writer that restarts checkpoints what it replayed, so a batch a crash left uncommitted
+        # is folded away and followers never wait for it.
+        for name in self.names():
+            self._get(name).checkpoint()
+
+    # -- names ---------------------------------------------------------------
+    def names(self) -> list[str]:
+        """Collection names, sorted."""
+        root = self.data_dir / "collections"
+        return sorted(p.name for p in root.iterdir() if (p / "collection.json").exists())
+
+    def aliases(self) -> dict[str, str]:
+        return dict(read_json(self._aliases_path)) if self._aliases_path.exists() else {}
+
+    def resolve(self, name) -> str:
+        name = check_name(name)
+        return self.aliases().get(name, name)
+
+    def set_alias(self, alias, target) -> None:
+        """Point ``alias`` at collection ``target``; one atomic file replace, so a query sees the old or the new."""
+        alias, target = check_name(alias, "alias"), check_name(target)
+        with self._lock:
+            if target not in self.names():
+                raise CollectionNotFound(f"collection {target!r} does not exist; create it before pointing an alias at it")
+            if alias in self.names():
+                raise ValueError(f"{alias!r} is a collection; an alias needs a name no collection has")
+            aliases = self.aliases()
+            aliases[alias] = target
+            atomic_write_json(self._aliases_path, aliases)
+
+    def drop_alias(self, alias) -> None:
+        alias = check_name(alias, "alias")
+        with self._lock:
+            aliases = self.aliases()
+            if alias not in aliases:
+                raise CollectionNotFound(f"no alias {alias!r}")
+            del aliases[alias]
+            atomic_write_json(self._aliases_path, aliases)
+
+    # -- collections ---------------------------------------------------------
+    def create(self, name, *, dim: int, metric: str | None = None, index: str | None = None,
+               lineage: Mapping | None = None) -> Collection:
+        name = check_name(name)
+        with self._lock:
+            if name in self.aliases():
+                raise ValueError(f"{name!r} is an alias; pick another collection name")
+            if name in self.names():
+                raise ValueError(f"collection {name!r} already exists")
+            col = Collection.create(_collection_dir(self.data_dir, name), dim=dim, metric=metric or self.metric,
+                                    index=index or self.index, shards=self.shards, device=self.device,
+                                    lineage=lineage, fsync=self.fsync)
+            self._open[name] = col
+            return col
+
+    def _get(self, name: str) -> Collection:
+        col = self._open.get(name)
+        if col is None:
+            path = _collection_dir(self.data_dir, name)
+            if not (path / "collection.json").exists():
+                raise CollectionNotFound(f"no collection or alias named {name!r}")
+            col = self._open[name] = Collection.open(path, device=self.device, fsync=self.fsync)
+        return col
+
+    def get(self, name) -> Collection:
+        """The collection ``name`` (or the one the alias ``name`` points at)."""
+        with self._lock:
+            return self._get(self.resolve(name))
+
+    def drop(self, name) -> None:
+        """Delete a collection and its files. Refused while an alias points at it."""
+        name = check_name(name)
+        with self._lock:
+            pointing = sorted(a for a, t in self.aliases().items() if t == name)
+            if pointing:
+                raise ValueError(f"alias {pointing[0]!r} points at {name!r}; switch or drop the alias first")
+            col = self._get(name)
+            col.close()
+            del self._open[name]
+            trash = self.data_dir / "trash"
+            trash.mkdir(exist_ok=True)
+            doomed = trash / f"{name}-{time.time_ns()}"
+            os.replace(_collection_dir(self.data_dir, name), doomed)  # atomic: readers see it or not
+            shutil.rmtree(doomed, ignore_errors=True)
+
+    # -- writes --------------------------------------------------------------
+    def upsert(self, name, ids, vectors, metadata=None, *, create: bool = True) -> WriteResult:
+        """Upsert into ``name``; with ``create`` a missing collection is made (dim from the vectors)."""
+        with self._lock:
+            target = self.resolve(name)
+            if create and target not in self.names():
+                m = as_matrix(vectors, name="vectors")
+                self.create(target, dim=int(m.shape[1]))
+            col = self._get(target)
+        return col.upsert(ids, vectors, metadata)
+
+    def update(self, name, record_id=None, *, values=None, set_metadata=None, filter=None) -> WriteResult:
+        """Pinecone's update: one id (new values and/or merged metadata), or every record a filter passes."""
+        col = self.get(name)
+        if (record_id is None) == (filter is None):
+            raise ValueError("update takes exactly one of id or filter")
+        if record_id is not None:
+            return col.update(record_id, values=values, set_metadata=set_metadata)
+        if values is not None:
+            raise ValueError("update by filter can only set metadata, not values")
+        if not isinstance(set_metadata, Mapping):
+            raise ValueError("update by filter needs setMetadata={...}")
+        count, seq = 0, 0
+        for rid in col.ids_matching(filter):
+            r = col.update(rid, set_metadata=set_metadata)
+            count, seq = count + r.count, r.sequence
+        return WriteResult(count, seq)
+
+    def delete(self, name, ids=None, *, filter=None, delete_all: bool = False) -> WriteResult:
+        return self.get(name).delete(ids, filter=filter, delete_all=delete_all)
+
+    def stats(self) -> dict[str, dict]:
+        with self._lock:
+            return {n: self._get(n).stats() for n in self.names()}
+
+    def close(self) -> None:
+        with self._lock:
+            for col in self._open.values():
+                col.close()
+            self._open.clear()
+
+
+@dataclass
+class SearchRequest:
+    """One search for :meth:`ShardCatalog.search_batch` (the collection name already resolved)."""
+
+    collection: str
+    queries: np.ndarray
+    k: int
+    filter: Mapping | None = None
+    include_metadata: bool = False
+    include_vectors: bool = False
+    params: Mapping[str, int] | None = None
+    group: tuple = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.k = check_k(self.k, max_k=MAX_TOP_K)
+        self.group = (self.collection, json.dumps(self.filter, sort_keys=True, default=str),
+                      json.dumps(self.params, sort_keys=True, default=str), bool(self.include_metadata),
+                      bool(self.include_vectors))
+
+
+class ShardCatalog:
+    """Shard ``shard`` of every collection under ``data_dir``, read-only, caught up on every batch."""
+
+    def __init__(self, data_dir, shard: int, *, device: str = "auto"):
+        from .replica import ShardFollower  # the replica module is only needed on the read side
+
+        self._Follower = ShardFollower
+        self.data_dir, self.shard, self.device = Path(data_dir), int(shard), device
+        self._followers: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        meta_path = self.data_dir / "catalog.json"
+        if meta_path.exists():
+            n = read_json(meta_path).get("shards")
+            if not 0 <= self.shard < n:
+                raise ValueError(f"shard must be in [0, {n}) for {self.data_dir}, got {shard}")
+
+    def names(self) -> list[str]:
+        root = self.data_dir / "collections"
+        return sorted(p.name for p in root.iterdir() if (p / "collection.json").exists()) if root.exists() else []
+
+    def open_all(self) -> None:
+        """Load every collection now (a replica does this before it takes queries)."""
+        for name in self.names():
+            self.follower(name)
+
+    def follower(self, name: str):
+        """The caught-up follower of this shard of ``name`` (opened on first use, forgotten once dropped)."""
+        path = _collection_dir(self.data_dir, name)
+        with self._lock:
+            f = self._followers.get(name)
+            if not (path / "collection.json").exists():
+                if f is not None:
+                    self._followers.pop(name).close()
+                raise CollectionNotFound(f"no collection or alias named {name!r}")
+            if f is None:
+                f = self._followers[name] = self._Follower.open(path, self.shard, device=self.device)
+        f.refresh()
+        return f
+
+    def search_batch(self, requests: Sequence[SearchRequest]) -> list:
+        """Answer many searches, one engine call per group of alike requests (same collection, filter,
+        params and include flags) with their queries stacked: concurrent clients share one GEMM.
+
+        Returns per request ``(ShardHits, info)`` (``info``: the collection's metric, dim, index,
+        lineage and this shard's applied sequence number), or the exception that request raised.
+        """
+        out: list = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for pos, r in enumerate(requests):
+            groups.setdefault(r.group, []).append(pos)
+        for members in groups.values():
+            first = requests[members[0]]
+            try:
+                f = self.follower(first.collection)
+                qs = [np.asarray(requests[p].queries, np.float32).reshape(-1, requests[p].queries.shape[-1])
+                      for p in members]
+                k = max(requests[p].k for p in members)
+                hits = f.search(np.concatenate(qs) if len(qs) > 1 else qs[0], k, filter=first.filter,
+                                include_metadata=first.include_metadata, include_vectors=first.include_vectors,
+                                params=first.params)
+                info = {"metric": f.metric, "dim": f.dim, "index": f.config["index"], "lineage": f.lineage,
+                        "sequence": f.applied_seq}
+            except Exception as e:  # noqa: BLE001 - handed back per request, raised by the caller
+                for p in members:
+                    out[p] = e
+                continue
+            lo = 0
+            for p, q in zip(members, qs):
+                out[p] = (_slice_hits(hits, lo, lo + q.shape[0], requests[p].k), info)
+                lo += q.shape[0]
+        return out
+
+    def fetch(self, name: str, ids) -> list[tuple[str, np.ndarray, dict]]:
+        return self.follower(name).fetch([i for i in as_ids(ids)])
+
+    def stats(self) -> dict[str, dict]:
+        return {n: self.follower(n).stats() for n in self.names()}
+
+    def close(self) -> None:
+        with self._lock:
+            for f in self._followers.values():
+                f.close()
+            self._followers.clear()
+
+
+def _slice_hits(hits, lo: int, hi: int, k: int):
+    """Queries ``lo:hi`` of a ShardHits cut to their own ``k`` (a prefix of a longer best-first list)."""
+    from .shard import ShardHits
+
+    return ShardHits(
+        np.ascontiguousarray(hits.scores[lo:hi, :k]),
+        [row[:k] for row in hits.ids[lo:hi]],
+        None if hits.metadata is None else [row[:k] for row in hits.metadata[lo:hi]],
+        None if hits.vectors is None else [v[:k] for v in hits.vectors[lo:hi]],
+    )
+
+
+def owner_shard(record_id: str, shards: int) -> int:
+    """The shard that holds ``record_id`` (for fetch and query-by-id)."""
+    return shard_of(record_id, shards)
