@@ -1,4 +1,4 @@
-"""The ``gpusearch`` command line: ``demo``, ``stats``, ``compact``."""
+"""The ``gpusearch`` command line: ``serve``, ``demo``, ``stats``, ``compact``."""
 from __future__ import annotations
 
 import argparse
@@ -71,10 +71,88 @@ def _compact(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    from gpusearch.serve.config import ServeConfig, is_loopback
+
+    cfg = ServeConfig.load(args.config, host=args.host, port=args.port, data_dir=args.data_dir, shards=args.shards,
+                           replicas=args.replicas, device=args.device)
+    if not cfg.api_keys:
+        print(f"no API key configured: serving without auth on loopback only ({cfg.host})")
+    elif is_loopback(cfg.host):
+        print(f"API keys configured: {len(cfg.api_keys)}")
+    from gpusearch.serve.app import start
+
+    t0 = time.perf_counter()
+    print(f"starting Ray and the gpusearch app (data in {cfg.data_dir}) ...", flush=True)
+    start(cfg, num_cpus=args.num_cpus)
+    print(f"app up in {time.perf_counter() - t0:.1f} s", flush=True)
+    if not args.no_demo and cfg.encoder_enabled:
+        _load_demo(cfg)
+    url = f"http://{cfg.host}:{cfg.port}"
+    key = f" -H 'Api-Key: {next(iter(cfg.api_keys))[:2]}...'" if cfg.api_keys else ""
+    print(f"\ngpusearch is serving at {url}   (OpenAPI docs: {url}/docs, metrics: {url}/metrics)")
+    print("try:\n  curl -s " + url + "/query -H 'Content-Type: application/json'" + key +
+          " -d '{\"text\": \"run an external program and capture its output\", \"topK\": 3, \"includeMetadata\": true}'",
+          flush=True)
+    if args.exit_after_start:
+        return 0
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve
+
+        print("shutting down")
+        serve.shutdown()
+    return 0
+
+
+def _load_demo(cfg) -> None:
+    """Fill the ``default`` collection with standard-library docstrings (once), then run one query."""
+    from ray import serve
+
+    from .demo import stdlib_docs
+
+    writer = serve.get_deployment_handle("Writer", app_name=cfg.app_name)
+    encoder = serve.get_deployment_handle("Encoder", app_name=cfg.app_name)
+    aggregator = serve.get_deployment_handle("Aggregator", app_name=cfg.app_name)
+    have = writer.list.remote().result()["collections"].get("default")
+    if have is None or have["records"] == 0:
+        docs = stdlib_docs()
+        print(f"loading the demo corpus into 'default': {len(docs)} standard-library docstrings ...", flush=True)
+        t0 = time.perf_counter()
+        if have is None:
+            writer.create.remote("default", 384, "cosine", None, encoder.lineage.remote().result()).result()
+        for lo in range(0, len(docs), 256):
+            part = docs[lo : lo + 256]
+            vecs = encoder.encode_many.remote([d["text"] for d in part]).result()
+            writer.upsert.remote("default", [d["id"] for d in part], vecs,
+                                 [{"module": d["module"], "kind": d["kind"]} for d in part]).result()
+        print(f"loaded in {time.perf_counter() - t0:.1f} s", flush=True)
+    text = "run an external program and capture its output"
+    v = encoder.encode_many.remote([text]).result()
+    r = aggregator.query.remote("default", v, 3).result()
+    print(f"query {text!r} ->")
+    for rid, score in zip(r["ids"][0], r["scores"][0]):
+        print(f"  {score:.3f}  {rid}")
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(prog="gpusearch", description="GPU-accelerated similarity search")
     sub = p.add_subparsers(dest="cmd", required=True)
+    v = sub.add_parser("serve", help="serve collections over HTTP on a local Ray (the embedded default)")
+    v.add_argument("--host", default=None, help="default 127.0.0.1")
+    v.add_argument("--port", type=int, default=None, help="default 8000")
+    v.add_argument("--data-dir", default=None, help="default ./gpusearch-data")
+    v.add_argument("--config", default=None, help="a YAML file of settings (see serve/configs/)")
+    v.add_argument("--shards", type=int, default=None)
+    v.add_argument("--replicas", type=int, default=None)
+    v.add_argument("--device", default=None)
+    v.add_argument("--num-cpus", type=int, default=None, help="CPUs the local Ray may use")
+    v.add_argument("--no-demo", action="store_true", help="do not load the demo corpus into 'default'")
+    v.add_argument("--exit-after-start", action="store_true", help=argparse.SUPPRESS)
+    v.set_defaults(fn=_serve)
     d = sub.add_parser("demo", help="build a collection of standard-library docs with MiniLM and query it")
     d.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     d.add_argument("--device", default="auto")

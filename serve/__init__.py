@@ -1,7 +1,25 @@
-"""gpusearch.serve: the Ray Serve application (ingress, encoder, shards, aggregator, aliases).
+"""gpusearch on Ray Serve: sharded search behind a Pinecone-compatible HTTP API and Python handles.
 
-Not built yet: it is the next piece of work after the engine core, and it will
-stay a thin layer over :mod:`gpusearch` (every search decision lives there).
+Start it with ``gpusearch serve`` (local Ray, embedded default) or
+``serve run gpusearch.serve.app:app_builder``; query it over HTTP, with the
+``pinecone`` SDK, or from a Ray job with :func:`connect`. Needs the ``serve``
+extra: ``pip install 'gpusearch[serve]'``.
 """
+from __future__ import annotations
 
-__all__: list[str] = []
+from .config import ServeConfig
+
+__all__ = ["ServeConfig", "connect", "build_app", "start"]
+
+
+def __getattr__(name):
+    # Ray is imported only when a Ray-facing name is used, so the config loads without it.
+    if name == "connect":
+        from .client import connect
+
+        return connect
+    if name in ("build_app", "start"):
+        from . import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module 'gpusearch.serve' has no attribute {name!r}")

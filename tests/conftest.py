@@ -36,3 +36,43 @@ def rng(request):
     """A seeded generator per test, so failures reproduce."""
     seed = zlib.crc32(request.node.nodeid.encode())
     return np.random.default_rng(seed)
+
+
+RW_KEY, RO_KEY = "test-rw-key", "test-ro-key"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """One local Ray + Serve for the whole test run: the gpusearch app with 2 shards x 2 replicas,
+    API keys, the MiniLM encoder, data under a temporary directory, HTTP on a random port."""
+    pytest.importorskip("ray")
+    pytest.importorskip("fastapi")
+    import tempfile
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    from ray import serve
+
+    from gpusearch.serve.app import build_app
+    from gpusearch.serve.config import ServeConfig
+
+    cfg = ServeConfig(data_dir=str(tmp_path_factory.mktemp("served")), port=_free_port(), shards=2, replicas=2,
+                      api_keys={RW_KEY: "rw", RO_KEY: "ro"}, max_batch=500, shard_timeout_s=20.0,
+                      fsync=True, device="cpu")
+    ray.init(include_dashboard=False, num_cpus=2, log_to_driver=False,
+             _temp_dir=tempfile.mkdtemp(prefix="gsray-", dir="/tmp"))
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(build_app(cfg), name=cfg.app_name, route_prefix="/")
+    try:
+        yield cfg
+    finally:
+        serve.shutdown()
+        ray.shutdown()

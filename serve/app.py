@@ -1,0 +1,107 @@
+"""Building and starting the application.
+
+:func:`build_app` returns the Serve application (for ``serve run`` / ``serve deploy``
+through ``gpusearch.serve.app:app_builder``); :func:`start` runs it on a local Ray
+started in-process (the embedded default behind ``gpusearch serve``).
+
+Deployment graph (shards are separate deployments, ``Shard0`` .. ``Shard<N-1>``, so
+each shard number has its own replica set, placement and scaling)::
+
+    HTTP -> Ingress -> Encoder (text only)
+                    -> Aggregator -> Shard0 .. Shard<N-1>   (reads, each with R replicas)
+                    -> Writer                                 (writes; one replica)
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Any
+
+from .config import ServeConfig, is_loopback
+
+__all__ = ["build_app", "app_builder", "start", "gpus_per_shard_replica"]
+
+log = logging.getLogger("gpusearch.serve")
+
+
+def gpus_per_shard_replica(cfg: ServeConfig, gpus_in_cluster: float) -> float:
+    """GPUs each shard replica reserves: ``cfg.num_gpus_shard``, or the cluster's GPUs shared
+    evenly among all shard replicas plus the encoder (at most one each)."""
+    if cfg.num_gpus_shard is not None:
+        return float(cfg.num_gpus_shard)
+    if gpus_in_cluster <= 0:
+        return 0.0
+    users = cfg.shards * cfg.replicas + (1 if cfg.encoder_enabled else 0)
+    return round(min(1.0, gpus_in_cluster / users), 4)
+
+
+def _cluster_gpus() -> float:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return float(ray.cluster_resources().get("GPU", 0))
+    except Exception:  # noqa: BLE001 - no cluster: count local GPUs
+        pass
+    try:
+        import torch
+
+        return float(torch.cuda.device_count())
+    except Exception:  # noqa: BLE001
+        return 0.0
+
+
+def build_app(cfg: ServeConfig):
+    """The deployment graph for ``cfg``: Ingress over Encoder, Aggregator, Shard<i> and Writer."""
+    from .deployments import Aggregator, EncoderServer, ShardServer, Writer
+
+    if not cfg.api_keys and not is_loopback(cfg.host):
+        raise ValueError(f"no API key is configured, so the server only listens on loopback; got host {cfg.host!r}. "
+                         f"Set GPUSEARCH_API_KEYS=key:rw (or api_keys in the config) to listen on {cfg.host}")
+    d = cfg.to_dict()
+    gpus = gpus_per_shard_replica(cfg, _cluster_gpus())
+    shard_opts: dict[str, Any] = {"num_cpus": cfg.num_cpus_shard}
+    if gpus:
+        shard_opts["num_gpus"] = gpus
+    other = {"num_cpus": cfg.num_cpus_other}
+    shards = [
+        ShardServer.options(name=f"Shard{i}", num_replicas=cfg.replicas, ray_actor_options=shard_opts,
+                            max_ongoing_requests=256).bind(d, i)
+        for i in range(cfg.shards)
+    ]
+    aggregator = Aggregator.options(ray_actor_options=other, max_ongoing_requests=256).bind(d, *shards)
+    writer = Writer.options(ray_actor_options=other).bind(d)
+    encoder = None
+    if cfg.encoder_enabled:
+        enc_opts = dict(shard_opts) if gpus else {"num_cpus": cfg.num_cpus_shard}
+        encoder = EncoderServer.options(ray_actor_options=enc_opts).bind(d)
+    from .http import Ingress
+
+    return Ingress.options(ray_actor_options=other, max_ongoing_requests=256).bind(d, aggregator, writer, encoder)
+
+
+def app_builder(args: dict[str, Any]):
+    """For ``serve run gpusearch.serve.app:app_builder config_file=...`` and ``serve deploy`` configs."""
+    args = dict(args or {})
+    path = args.pop("config_file", None)
+    return build_app(ServeConfig.load(path, **args))
+
+
+def start(cfg: ServeConfig, *, ray_temp_dir: str | None = None, num_cpus: int | None = None):
+    """Start local Ray (dashboard off), Serve's HTTP proxy on ``cfg.host:cfg.port``, and the app.
+
+    Refuses to listen beyond loopback with no API key configured. Returns the
+    Ingress handle once every replica is up (each shard replica has replayed its WAL).
+    """
+    build_app(cfg)  # refuses a bad config before Ray starts
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        # Ray 2.60 turns token auth on by default; the in-process cluster is private to this machine.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(include_dashboard=False, num_cpus=num_cpus, log_to_driver=False,
+                 _temp_dir=ray_temp_dir or tempfile.mkdtemp(prefix="gsray-"))
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    return serve.run(build_app(cfg), name=cfg.app_name, route_prefix="/")

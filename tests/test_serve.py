@@ -1,0 +1,325 @@
+"""The Ray Serve application on a real local Ray: HTTP, the pinecone SDK, Python handles,
+aliases, replicas, read-your-writes, auth and bad input. One shared app (conftest ``served``)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import RO_KEY, RW_KEY
+from knn_check import brute_force
+
+pytest.importorskip("ray")
+httpx = pytest.importorskip("httpx")
+
+DIM = 16
+
+
+def url(cfg, path=""):
+    return f"http://{cfg.host}:{cfg.port}{path}"
+
+
+def post(cfg, path, body, key=RW_KEY, **kw):
+    headers = {"Api-Key": key} if key else {}
+    return httpx.post(url(cfg, path), json=body, headers=headers, timeout=60, **kw)
+
+
+def upsert(cfg, ns, ids, vecs, metas=None):
+    body = {"namespace": ns, "vectors": [
+        {"id": i, "values": v.tolist(), **({"metadata": metas[j]} if metas else {})}
+        for j, (i, v) in enumerate(zip(ids, vecs))]}
+    r = post(cfg, "/vectors/upsert", body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_http_round_trip(served, rng):
+    X = rng.standard_normal((200, DIM)).astype(np.float32)
+    ids = [f"r{i}" for i in range(200)]
+    metas = [{"genre": ["drama", "news"][i % 2], "year": 2000 + i % 25} for i in range(200)]
+    assert upsert(served, "http-rt", ids, X, metas)["upsertedCount"] == 200
+    q = rng.standard_normal(DIM).astype(np.float32)
+    r = post(served, "/query", {"namespace": "http-rt", "vector": q.tolist(), "topK": 10, "includeMetadata": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    ref_ids, ref_scores = brute_force(ids, X, q, 10, "cosine")
+    assert [m["id"] for m in body["matches"]] == ref_ids[0]
+    np.testing.assert_allclose([m["score"] for m in body["matches"]], ref_scores[0], rtol=1e-4, atol=1e-5)
+    assert body["collection"] == "http-rt" and body["partial"] is False and body["sequence"] >= 1
+    assert body["matches"][0]["metadata"] == metas[ids.index(ref_ids[0][0])]
+    # filtered
+    r = post(served, "/query", {"namespace": "http-rt", "vector": q.tolist(), "topK": 5,
+                                "filter": {"genre": {"$eq": "news"}, "year": {"$gte": 2010}}})
+    keep = [j for j in range(200) if metas[j]["genre"] == "news" and metas[j]["year"] >= 2010]
+    ref_ids, _ = brute_force([ids[j] for j in keep], X[keep], q, 5, "cosine")
+    assert [m["id"] for m in r.json()["matches"]] == ref_ids[0]
+    # fetch, update, delete
+    r = httpx.get(url(served, "/vectors/fetch"), params={"ids": ["r1", "r2", "nope"], "namespace": "http-rt"},
+                  headers={"Api-Key": RO_KEY})
+    got = r.json()["vectors"]
+    assert set(got) == {"r1", "r2"}
+    np.testing.assert_allclose(got["r1"]["values"], unit(X[1]), rtol=1e-5)
+    r = post(served, "/vectors/update", {"namespace": "http-rt", "id": "r1", "setMetadata": {"genre": "poetry"}})
+    assert r.status_code == 200, r.text
+    r = httpx.get(url(served, "/vectors/fetch"), params={"ids": ["r1"], "namespace": "http-rt"},
+                  headers={"Api-Key": RO_KEY})
+    assert r.json()["vectors"]["r1"]["metadata"] == {"genre": "poetry", "year": 2001}
+    r = post(served, "/vectors/delete", {"namespace": "http-rt", "ids": ["r1", "r2"]})
+    assert r.status_code == 200
+    r = post(served, "/vectors/delete", {"namespace": "http-rt", "filter": {"genre": {"$eq": "drama"}}})
+    assert r.status_code == 200
+    r = post(served, "/query", {"namespace": "http-rt", "vector": q.tolist(), "topK": 200})
+    left = {m["id"] for m in r.json()["matches"]}
+    assert left == {ids[j] for j in range(3, 200) if metas[j]["genre"] == "news"}
+
+
+def test_pinecone_sdk(served, rng):
+    pinecone = pytest.importorskip("pinecone")
+    pc = pinecone.Pinecone(api_key=RW_KEY)
+    idx = pc.Index(host=url(served))
+    X = rng.standard_normal((50, DIM)).astype(np.float32)
+    ids = [f"p{i}" for i in range(50)]
+    res = idx.upsert(vectors=[(i, v.tolist(), {"n": j}) for j, (i, v) in enumerate(zip(ids, X))], namespace="sdk")
+    assert res.upserted_count == 50
+    q = rng.standard_normal(DIM).astype(np.float32)
+    out = idx.query(vector=q.tolist(), top_k=5, namespace="sdk", include_metadata=True, include_values=True)
+    ref_ids, _ = brute_force(ids, X, q, 5, "cosine")
+    assert [m.id for m in out.matches] == ref_ids[0]
+    best = ids.index(ref_ids[0][0])
+    assert out.matches[0].metadata == {"n": best}
+    np.testing.assert_allclose(out.matches[0].values, unit(X[best]), rtol=1e-5)
+    by_id = idx.query(id="p7", top_k=3, namespace="sdk")
+    assert by_id.matches[0].id == "p7"
+    out = idx.query(vector=q.tolist(), top_k=5, namespace="sdk", filter={"n": {"$lt": 10}})
+    ref_ids, _ = brute_force(ids[:10], X[:10], q, 5, "cosine")
+    assert [m.id for m in out.matches] == ref_ids[0]
+    f = idx.fetch(ids=["p1", "p2"], namespace="sdk")
+    assert set(f.vectors) == {"p1", "p2"} and f.vectors["p2"].metadata == {"n": 2}
+    idx.update(id="p1", set_metadata={"tag": "x"}, namespace="sdk")
+    assert idx.fetch(ids=["p1"], namespace="sdk").vectors["p1"].metadata == {"n": 1, "tag": "x"}
+    idx.delete(ids=["p1"], namespace="sdk")
+    assert "p1" not in idx.fetch(ids=["p1", "p2"], namespace="sdk").vectors
+    stats = idx.describe_index_stats()
+    assert stats.namespaces["sdk"].vector_count == 49
+    # the default namespace ("") is the collection "default"
+    idx.upsert(vectors=[("d1", X[0].tolist())])
+    assert idx.query(vector=X[0].tolist(), top_k=1).matches[0].id == "d1"
+    # errors come back as the SDK's exceptions, with our message
+    with pytest.raises(Exception) as ei:
+        idx.query(vector=[0.1] * (DIM + 1), top_k=3, namespace="sdk")
+    assert "16" in str(ei.value) and "17" in str(ei.value)
+    ro = pinecone.Pinecone(api_key=RO_KEY).Index(host=url(served))
+    with pytest.raises(Exception) as ei:
+        ro.upsert(vectors=[("z", X[0].tolist())], namespace="sdk")
+    assert "read-only" in str(ei.value)
+
+
+def test_handle_matches_http(served, rng):
+    from gpusearch.serve import connect
+
+    client = connect(served.app_name)
+    X = rng.standard_normal((120, DIM)).astype(np.float32)
+    ids = [f"h{i}" for i in range(120)]
+    w = client.upsert("handles", ids, X, [{"i": i} for i in range(120)])
+    assert w.count == 120 and w.sequence >= 1
+    Q = rng.standard_normal((3, DIM)).astype(np.float32)
+    res = client.query("handles", Q, k=7, include_metadata=True)
+    ref_ids, _ = brute_force(ids, X, Q, 7, "cosine")
+    assert res.ids == ref_ids
+    for qi in range(3):
+        r = post(served, "/query", {"namespace": "handles", "vector": Q[qi].tolist(), "topK": 7}, key=RO_KEY)
+        assert [m["id"] for m in r.json()["matches"]] == res.ids[qi]
+        np.testing.assert_allclose([m["score"] for m in r.json()["matches"]], res.scores[qi], rtol=1e-6)
+    f = client.fetch("handles", ["h3", "missing"])
+    assert f.ids == ["h3"] and f.missing == ["missing"]
+    assert client.delete("handles", ["h3"]).count == 1
+    assert "h3" not in client.query("handles", X[3], k=3).ids[0]
+
+
+def test_text_query(served):
+    from ray import serve
+
+    from gpusearch.serve import connect
+
+    enc = serve.get_deployment_handle("Encoder", app_name=served.app_name)
+    docs = {"cook": "how to bake bread at home with yeast and flour",
+            "net": "open a TCP socket and send bytes over the network",
+            "math": "compute the square root of a floating point number"}
+    vecs = enc.encode_many.remote(list(docs.values())).result()
+    client = connect(served.app_name)
+    client.create("texts", dim=384, lineage=enc.lineage.remote().result())
+    client.upsert("texts", list(docs), vecs)
+    r = post(served, "/query", {"namespace": "texts", "text": "sending data through a network connection",
+                                "topK": 1}, key=RO_KEY)
+    assert r.status_code == 200, r.text
+    assert r.json()["matches"][0]["id"] == "net"
+    assert r.json()["lineage"]["model"] == "all-MiniLM-L6-v2"
+    assert client.query_text("texts", "making a loaf", k=1).ids == [["cook"]]
+
+
+def _query_loop(cfg, ns, vec, stop, failures, seen):
+    with httpx.Client(timeout=30) as c:
+        while not stop.is_set():
+            try:
+                r = c.post(url(cfg, "/query"), json={"namespace": ns, "vector": vec, "topK": 1},
+                           headers={"Api-Key": RO_KEY})
+                if r.status_code != 200 or r.json()["partial"]:
+                    failures.append(r.text)
+                else:
+                    seen.append(r.json()["collection"])
+            except Exception as e:  # noqa: BLE001 - any failure counts
+                failures.append(repr(e))
+
+
+def test_alias_switch_under_load(served, rng):
+    from gpusearch.serve import connect
+
+    client = connect(served.app_name)
+    X = rng.standard_normal((40, DIM)).astype(np.float32)
+    client.upsert("model-v1", [f"a{i}" for i in range(40)], X)
+    client.upsert("model-v2", [f"b{i}" for i in range(40)], X[::-1].copy())
+    client.set_alias("live", "model-v1")
+    stop, failures, seen = threading.Event(), [], []
+    loops = [threading.Thread(target=_query_loop, args=(served, "live", X[0].tolist(), stop, failures, seen))
+             for _ in range(2)]
+    for t in loops:
+        t.start()
+    time.sleep(1.0)
+    client.set_alias("live", "model-v2")
+    time.sleep(1.5)
+    stop.set()
+    for t in loops:
+        t.join()
+    assert failures == []
+    assert "model-v1" in seen and seen[-1] == "model-v2"
+    switched = seen.index("model-v2")
+    assert set(seen[switched:]) <= {"model-v1", "model-v2"}
+    r = post(served, "/query", {"namespace": "live", "vector": X[0].tolist(), "topK": 1}, key=RO_KEY)
+    assert r.json()["matches"][0]["id"] == "b39"
+
+
+def test_replica_killed_under_load(served, rng):
+    import ray
+
+    X = rng.standard_normal((60, DIM)).astype(np.float32)
+    upsert(served, "kill", [f"k{i}" for i in range(60)], X)
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith(f"SERVE_REPLICA::{served.app_name}#Shard0#")]
+    assert len(replicas) == 2
+    stop, failures, seen = threading.Event(), [], []
+    loops = [threading.Thread(target=_query_loop, args=(served, "kill", X[5].tolist(), stop, failures, seen))
+             for _ in range(2)]
+    for t in loops:
+        t.start()
+    time.sleep(1.0)
+    n_before = len(seen)
+    ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True)
+    time.sleep(4.0)
+    stop.set()
+    for t in loops:
+        t.join()
+    assert failures == []
+    assert len(seen) > n_before + 5  # queries kept flowing after the kill
+    # Serve brings a replacement up; it catches up before taking queries
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        names = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a["name"].startswith(f"SERVE_REPLICA::{served.app_name}#Shard0#")}
+        if len(names) == 2 and replicas[0]["name"] not in names:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("the killed Shard0 replica was not replaced within 120 s")
+
+
+def test_read_your_writes(served, rng):
+    X = rng.standard_normal((30, DIM)).astype(np.float32)
+    with httpx.Client(timeout=30) as c:
+        for i in range(30):
+            r = c.post(url(served, "/vectors/upsert"), headers={"Api-Key": RW_KEY},
+                       json={"namespace": "ryw", "vectors": [{"id": f"w{i}", "values": X[i].tolist()}]})
+            assert r.status_code == 200
+            r = c.post(url(served, "/query"), headers={"Api-Key": RO_KEY},
+                       json={"namespace": "ryw", "vector": X[i].tolist(), "topK": 1})
+            assert r.json()["matches"][0]["id"] == f"w{i}", i
+            r = c.post(url(served, "/vectors/delete"), headers={"Api-Key": RW_KEY},
+                       json={"namespace": "ryw", "ids": [f"w{i}"]})
+            r = c.get(url(served, "/vectors/fetch"), headers={"Api-Key": RO_KEY},
+                      params={"ids": [f"w{i}"], "namespace": "ryw"})
+            assert r.json()["vectors"] == {}
+
+
+def test_auth(served):
+    body = {"namespace": "auth", "vectors": [{"id": "a", "values": [1.0] * DIM}]}
+    assert httpx.post(url(served, "/vectors/upsert"), json=body).status_code == 401
+    r = httpx.post(url(served, "/vectors/upsert"), json=body, headers={"Api-Key": "wrong"})
+    assert r.status_code == 401 and r.json()["code"] == 16
+    r = post(served, "/vectors/upsert", body, key=RO_KEY)
+    assert r.status_code == 403 and "read-only" in r.json()["message"]
+    assert post(served, "/vectors/upsert", body).status_code == 200
+    assert post(served, "/query", {"namespace": "auth", "vector": [1.0] * DIM, "topK": 1}, key=RO_KEY).status_code == 200
+    assert httpx.get(url(served, "/healthz")).json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("path,body,status,needle", [
+    ("/query", {"namespace": "bad", "vector": [1.0] * (DIM + 3), "topK": 3}, 400, "19"),
+    ("/query", {"namespace": "bad", "vector": [1.0] * DIM, "topK": 0}, 400, "topK"),
+    ("/query", {"namespace": "bad", "vector": [1.0] * DIM, "topK": 5000}, 400, "topK"),
+    ("/query", {"namespace": "bad", "topK": 3}, 400, "exactly one of vector, id or text"),
+    ("/query", {"namespace": "bad", "vector": [1.0] * DIM, "topK": 3, "filter": {"x": {"$regex": "a"}}}, 400, "$regex"),
+    ("/query", {"namespace": "no-such-collection", "vector": [1.0] * DIM, "topK": 3}, 404, "no-such-collection"),
+    ("/query", {"namespace": "bad", "vector": ["a"] * DIM, "topK": 3}, 400, "vector"),
+    ("/query", {"namespace": "bad!", "vector": [1.0] * DIM, "topK": 3}, 400, "namespace"),
+    ("/vectors/upsert", {"namespace": "bad", "vectors": [{"id": "x", "values": [1.0] * 5}]}, 400, "16"),
+    ("/vectors/upsert", {"namespace": "bad", "vectors": [{"id": "x", "values": [1.0] * DIM},
+                                                         {"id": "y", "values": [1.0] * 3}]}, 400, "vectors[1]"),
+    ("/vectors/upsert", {"namespace": "bad", "vectors": [{"id": "x", "values": [0.0] * DIM}]}, 400, "zeros"),
+    ("/vectors/upsert", {"namespace": "bad", "vectors": [{"id": f"i{i}", "values": [1.0] * DIM}
+                                                         for i in range(501)]}, 400, "limit is 500"),
+    ("/vectors/upsert", {"namespace": "bad"}, 400, "vectors"),
+    ("/vectors/delete", {"namespace": "bad"}, 400, "exactly one"),
+    ("/vectors/delete", {"namespace": "bad", "filter": {}}, 400, "filter"),
+])
+def test_bad_input_is_4xx_json(served, path, body, status, needle):
+    post(served, "/vectors/upsert", {"namespace": "bad", "vectors": [{"id": "seed", "values": [1.0] * DIM}]})
+    before = post(served, "/describe_index_stats", {}).json()["namespaces"]["bad"]["vectorCount"]
+    r = post(served, path, body)
+    assert r.status_code == status, r.text
+    err = r.json()
+    assert set(err) == {"code", "message", "details"} and needle in err["message"], err
+    after = post(served, "/describe_index_stats", {}).json()["namespaces"]["bad"]["vectorCount"]
+    assert after == before  # nothing half-written
+
+
+def test_malformed_and_oversized_bodies(served):
+    r = httpx.post(url(served, "/query"), content=b"{not json", headers={"Api-Key": RW_KEY,
+                                                                          "Content-Type": "application/json"})
+    assert r.status_code == 400 and "code" in r.json()
+    big = b"x" * (served.max_body_bytes + 1)
+    r = httpx.post(url(served, "/vectors/upsert"), content=big, headers={"Api-Key": RW_KEY,
+                                                                         "Content-Type": "application/json"})
+    assert r.status_code == 413 and "limit" in r.json()["message"]
+
+
+def test_collections_and_metrics(served, rng):
+    r = post(served, "/collections", {"name": "made", "dimension": 8, "metric": "l2"})
+    assert r.status_code == 200, r.text
+    assert post(served, "/collections", {"name": "made", "dimension": 8}).status_code == 400
+    listing = httpx.get(url(served, "/collections"), headers={"Api-Key": RO_KEY}).json()
+    assert listing["collections"]["made"]["metric"] == "l2"
+    X = rng.standard_normal((10, 8)).astype(np.float32)
+    upsert(served, "made", [str(i) for i in range(10)], X)
+    r = post(served, "/query", {"namespace": "made", "vector": X[3].tolist(), "topK": 2})
+    assert r.json()["matches"][0]["id"] == "3" and r.json()["matches"][0]["score"] == pytest.approx(0, abs=1e-5)
+    text = httpx.get(url(served, "/metrics")).text
+    assert "gpusearch_requests_total" in text and 'gpusearch_vectors{collection="made"' in text
+    assert "gpusearch_shard_search_seconds" in text
+    r = httpx.delete(url(served, "/collections/made"), headers={"Api-Key": RW_KEY})
+    assert r.status_code == 200
+    assert post(served, "/query", {"namespace": "made", "vector": X[3].tolist(), "topK": 2}).status_code == 404
