@@ -116,12 +116,16 @@ class ServeConfig:
             if name == "api_keys":
                 values[name] = _parse_keys(raw)
             else:
-                values[name] = _coerce(raw, type(getattr(cls(), name)) if name != "encoder" else str, name)
+                values[name] = _coerce(raw, _NONE_DEFAULT_TYPES.get(name) or type(f.default), name)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# Fields whose default is None: the type an environment value is read as.
+_NONE_DEFAULT_TYPES = {"encoder": str, "num_gpus_shard": float}
 
 
 def _parse_keys(raw: str) -> dict[str, str]:
@@ -142,4 +146,5 @@ def _coerce(raw: str, kind: type, name: str):
             raise ValueError
         return kind(raw)
     except ValueError:
-        raise ValueError(f"{_ENV_PREFIX}{name.upper()} must be a {kind.__name__}, got {raw!r}") from None
+        article = "an" if kind.__name__[0] in "aeiou" else "a"
+        raise ValueError(f"{_ENV_PREFIX}{name.upper()} must be {article} {kind.__name__}, got {raw!r}") from None

@@ -1,0 +1,54 @@
+"""The README's main command, ``gpusearch serve``, from start to a text query over HTTP to Ctrl-C."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import _free_port
+
+pytest.importorskip("ray")
+httpx = pytest.importorskip("httpx")
+
+
+def test_gpusearch_serve_embedded_default(tmp_path):
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env.update(RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1", GPUSEARCH_API_KEYS="")
+    exe = Path(sys.executable).with_name("gpusearch")
+    proc = subprocess.Popen([str(exe), "serve", "--port", str(port), "--data-dir", str(tmp_path / "data"),
+                             "--num-cpus", "2", "--device", "cpu"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    lines = []
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("try:"):
+                break
+        out = "".join(lines)
+        assert "no API key configured" in out, out
+        assert f"gpusearch is serving at http://127.0.0.1:{port}" in out, out
+        assert "subprocess" in out.split("query 'run an external program")[1], out  # the demo query found it
+        r = httpx.post(f"http://127.0.0.1:{port}/query", timeout=60,
+                       json={"text": "parse command line arguments", "topK": 3, "includeMetadata": True})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["collection"] == "default" and body["lineage"]["model"] == "all-MiniLM-L6-v2"
+        assert any("argparse" in m["id"] or "getopt" in m["id"] for m in body["matches"]), body
+        assert httpx.get(f"http://127.0.0.1:{port}/docs", timeout=30).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -1,0 +1,128 @@
+"""Serve pieces that need no running Ray: config, GPU shares, and the aggregator's merge, retry and
+``partial`` logic over shard handles that answer late or die (stand-ins for DeploymentHandles)."""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from gpusearch.catalog import Catalog, ShardCatalog
+from gpusearch.serve.app import gpus_per_shard_replica
+from gpusearch.serve.config import ServeConfig
+
+pytest.importorskip("ray")
+
+
+def test_config_sources(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("shards: 3\nport: 9001\n")
+    cfg = ServeConfig.load(f, env={"GPUSEARCH_PORT": "9002", "GPUSEARCH_FSYNC": "false"}, replicas=2)
+    assert (cfg.shards, cfg.port, cfg.replicas, cfg.fsync) == (3, 9002, 2, False)
+    f.write_text("shard: 3\n")
+    with pytest.raises(ValueError, match="unknown settings \\['shard'\\]"):
+        ServeConfig.load(f, env={})
+    with pytest.raises(ValueError, match="GPUSEARCH_PORT must be an int"):
+        ServeConfig.load(None, env={"GPUSEARCH_PORT": "x"})
+    assert ServeConfig.load(None, env={"GPUSEARCH_NUM_GPUS_SHARD": "0.5"}).num_gpus_shard == 0.5
+    with pytest.raises(ValueError, match="roles are 'rw' or 'ro'"):
+        ServeConfig(api_keys={"k": "admin"})
+
+
+def test_refuses_public_host_without_keys():
+    from gpusearch.serve.app import build_app
+
+    with pytest.raises(ValueError, match="only listens on loopback"):
+        build_app(ServeConfig(host="0.0.0.0"))
+
+
+def test_gpu_share():
+    assert gpus_per_shard_replica(ServeConfig(shards=4, replicas=2), 0) == 0
+    assert gpus_per_shard_replica(ServeConfig(shards=4, replicas=2), 4) == pytest.approx(4 / 9, abs=1e-4)
+    assert gpus_per_shard_replica(ServeConfig(shards=1, replicas=1, encoder_enabled=False), 8) == 1.0
+    assert gpus_per_shard_replica(ServeConfig(num_gpus_shard=0.5), 8) == 0.5
+
+
+class _Response:
+    def __init__(self, coro):
+        self._task = asyncio.ensure_future(coro)
+
+    def __await__(self):
+        return self._task.__await__()
+
+    def cancel(self):
+        self._task.cancel()
+
+
+class _Method:
+    def __init__(self, fn):
+        self.fn = fn
+
+    def remote(self, *args):
+        return _Response(self.fn(*args))
+
+
+class _ShardHandle:
+    """Answers from a real ShardCatalog; can be slow, or die a number of times first."""
+
+    def __init__(self, catalog, delay=0.0, deaths=0):
+        from ray.exceptions import ActorDiedError
+
+        self.catalog, self.delay, self.deaths, self.calls = catalog, delay, deaths, 0
+
+        async def search(req):
+            self.calls += 1
+            if self.deaths:
+                self.deaths -= 1
+                raise ActorDiedError()
+            await asyncio.sleep(self.delay)
+            return (*self.catalog.search_batch([req])[0], 0.0, 1)
+
+        self.search = _Method(search)
+
+
+def _aggregator(cfg, handles):
+    from gpusearch.serve.deployments import Aggregator
+
+    return Aggregator.func_or_class(cfg.to_dict(), *handles)
+
+
+@pytest.fixture
+def two_shards(tmp_path, rng):
+    cat = Catalog(tmp_path, shards=2, device="cpu", fsync=False)
+    X = rng.standard_normal((100, 8)).astype(np.float32)
+    cat.upsert("c", [f"i{j}" for j in range(100)], X)
+    yield tmp_path, X, cat
+    cat.close()
+
+
+def test_aggregator_merges_like_the_collection(two_shards):
+    path, X, cat = two_shards
+    cfg = ServeConfig(data_dir=str(path), shards=2)
+    agg = _aggregator(cfg, [_ShardHandle(ShardCatalog(path, i, device="cpu")) for i in range(2)])
+    r = asyncio.run(agg.query("c", X[:3], 5))
+    ref = cat.get("c").search(X[:3], k=5)
+    assert r["ids"] == ref.ids and not r["partial"]
+    for a, b in zip(r["scores"], ref.scores):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_aggregator_retries_a_dead_replica_and_reports_a_late_shard(two_shards):
+    path, X, cat = two_shards
+    cfg = ServeConfig(data_dir=str(path), shards=2, shard_timeout_s=0.5)
+    dying = _ShardHandle(ShardCatalog(path, 0, device="cpu"), deaths=2)
+    late = _ShardHandle(ShardCatalog(path, 1, device="cpu"), delay=5.0)
+    r = asyncio.run(_aggregator(cfg, [dying, late]).query("c", X[:1], 5))
+    assert dying.calls == 3  # two deaths, then an answer
+    assert r["partial"] and r["missing_shards"] == [1]
+    held = set(ShardCatalog(path, 0, device="cpu").follower("c").shard.ids)
+    assert r["ids"][0] and set(r["ids"][0]) <= held
+
+
+def test_exact_rerank_reorders_by_full_precision(two_shards):
+    path, X, cat = two_shards
+    cfg = ServeConfig(data_dir=str(path), shards=2, rerank="exact", overfetch=3)
+    agg = _aggregator(cfg, [_ShardHandle(ShardCatalog(path, i, device="cpu")) for i in range(2)])
+    r = asyncio.run(agg.query("c", X[:2], 4, include_metadata=True))
+    ref = cat.get("c").search(X[:2], k=4)
+    assert r["ids"] == ref.ids and r["vectors"] is None
