@@ -8,7 +8,7 @@ TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || ech
 # A machine with an NVIDIA driver also gets the gpu extra (CuPy for our kernels, FAISS GPU).
 EXTRAS ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo dev,embed,serve,gpu || echo dev,embed,serve)
 
-.PHONY: install run test test-gpu check-cuda bench clean
+.PHONY: install run demo test test-gpu check-cuda bench clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PY) -m venv $(VENV)

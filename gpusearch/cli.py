@@ -122,7 +122,8 @@ def _load_demo(cfg) -> None:
         print(f"loading the demo corpus into 'default': {len(docs)} standard-library docstrings ...", flush=True)
         t0 = time.perf_counter()
         if have is None:
-            writer.create.remote("default", 384, "cosine", None, encoder.lineage.remote().result()).result()
+            lineage = encoder.lineage.remote().result()
+            writer.create.remote("default", lineage["dim"], "cosine", None, lineage).result()
         for lo in range(0, len(docs), 256):
             part = docs[lo : lo + 256]
             vecs = encoder.encode_many.remote([d["text"] for d in part]).result()
