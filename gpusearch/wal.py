@@ -56,6 +56,17 @@ cache) but not a power cut until :meth:`WriteAheadLog.sync`, ``rotate`` or
 ``close``. A caller that orders its appends under its own lock gets group commit
 by opening with ``fsync=False``, appending under that lock and calling ``sync()``
 after releasing it.
+
+Following a live log
+--------------------
+:class:`WALTail` reads a log that another process (or object) is appending to,
+without taking the lock and without ever truncating or deleting anything. It
+keeps a cursor (file, byte offset, last seq) so each call reads only the bytes
+appended since the previous one. An incomplete or invalid frame at the cursor is
+taken to be a write still in progress: the tail stops there and retries on the
+next call. Files that the writer deletes (:meth:`WriteAheadLog.drop_through`)
+may vanish at any moment; the tail then says that records may have been missed
+(:attr:`WALTail.missed`), and the caller recovers them from its snapshot.
 """
 from __future__ import annotations
 
@@ -76,7 +87,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None
 
-__all__ = ["MAX_PAYLOAD_BYTES", "WALRecord", "WriteAheadLog"]
+__all__ = ["MAX_PAYLOAD_BYTES", "WALCursor", "WALRecord", "WALTail", "WriteAheadLog"]
 
 logger = logging.getLogger(__name__)
 
@@ -577,3 +588,239 @@ class WriteAheadLog:
 
     def __repr__(self) -> str:
         return f"WriteAheadLog({str(self._dir)!r}, last_seq={self._last_seq}, files={len(self._files)})"
+
+
+def _first_seq(name: str) -> int:
+    """The seq a log file is named after (the first record it was started with)."""
+    return int(_NAME_RE.match(name).group(1))
+
+
+@dataclass(frozen=True)
+class WALCursor:
+    """Where a :class:`WALTail` stands.
+
+    Attributes
+    ----------
+    file : str or None
+        Name of the file the tail reads next; ``None`` before it has found one,
+        or after that file vanished with no later file to move on to.
+    offset : int
+        Byte offset in ``file`` of the first byte not yet consumed.
+    last_seq : int
+        Seq of the last record returned (the ``after_seq`` the tail started from
+        until it returns one).
+    """
+
+    file: str | None
+    offset: int
+    last_seq: int
+
+
+class WALTail:
+    """Read-only follower of a log that a :class:`WriteAheadLog` elsewhere appends to.
+
+    It takes no lock, never truncates or deletes, and keeps a cursor so that each
+    :meth:`read_new` reads only the bytes appended since the previous call. Files
+    are read in name order. A frame that is short or fails its checks at the
+    cursor is a write still in progress (or a torn tail the writer's recovery will
+    cut): the tail stops there and retries on the next call, never skipping it.
+
+    Files may be created (rotation) and deleted (:meth:`WriteAheadLog.drop_through`)
+    at any time. When the file under the cursor vanishes, or the first file found
+    starts later than the cursor, records in between may have been deleted unread;
+    :attr:`missed` then says so, and the caller recovers them from whatever
+    snapshot covered them (the writer only drops files a checkpoint covers).
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        The log's directory. It may not exist yet (nothing is read until it does).
+    after_seq : int, default 0
+        Return only records with a greater seq (e.g. the seq a snapshot covers);
+        files holding only older records are not read.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     wal, _ = WriteAheadLog.open(d, fsync=False)
+    ...     tail = WALTail(d)
+    ...     wal.append(1, b"a")
+    ...     first = tail.read_new()
+    ...     wal.append(2, b"b")
+    ...     second, third = tail.read_new(), tail.read_new()
+    ...     wal.close()
+    >>> [r.seq for r in first], [r.seq for r in second], third
+    ([1], [2], [])
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, after_seq: int = 0):
+        if isinstance(after_seq, bool) or not isinstance(after_seq, int) or not 0 <= after_seq <= MAX_SEQ:
+            raise ValueError(f"after_seq must be an int in [0, 2**64 - 1], got {after_seq!r}")
+        self._dir = Path(directory)
+        self._dir_str = os.fspath(self._dir)  # str paths: pathlib costs more than the stat calls themselves
+        self._file: str | None = None
+        self._offset = 0
+        self._last_seq = after_seq
+        self._missed = False
+        self._stall: tuple | None = None  # the (file, offset, problem) last logged, so a stall logs once
+        self._lock = threading.Lock()
+        self.files_opened = 0  # counters: a call that finds nothing new opens no file and reads no byte
+        self.bytes_read = 0
+
+    @property
+    def directory(self) -> Path:
+        """The log's directory."""
+        return self._dir
+
+    @property
+    def last_seq(self) -> int:
+        """Seq of the last record returned (``after_seq`` until one is)."""
+        return self._last_seq
+
+    @property
+    def cursor(self) -> WALCursor:
+        """Where the next :meth:`read_new` starts."""
+        with self._lock:
+            return WALCursor(self._file, self._offset, self._last_seq)
+
+    @property
+    def missed(self) -> bool:
+        """Whether the latest :meth:`read_new` may have skipped records.
+
+        True when the file under the cursor vanished (the writer dropped it,
+        perhaps before the tail read it through), or when the first file found
+        starts after ``last_seq + 1`` (earlier files may have been dropped). The
+        records returned are valid either way; what may be missing are records
+        with seqs between the previous :attr:`last_seq` and the first one returned.
+        """
+        return self._missed
+
+    def read_new(self, max_bytes: int | None = None) -> list[WALRecord]:
+        """Every complete, valid record appended since the previous call, in seq order.
+
+        Parameters
+        ----------
+        max_bytes : int, optional
+            Stop once records of at least this many bytes were returned (at least
+            one record is); the next call goes on from there. Bounds the memory a
+            large backlog takes. ``None`` reads everything there is.
+
+        Returns
+        -------
+        list of WALRecord
+            Possibly empty. Records with a seq not above :attr:`last_seq` are
+            skipped, never returned twice.
+        """
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
+            raise ValueError(f"max_bytes must be a positive int or None, got {max_bytes!r}")
+        with self._lock:
+            return self._read(max_bytes)
+
+    def _read(self, max_bytes: int | None) -> list[WALRecord]:
+        self._missed = False
+        try:
+            names = sorted(n for n in os.listdir(self._dir_str) if _NAME_RE.match(n))
+        except FileNotFoundError:
+            names = []  # not created yet, or the whole log was removed
+        if self._file is not None and self._file in names:
+            todo = names[names.index(self._file):]
+        else:
+            vanished = self._file is not None
+            if vanished:
+                names = [n for n in names if n > self._file]
+                self._file, self._offset = None, 0
+            # Files named at or below last_seq + 1 hold nothing newer than last_seq except
+            # in the last of them; start there. When no file starts that early, records
+            # between last_seq and the first file may have been dropped unread.
+            early = [i for i, n in enumerate(names) if _first_seq(n) <= self._last_seq + 1]
+            todo = names[early[-1]:] if early else names
+            self._missed = not early and (vanished or bool(names))
+        records: list[WALRecord] = []
+        budget = [max_bytes]
+        for i, name in enumerate(todo):
+            offset = self._offset if name == self._file else 0
+            self._file, self._offset = name, offset
+            path = os.path.join(self._dir_str, name)
+            try:
+                size = os.stat(path).st_size
+            except FileNotFoundError:
+                # Dropped between the listing and now: whatever it held past the cursor is lost to us.
+                self._file, self._offset = None, 0
+                self._missed = True
+                continue
+            if size < offset:
+                # Only a writer's recovery rewrites a file, and it cuts invalid bytes only; read it again.
+                logger.warning("WAL tail %s: shrank from %d to %d bytes; reading it again", path, offset, size)
+                self._missed = True
+                self._offset = offset = 0
+            if size > offset:
+                try:
+                    stopped = self._read_file(path, offset, size, records, budget, last=i == len(todo) - 1)
+                except FileNotFoundError:
+                    self._file, self._offset = None, 0
+                    self._missed = True
+                    continue
+                if stopped:
+                    break
+        return records
+
+    def _read_file(self, path: str, offset: int, size: int, out: list[WALRecord], budget: list,
+                   *, last: bool) -> bool:
+        """Consume the records of one file from ``offset`` up to ``size``; True when the tail must stop here."""
+        with open(path, "rb") as f:
+            self.files_opened += 1
+            f.seek(offset)
+            pos = offset
+            while pos < size:
+                if budget[0] is not None and budget[0] <= 0:
+                    return True
+                problem = None
+                header = f.read(HEADER_SIZE) if pos + HEADER_SIZE <= size else b""
+                if len(header) < HEADER_SIZE:
+                    problem = "incomplete header"
+                else:
+                    magic, length, seq, crc = HEADER.unpack(header)
+                    if magic != MAGIC:
+                        problem = f"bad magic 0x{magic:08x}"
+                    elif length > MAX_PAYLOAD_BYTES:
+                        problem = f"payload length {length} above the limit {MAX_PAYLOAD_BYTES}"
+                    elif pos + HEADER_SIZE + length > size:
+                        problem = "incomplete payload"
+                    else:
+                        payload = f.read(length)
+                        if len(payload) < length:
+                            problem = "incomplete payload"
+                        elif _crc(length, seq, payload) != crc:
+                            problem = "CRC mismatch"
+                if problem is not None:
+                    self._note_stall(path, pos, problem, last=last)
+                    return True
+                pos += HEADER_SIZE + length
+                self.bytes_read += HEADER_SIZE + length
+                if seq > self._last_seq:
+                    out.append(WALRecord(seq, payload))
+                    self._last_seq = seq
+                    if budget[0] is not None:
+                        budget[0] -= HEADER_SIZE + length
+                self._offset = pos
+        self._stall = None
+        return False
+
+    def _note_stall(self, path: str, pos: int, problem: str, *, last: bool) -> None:
+        key = (path, pos, problem)
+        if key == self._stall:
+            return
+        self._stall = key
+        if last:
+            # The newest file: most likely a write in progress; try again next call.
+            logger.debug("WAL tail %s: %s at offset %d; waiting for the writer", path, problem, pos)
+        else:
+            # A file the writer has moved on from never changes again; only its recovery
+            # after a crash can repair this, so say so once.
+            logger.warning("WAL tail %s: %s at offset %d in a finished file; stopping here until the "
+                           "writer's recovery repairs it", path, problem, pos)
+
+    def __repr__(self) -> str:
+        return (f"WALTail({str(self._dir)!r}, file={self._file!r}, offset={self._offset}, "
+                f"last_seq={self._last_seq})")
