@@ -284,6 +284,7 @@ class ShardCatalog:
         self._Follower = ShardFollower
         self.data_dir, self.shard, self.device = Path(data_dir), int(shard), device
         self._followers: dict[str, Any] = {}
+        self._schemas: dict[str, _JsonFileCache] = {}
         self._lock = threading.Lock()
         meta_path = self.data_dir / "catalog.json"
         if meta_path.exists():
@@ -314,6 +315,15 @@ class ShardCatalog:
         f.refresh()
         return f
 
+    def schema(self, name: str) -> dict[str, str] | None:
+        """The collection-wide metadata fields (the Writer publishes them before acknowledging a write
+        that adds one), so a filter on a field only other shards hold is valid here too."""
+        cache = self._schemas.get(name)
+        if cache is None:
+            cache = self._schemas.setdefault(name, _JsonFileCache(_collection_dir(self.data_dir, name) / "schema.json",
+                                                                  None))
+        return cache.get()
+
     def search_batch(self, requests: Sequence[SearchRequest]) -> list:
         """Answer many searches, one engine call per group of alike requests (same collection, filter,
         params and include flags) with their queries stacked: concurrent clients share one GEMM.
@@ -334,7 +344,7 @@ class ShardCatalog:
                 k = max(requests[p].k for p in members)
                 hits = f.search(np.concatenate(qs) if len(qs) > 1 else qs[0], k, filter=first.filter,
                                 include_metadata=first.include_metadata, include_vectors=first.include_vectors,
-                                params=first.params)
+                                params=first.params, schema=self.schema(first.collection))
                 info = {"metric": f.metric, "dim": f.dim, "index": f.config["index"], "lineage": f.lineage,
                         "sequence": f.applied_seq}
             except Exception as e:  # noqa: BLE001 - handed back per request, raised by the caller

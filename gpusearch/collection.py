@@ -55,6 +55,7 @@ CHECKPOINT_WAL_BYTES = 256 << 20
 # Below this many multiply-adds per search, shards are searched one after another in the caller's thread.
 PARALLEL_SEARCH_FLOPS = 20_000_000
 _MANIFEST = "collection.json"
+_SCHEMA = "schema.json"
 
 
 def shard_of(record_id: str, shards: int) -> int:
@@ -91,6 +92,9 @@ class Collection:
         for s in shards:
             self.schema = md.merge_schemas(self.schema, s.schema)
         self._closed = False
+        spath = path / _SCHEMA
+        if self.schema and (not spath.exists() or read_json(spath) != self.schema):
+            atomic_write_json(spath, self.schema)
 
     # -- construction --------------------------------------------------------
     @classmethod
@@ -274,6 +278,10 @@ class Collection:
             sub_meta = md.take(table, p)
             parts[s] = ops_mod.encode_upsert(sub_ids, vecs[p], sub_meta, len(groups))
             apply[s] = ops_mod.Op(ops_mod.UPSERT, len(groups), sub_ids, vecs[p], sub_meta)
+        if schema != self.schema:
+            # Read replicas compile filters against the collection-wide fields, so a field is
+            # published before the first record that has it is acknowledged.
+            atomic_write_json(self.path / _SCHEMA, schema)
         seq = self._commit(parts, apply)
         self.schema = schema
         return seq
@@ -363,7 +371,7 @@ class Collection:
                 with shard.lock.write():
                     shard.backend.train(x)
                     shard.backend.add(shard.store, range(0, len(shard.store)))
-            self._checkpoint_locked()
+            self._checkpoint_locked(force=True)
 
     # -- reads ---------------------------------------------------------------
     def search(self, queries, k: int = 10, *, filter: Mapping | None = None, include_metadata: bool = False,
@@ -441,9 +449,9 @@ class Collection:
         with self._write_lock:
             self._checkpoint_locked()
 
-    def _checkpoint_locked(self) -> None:
+    def _checkpoint_locked(self, force: bool = False) -> None:
         schema = dict(self.schema)
-        list(self._pool.map(lambda s: s.checkpoint(schema), self._shards))
+        list(self._pool.map(lambda s: s.checkpoint(schema, force=force), self._shards))
         self._drop_commits()
 
     def _drop_commits(self) -> None:

@@ -46,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -68,6 +69,8 @@ from .wal import WALTail
 __all__ = ["ShardFollower"]
 
 log = logging.getLogger(__name__)
+# Segment names Shard.compact writes: "seg-<seq>-c.arrow" (before generations) or "seg-<seq>-c<gen>.arrow".
+_COMPACTED = re.compile(r"-c\d*\.arrow$")
 
 _CONFIG = "collection.json"
 _MANIFEST = "manifest.json"
@@ -428,7 +431,7 @@ class ShardFollower:
             raise _Stale(f"the snapshot went back from seq {st.manifest_seq} to {seq}")
         added = segments[len(st.segments):]
         # Shard.compact writes one "-c" segment in place of all; renumbered rows cannot be followed in place.
-        if segments[: len(st.segments)] != st.segments or any(name.endswith("-c.arrow") for name in added):
+        if segments[: len(st.segments)] != st.segments or any(_COMPACTED.search(name) for name in added):
             raise _Stale(f"the snapshot's segments were rewritten at seq {seq} (compaction)")
         st.segments, st.manifest_seq = segments, seq
         st.manifest_trained = bool(m.get("index")) and int(m.get("n_indexed") or 0) > 0

@@ -267,13 +267,16 @@ class Shard:
         return md.rows_to_dicts(self.metadata_table(schema), rows)
 
     # -- persistence ---------------------------------------------------------
-    def checkpoint(self, schema: dict[str, str]) -> None:
+    def checkpoint(self, schema: dict[str, str], *, force: bool = False) -> None:
         """Fold the WAL into the snapshot: a new segment for the rows added since, the alive bitmap,
-        the FAISS index and the manifest; then drop the WAL files it covers."""
+        the FAISS index and the manifest; then drop the WAL files it covers.
+
+        ``force`` writes a new manifest even when no op was applied since the last
+        one (after training, which changes the index but is not an op)."""
         with self.lock.write():
             m = self._manifest or {"segments": [], "rows": 0}
             start = int(m.get("rows", 0))
-            if self.applied_seq == m.get("applied_seq") and start == self.n_rows:
+            if not force and self.applied_seq == m.get("applied_seq") and start == self.n_rows:
                 return
             seq = self.applied_seq
             segments = list(m.get("segments", []))
@@ -293,7 +296,8 @@ class Shard:
             ids = [self.ids[r] for r in rows.tolist()]
             vecs = self.store.host[rows]
             meta = md.take(table, rows)
-            name = f"seg-{seq:020d}-c.arrow"
+            gen = int((self._manifest or {}).get("generation", 0)) + 1
+            name = f"seg-{seq:020d}-c{gen}.arrow"
             write_segment(self.path / name, ids, vecs, meta)
             self.store.replace(vecs)
             self.ids = ids
@@ -307,12 +311,15 @@ class Shard:
 
     def _write_manifest(self, seq: int, segments: list[str], keep: set[str]) -> None:
         n = self.n_rows
-        alive_name = f"alive-{seq:020d}.bits"
+        # Every manifest has its own generation, and its files carry it, so a new snapshot at the
+        # same seq (compaction, training) never rewrites a file an older manifest names.
+        gen = int(self._manifest.get("generation", 0)) + 1 if self._manifest else 1
+        alive_name = f"alive-{seq:020d}-{gen}.bits"
         atomic_write_bytes(self.path / alive_name, np.packbits(self.alive, bitorder="little").tobytes())
         index_name = None
         data = self.backend.to_bytes()
         if data is not None:
-            index_name = f"index-{seq:020d}.faiss"
+            index_name = f"index-{seq:020d}-{gen}.faiss"
             atomic_write_bytes(self.path / index_name, data)
         m = {
             "format_version": SHARD_FORMAT_VERSION,
@@ -323,6 +330,7 @@ class Shard:
             "index": index_name,
             "n_indexed": self.backend.n_indexed,
             "schema": dict(self.schema),
+            "generation": gen,
         }
         atomic_write_json(self.path / "manifest.json", m)
         self._manifest = m

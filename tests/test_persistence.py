@@ -97,6 +97,20 @@ def test_faiss_index_is_saved_not_retrained(tmp_path, rng, monkeypatch):
     assert again.search(x[3], k=1, params={"nprobe": 16}).ids == [["3"]]
 
 
+def test_train_with_no_later_writes_is_saved(tmp_path, rng):
+    """train() changes the index without an op: its checkpoint must still write a new snapshot."""
+    x = rng.standard_normal((200, 8)).astype(np.float32)
+    col = gs.Collection.create(tmp_path / "c", dim=8, metric="l2", index="IVF16,Flat", device="cpu")
+    col.upsert(range(200), x)
+    col.checkpoint()
+    assert not col.stats()["shards"][0]["index_trained"]  # 200 rows < 39 per centroid
+    col.train(rng.standard_normal((1000, 8)).astype(np.float32))
+    col.close()
+    again = gs.Collection.open(tmp_path / "c", device="cpu")
+    assert again.stats()["shards"][0]["index_trained"] and again.stats()["shards"][0]["indexed_rows"] == 200
+    again.close()
+
+
 def test_compact_reclaims_deleted_rows(tmp_path, rng):
     x = rng.standard_normal((300, 6)).astype(np.float32)
     col = gs.Collection.create(tmp_path / "c", dim=6, metric="l2", index="IVF4,Flat", shards=2, device="cpu")

@@ -1,6 +1,7 @@
 """Shard followers against a live writer in the same process, and the WAL tail they read with."""
 from __future__ import annotations
 
+import re
 import logging
 import os
 import threading
@@ -254,7 +255,7 @@ def test_snapshot_replaced_while_loading(tmp_path, rng, monkeypatch):
     monkeypatch.setattr(Shard, "_load_snapshot", compact_then_load)
     f = ShardFollower.open(col.path, 1, device="cpu")
     monkeypatch.undo()
-    assert len(calls) == 2 and calls[0] != calls[1] and calls[1][0].endswith("-c.arrow")
+    assert len(calls) == 2 and calls[0] != calls[1] and re.search(r"-c\d*\.arrow$", calls[1][0])
     assert f.shard.n_rows == len(f)
     assert_same(col, [ShardFollower.open(col.path, 0, device="cpu"), f], rng)
     col.close()

@@ -126,3 +126,18 @@ def test_exact_rerank_reorders_by_full_precision(two_shards):
     r = asyncio.run(agg.query("c", X[:2], 4, include_metadata=True))
     ref = cat.get("c").search(X[:2], k=4)
     assert r["ids"] == ref.ids and r["vectors"] is None
+
+
+def test_filter_on_a_field_only_another_shard_has(tmp_path):
+    cat = Catalog(tmp_path, shards=2, device="cpu", fsync=False)
+    from gpusearch import shard_of
+
+    a = next(f"x{i}" for i in range(100) if shard_of(f"x{i}", 2) == 0)
+    cat.upsert("c", [a], np.ones((1, 4), np.float32), [{"only_here": 1}])
+    cat.upsert("c", ["other"] if shard_of("other", 2) == 1 else ["other2"], np.ones((1, 4), np.float32))
+    out = ShardCatalog(tmp_path, 1, device="cpu").search_batch(
+        [__import__("gpusearch.catalog", fromlist=["SearchRequest"]).SearchRequest(
+            "c", np.ones((1, 4), np.float32), 3, {"only_here": {"$eq": 1}})])
+    assert not isinstance(out[0], Exception), out[0]
+    assert out[0][0].ids == [[]]
+    cat.close()
