@@ -141,3 +141,20 @@ def test_filter_on_a_field_only_another_shard_has(tmp_path):
     assert not isinstance(out[0], Exception), out[0]
     assert out[0][0].ids == [[]]
     cat.close()
+
+
+def test_shipped_configs_are_valid():
+    import yaml
+    from pathlib import Path
+
+    from ray.serve.schema import ServeDeploySchema
+
+    configs = Path(__file__).resolve().parent.parent / "serve" / "configs"
+    local = ServeConfig.load(configs / "local.yaml", env={})
+    assert (local.host, local.port, local.shards) == ("127.0.0.1", 8000, 2)
+    deploy = yaml.safe_load((configs / "multi-gpu.yaml").read_text())
+    ServeDeploySchema.model_validate(deploy) if hasattr(ServeDeploySchema, "model_validate") \
+        else ServeDeploySchema.parse_obj(deploy)
+    args = deploy["applications"][0]["args"]
+    cfg = ServeConfig.load(None, env={"GPUSEARCH_API_KEYS": "k:rw"}, **args)
+    assert (cfg.shards, cfg.replicas, cfg.num_gpus_shard) == (4, 2, 0.45)
