@@ -56,9 +56,10 @@ class ServeConfig:
     max_top_k: int = 1000
     max_dim: int = 4096
     shard_timeout_s: float = 10.0
-    # Dynamic batching of concurrent single queries on each shard replica.
+    # Dynamic batching on each shard replica: the next batch is whatever queued while the last one
+    # ran (at most batch_max_size); batch_wait_s > 0 waits that long for company when it would be alone.
     batch_max_size: int = 64
-    batch_wait_s: float = 0.002
+    batch_wait_s: float = 0.0
     # Reranking after the merge: "none" or "exact" (re-score full-precision vectors; shards over-fetch).
     rerank: str = "none"
     overfetch: int = 4

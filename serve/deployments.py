@@ -7,7 +7,7 @@
   batch it catches up with what the Writer made durable, so a query sent after an
   acknowledged write sees it; a replica loads and replays everything in its constructor,
   so Serve routes it queries only once it is caught up. Concurrent queries are batched
-  with ``@serve.batch`` into one engine search.
+  into one engine search (:class:`~gpusearch.serve.batching.GreedyBatcher`).
 - **Aggregator**: resolves an alias once per query, fans the query out to every shard
   deployment, retries a request whose replica died, merges with the kernels' k-way
   merge (:func:`gpusearch.merge.merge_hits`), optionally re-scores exactly, and says
@@ -29,6 +29,7 @@ from gpusearch.catalog import (Catalog, CollectionNotFound, SearchRequest, Shard
                                owner_shard, resolve_alias)
 from gpusearch.merge import merge_hits, rescore_exact
 
+from .batching import GreedyBatcher
 from .config import ServeConfig
 
 __all__ = ["Writer", "ShardServer", "Aggregator", "EncoderServer", "RETRYABLE"]
@@ -103,12 +104,14 @@ class ShardServer:
         self.shard = shard
         self.catalog = ShardCatalog(self.cfg.data_dir, shard, device=self.cfg.device)
         self.catalog.open_all()  # caught up before Serve routes anything here
-        self.search.set_max_batch_size(self.cfg.batch_max_size)
-        self.search.set_batch_wait_timeout_s(self.cfg.batch_wait_s)
-        self.replica = serve.get_replica_context().replica_id.unique_id
+        # Concurrent queries share one engine search; see serve/batching.py for why not @serve.batch.
+        self.batcher = GreedyBatcher(self._search_batch, max_size=self.cfg.batch_max_size,
+                                     wait_s=self.cfg.batch_wait_s)
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
-    async def search(self, requests: list[SearchRequest]) -> list:
+    async def search(self, request: SearchRequest):
+        return await self.batcher.submit(request)
+
+    async def _search_batch(self, requests: list[SearchRequest]) -> list:
         t0 = time.perf_counter()
         out = await asyncio.to_thread(self.catalog.search_batch, requests)
         seconds = time.perf_counter() - t0

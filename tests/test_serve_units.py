@@ -158,3 +158,26 @@ def test_shipped_configs_are_valid():
     args = deploy["applications"][0]["args"]
     cfg = ServeConfig.load(None, env={"GPUSEARCH_API_KEYS": "k:rw"}, **args)
     assert (cfg.shards, cfg.replicas, cfg.num_gpus_shard) == (4, 2, 0.45)
+
+
+def test_greedy_batcher_takes_everything_that_queued():
+    from gpusearch.serve.batching import GreedyBatcher
+
+    sizes = []
+
+    async def handler(items):
+        sizes.append(len(items))
+        await asyncio.sleep(0.05)
+        return [ValueError(f"bad {i}") if i == 7 else i * 10 for i in items]
+
+    async def main():
+        b = GreedyBatcher(handler, max_size=64)
+        first = asyncio.ensure_future(b.submit(0))
+        await asyncio.sleep(0.01)  # the first batch (one item) is running
+        rest = [asyncio.ensure_future(b.submit(i)) for i in range(1, 10)]
+        out = await asyncio.gather(first, *rest, return_exceptions=True)
+        return out
+
+    out = asyncio.run(main())
+    assert sizes == [1, 9]
+    assert out[:7] == [0, 10, 20, 30, 40, 50, 60] and isinstance(out[7], ValueError) and out[9] == 90
