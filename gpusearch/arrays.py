@@ -155,3 +155,19 @@ def check_k(k: Any, *, max_k: int) -> int:
     if not 1 <= int(k) <= max_k:
         raise ValueError(f"k must be between 1 and {max_k}, got {int(k)}")
     return int(k)
+
+
+def prepare_vectors(x, *, name: str, dim: int, metric: str, device: str = "cpu"):
+    """An (n, dim) float32 matrix on ``device``, unit length for ``metric="cosine"`` (all-zero rows refused)."""
+    m = as_matrix(x, name=name, dim=dim, device=device)
+    if metric == "cosine":
+        if isinstance(m, np.ndarray):
+            norms = np.linalg.norm(m, axis=1, keepdims=True)
+            zero = np.flatnonzero(norms[:, 0] == 0)
+        else:
+            norms = m.norm(dim=1, keepdim=True)
+            zero = np.flatnonzero(to_host(norms)[:, 0] == 0)
+        if len(zero):
+            raise ValueError(f"{name} row {int(zero[0])} is all zeros; cosine similarity needs non-zero vectors")
+        m = m / norms
+    return m

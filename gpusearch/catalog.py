@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .arrays import as_ids, as_matrix, check_k
-from .collection import MAX_TOP_K, METRICS, Collection, shard_of
+from .collection import MAX_TOP_K, METRICS, Collection
 from .fileio import atomic_write_json, read_json
 from .results import WriteResult
 
@@ -381,7 +381,3 @@ def _slice_hits(hits, lo: int, hi: int, k: int):
         None if hits.vectors is None else [v[:k] for v in hits.vectors[lo:hi]],
     )
 
-
-def owner_shard(record_id: str, shards: int) -> int:
-    """The shard that holds ``record_id`` (for fetch and query-by-id)."""
-    return shard_of(record_id, shards)

@@ -72,13 +72,13 @@ def _compact(args) -> int:
 
 
 def _serve(args) -> int:
-    from gpusearch.serve.config import ServeConfig, is_loopback
+    from gpusearch.serve.config import ServeConfig
 
     cfg = ServeConfig.load(args.config, host=args.host, port=args.port, data_dir=args.data_dir, shards=args.shards,
                            replicas=args.replicas, device=args.device)
     if not cfg.api_keys:
         print(f"no API key configured: serving without auth on loopback only ({cfg.host})")
-    elif is_loopback(cfg.host):
+    else:
         print(f"API keys configured: {len(cfg.api_keys)}")
     from gpusearch.serve.app import start
 

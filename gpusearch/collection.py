@@ -30,7 +30,7 @@ import numpy as np
 
 from . import metadata as md
 from . import ops as ops_mod
-from .arrays import as_ids, as_matrix, check_k, to_host
+from .arrays import as_ids, check_k, prepare_vectors, to_host
 from .backends import check_index_spec
 from .devices import resolve_device
 from .fileio import atomic_write_json, read_json
@@ -62,6 +62,24 @@ def shard_of(record_id: str, shards: int) -> int:
     """The shard that owns an id: a stable 64-bit hash (the same in every process and release)."""
     h = hashlib.blake2b(record_id.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(h, "little") % shards
+
+
+def read_config(path) -> dict:
+    """The ``collection.json`` of the collection at ``path``, checked to be one this release can read."""
+    path = Path(path)
+    mpath = path / _MANIFEST
+    if not mpath.is_file():
+        raise ValueError(f"{path} is not a gpusearch collection (no {_MANIFEST}); create one with Collection.create")
+    config = read_json(mpath)
+    version = config.get("format_version") if isinstance(config, dict) else None
+    if not isinstance(version, int):
+        raise ValueError(f"{mpath} is not a gpusearch collection manifest (no format_version)")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path} was written in collection format {version}; this gpusearch reads format "
+            f"{FORMAT_VERSION} or older: upgrade gpusearch to open it"
+        )
+    return config
 
 
 class Collection:
@@ -155,19 +173,7 @@ class Collection:
     def open(cls, path, *, device: str = "auto", fsync: bool = True) -> "Collection":
         """Open an existing collection: load each shard's snapshot and replay its WAL."""
         path = Path(path)
-        mpath = path / _MANIFEST
-        if not mpath.is_file():
-            raise ValueError(f"{path} is not a gpusearch collection (no {_MANIFEST}); create one with Collection.create")
-        config = read_json(mpath)
-        version = config.get("format_version") if isinstance(config, dict) else None
-        if not isinstance(version, int):
-            raise ValueError(f"{mpath} is not a gpusearch collection manifest (no format_version)")
-        if version > FORMAT_VERSION:
-            raise ValueError(
-                f"{path} was written in collection format {version}; this gpusearch reads format "
-                f"{FORMAT_VERSION} or older: upgrade gpusearch to open it"
-            )
-        return cls._load(path, config, device=device, fsync=fsync)
+        return cls._load(path, read_config(path), device=device, fsync=fsync)
 
     @classmethod
     def _load(cls, path: Path, config: dict, *, device: str, fsync: bool) -> "Collection":
@@ -198,18 +204,7 @@ class Collection:
             raise ValueError(f"collection {self.path} is closed; open it again with Collection.open")
 
     def _prepare_vectors(self, x, name: str, device: str = "cpu"):
-        m = as_matrix(x, name=name, dim=self.dim, device=device)
-        if self.metric == "cosine":
-            if isinstance(m, np.ndarray):
-                norms = np.linalg.norm(m, axis=1, keepdims=True)
-                zero = np.flatnonzero(norms[:, 0] == 0)
-            else:
-                norms = m.norm(dim=1, keepdim=True)
-                zero = np.flatnonzero(to_host(norms)[:, 0] == 0)
-            if len(zero):
-                raise ValueError(f"{name} row {int(zero[0])} is all zeros; cosine similarity needs non-zero vectors")
-            m = m / norms
-        return m
+        return prepare_vectors(x, name=name, dim=self.dim, metric=self.metric, device=device)
 
     def _next_seq(self) -> int:
         self._seq += 1

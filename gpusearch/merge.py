@@ -13,7 +13,7 @@ import numpy as np
 
 from . import kernels
 
-__all__ = ["merge_hits", "rescore_exact"]
+__all__ = ["merge_hits", "rescore_exact", "candidates_per_shard", "merge_and_rerank"]
 
 
 def merge_hits(results, k: int, *, metric: str, dim: int):
@@ -99,3 +99,21 @@ def rescore_exact(queries, ids, vectors, metadata, k: int, *, metric: str):
             out_meta.append([metadata[qi][j] for j in order])
         out_vecs.append(np.asarray(vectors[qi])[order] if len(order) else np.asarray(vectors[qi])[:0])
     return out_ids, out_scores, out_meta, out_vecs
+
+
+def candidates_per_shard(k: int, *, rerank: str, overfetch: int, max_k: int) -> int:
+    """How many candidates each shard returns: ``k``, or ``k * overfetch`` (at most ``max_k``) to rerank."""
+    return min(k * overfetch, max_k) if rerank == "exact" else k
+
+
+def merge_and_rerank(results, queries, k: int, *, metric: str, dim: int, rerank: str = "none",
+                     include_vectors: bool = False):
+    """Merge shard answers (:func:`merge_hits`), then for ``rerank="exact"`` re-score the candidates
+    (which must carry their vectors) with :func:`rescore_exact` and keep ``k``."""
+    k_fetch = results[0].scores.shape[1] if rerank == "exact" else k  # everything the shards over-fetched
+    ids, scores, metas, vecs = merge_hits(results, k_fetch, metric=metric, dim=dim)
+    if rerank == "exact":
+        ids, scores, metas, vecs = rescore_exact(queries, ids, vecs, metas, k, metric=metric)
+        if not include_vectors:
+            vecs = None
+    return ids, scores, metas, vecs

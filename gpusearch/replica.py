@@ -58,8 +58,8 @@ import numpy as np
 
 from . import metadata as md
 from . import ops as ops_mod
-from .arrays import as_ids, as_matrix, check_k, to_host
-from .collection import FORMAT_VERSION, MAX_TOP_K
+from .arrays import as_ids, check_k, prepare_vectors
+from .collection import MAX_TOP_K, read_config
 from .devices import resolve_device
 from .fileio import read_json
 from .filters import compile_filter
@@ -118,17 +118,8 @@ def _config_sig(path: str) -> tuple | None:
 
 
 def _read_config(path: Path) -> dict:
+    config = read_config(path)
     mpath = path / _CONFIG
-    if not mpath.is_file():
-        raise ValueError(f"{path} is not a gpusearch collection (no {_CONFIG}); expected the directory "
-                         f"a Collection was created in")
-    config = read_json(mpath)
-    version = config.get("format_version") if isinstance(config, dict) else None
-    if not isinstance(version, int):
-        raise ValueError(f"{mpath} is not a gpusearch collection manifest (no format_version)")
-    if version > FORMAT_VERSION:
-        raise ValueError(f"{path} was written in collection format {version}; this gpusearch reads format "
-                         f"{FORMAT_VERSION} or older: upgrade gpusearch to follow it")
     missing = [k for k in ("dim", "metric", "index", "dtype", "shards") if k not in config]
     if missing:
         raise ValueError(f"{mpath} lacks {', '.join(missing)}; expected a manifest written by Collection.create")
@@ -136,22 +127,6 @@ def _read_config(path: Path) -> dict:
     if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
         raise ValueError(f"{mpath}: shards must be a positive int, got {shards!r}")
     return config
-
-
-def _prepare_queries(x, *, dim: int, metric: str, device: str):
-    """Validate queries as ``Collection`` does: an (n, dim) float matrix, unit length for cosine."""
-    m = as_matrix(x, name="queries", dim=dim, device=device)
-    if metric == "cosine":
-        if isinstance(m, np.ndarray):
-            norms = np.linalg.norm(m, axis=1, keepdims=True)
-            zero = np.flatnonzero(norms[:, 0] == 0)
-        else:
-            norms = m.norm(dim=1, keepdim=True)
-            zero = np.flatnonzero(to_host(norms)[:, 0] == 0)
-        if len(zero):
-            raise ValueError(f"queries row {int(zero[0])} is all zeros; cosine similarity needs non-zero vectors")
-        m = m / norms
-    return m
 
 
 class ShardFollower:
@@ -514,7 +489,7 @@ class ShardFollower:
         """
         shard = self._current().shard
         k = check_k(k, max_k=MAX_TOP_K)
-        q = _prepare_queries(queries, dim=self.dim, metric=self.metric, device=self.device)
+        q = prepare_vectors(queries, name="queries", dim=self.dim, metric=self.metric, device=self.device)
         sch = self._schema_for(shard, schema)
         compiled = compile_filter(filter, sch)
         if params is not None and not isinstance(params, Mapping):

@@ -26,8 +26,9 @@ import numpy as np
 from ray import serve
 
 from gpusearch.catalog import (Catalog, CollectionNotFound, SearchRequest, ShardCatalog, check_name,
-                               owner_shard, resolve_alias)
-from gpusearch.merge import merge_hits, rescore_exact
+                               resolve_alias)
+from gpusearch.collection import shard_of
+from gpusearch.merge import candidates_per_shard, merge_and_rerank
 
 from .batching import GreedyBatcher
 from .config import ServeConfig
@@ -161,7 +162,7 @@ class Aggregator:
         name = self.resolve(collection)
         by_shard: dict[int, list[str]] = {}
         for i in dict.fromkeys(ids):
-            by_shard.setdefault(owner_shard(i, len(self.shards)), []).append(i)
+            by_shard.setdefault(shard_of(i, len(self.shards)), []).append(i)
         parts = await asyncio.gather(*(self._ask(s, "fetch", name, part) for s, part in by_shard.items()))
         found = {rid: (vec, meta) for part in parts for rid, vec, meta in part}
         return {"collection": name, "records": {i: found[i] for i in ids if i in found}}
@@ -178,9 +179,10 @@ class Aggregator:
         queries = np.asarray(queries, dtype=np.float32)
         if queries.ndim == 1:
             queries = queries[None, :]
-        rerank = self.cfg.rerank == "exact"
-        k_fetch = min(k * self.cfg.overfetch, self.cfg.max_top_k) if rerank else k
-        req = SearchRequest(name, queries, k_fetch, filter, include_metadata, include_vectors or rerank, params)
+        rerank = self.cfg.rerank
+        k_fetch = candidates_per_shard(k, rerank=rerank, overfetch=self.cfg.overfetch, max_k=self.cfg.max_top_k)
+        req = SearchRequest(name, queries, k_fetch, filter, include_metadata,
+                            include_vectors or rerank == "exact", params)
         answers = await asyncio.gather(*(self._ask(i, "search", req) for i in range(len(self.shards))),
                                        return_exceptions=True)
         hits, missing, shard_seconds, info = [], [], {}, None
@@ -195,11 +197,8 @@ class Aggregator:
             shard_seconds[i] = seconds
         if not hits:
             raise TimeoutError(f"no shard answered within {self.cfg.shard_timeout_s} s (shards {missing})")
-        ids, scores, metas, vecs = merge_hits(hits, k_fetch, metric=info["metric"], dim=info["dim"])
-        if rerank:
-            ids, scores, metas, vecs = rescore_exact(queries, ids, vecs, metas, k, metric=info["metric"])
-            if not include_vectors:
-                vecs = None
+        ids, scores, metas, vecs = merge_and_rerank(hits, queries, k, metric=info["metric"], dim=info["dim"],
+                                                    rerank=rerank, include_vectors=include_vectors)
         return {
             "collection": name, "ids": ids, "scores": scores, "metadata": metas, "vectors": vecs,
             "index": info["index"], "lineage": info["lineage"], "sequence": info["sequence"],

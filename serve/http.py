@@ -191,6 +191,7 @@ class Ingress:
         self.cfg = ServeConfig(**cfg)
         self.aggregator, self.writer, self.encoder = aggregator, writer, encoder
         self.metrics = _metrics()
+        self._encoder_lineage = None  # asked of the Encoder once, on the first text query
         _body_limit["bytes"] = self.cfg.max_body_bytes
 
     # -- plumbing --------------------------------------------------------------
@@ -209,9 +210,6 @@ class Ingress:
     async def _guard(self, request: Request, route: str, write: bool, fn):
         t0 = time.perf_counter()
         try:
-            length = request.headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > self.cfg.max_body_bytes:
-                raise ApiError(413, 3, f"request body is {int(length)} bytes; the limit is {self.cfg.max_body_bytes}")
             self._auth(request, write)
             result = await fn()
             status = 200
@@ -279,7 +277,9 @@ class Ingress:
                 if not body.text.strip():
                     raise ApiError(400, 3, "text is empty; send the text to search for")
                 vec = await self.encoder.encode.remote(body.text)
-                encoder_lineage = await self.encoder.lineage.remote()
+                if self._encoder_lineage is None:
+                    self._encoder_lineage = await self.encoder.lineage.remote()
+                encoder_lineage = self._encoder_lineage
                 r = await self.aggregator.query.remote(name, vec[None, :], body.top_k, **kw)
             elif body.id is not None:
                 r = await self.aggregator.query.remote(name, None, body.top_k, id=body.id, **kw)
