@@ -19,8 +19,12 @@ $(BIN)/.installed: pyproject.toml Makefile
 
 install: $(BIN)/.installed
 
-# The main job: build the demo collection on the embedded default and query it.
+# The main job: serve the collection `default` (stdlib docstrings, MiniLM) over HTTP on Ray Serve.
 run: install
+	HF_HUB_OFFLINE=1 $(BIN)/gpusearch serve
+
+# The same corpus in-process, without Ray.
+demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/gpusearch demo
 
 test: install
