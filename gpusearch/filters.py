@@ -83,7 +83,18 @@ _INT64_MAX = 2**63 - 1
 _KIND_NAMES = {"string": "a string", "number": "a number (int or float)", "bool": "a bool (true or false)"}
 _FIELD_KIND = {"string": "string", "int": "number", "float": "number", "bool": "bool", "string_list": "string"}
 
-_repr = reprlib.Repr()
+class _Repr(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        # repr() refuses ints of more than 4300 digits (sys.get_int_max_str_digits) with a
+        # ValueError of its own, which would replace the error we meant to raise.
+        if x.bit_length() <= 128:
+            return super().repr_int(x, level)
+        digits = int(math.log10(abs(x))) + 1
+        digits += (abs(x) >= 10**digits) - (abs(x) < 10 ** (digits - 1))  # log10 rounds
+        return f"{'-' if x < 0 else ''}<an int of {digits} digits>"
+
+
+_repr = _Repr()
 _repr.maxstring = 40
 _repr.maxother = 40
 _repr.maxlist = 5
@@ -348,7 +359,7 @@ class _Compiler:
         if isinstance(value, numbers.Integral):
             value = int(value)
             if not _INT64_MIN <= value <= _INT64_MAX:
-                raise ValueError(f"{op} operand for field {field!r} must fit in int64, got {value}")
+                raise ValueError(f"{op} operand for field {field!r} must fit in int64, got {_show(value)}")
             return value
         value = float(value)
         if not math.isfinite(value):
