@@ -83,6 +83,7 @@ _INT64_MAX = 2**63 - 1
 _KIND_NAMES = {"string": "a string", "number": "a number (int or float)", "bool": "a bool (true or false)"}
 _FIELD_KIND = {"string": "string", "int": "number", "float": "number", "bool": "bool", "string_list": "string"}
 
+
 class _Repr(reprlib.Repr):
     def repr_int(self, x: int, level: int) -> str:
         # repr() refuses ints of more than 4300 digits (sys.get_int_max_str_digits) with a
@@ -392,6 +393,9 @@ class _Compiler:
             values = [int(v) for v in values if _is_int_valued(v)]
         elif ftype == "float":
             values = [float(v) for v in values if isinstance(v, float) or float(v) == v]
+            if 0.0 in values:
+                # is_in hashes -0.0 and 0.0 apart, but they are equal numbers ($eq matches both).
+                values += [0.0, -0.0]
         if ftype == "string_list":
             return self.list_any(field, values, negate=op == "$nin")
         if not values:  # no stored value can equal any operand
