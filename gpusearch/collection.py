@@ -64,6 +64,21 @@ def shard_of(record_id: str, shards: int) -> int:
     return int.from_bytes(h, "little") % shards
 
 
+def _replayed_op(record, shard: Shard, dim: int) -> ops_mod.Op:
+    """Decode a WAL record for replay; a clear error for one that passed its CRC but holds no op."""
+    try:
+        op = ops_mod.decode(record.payload)
+    except Exception as e:  # a bug or a foreign file: the WAL's checks cannot tell it from an op
+        raise ValueError(f"shard {shard.number} of {shard.path}: WAL record {record.seq} passed its checksum "
+                         f"but is not a gpusearch op ({type(e).__name__}: {e}); cannot replay it") from e
+    if op.kind == ops_mod.UPSERT and (op.vectors.ndim != 2 or op.vectors.shape[1] != dim or
+                                      len(op.vectors) != len(op.ids)):
+        raise ValueError(f"shard {shard.number} of {shard.path}: WAL record {record.seq} is not a gpusearch op "
+                         f"for this collection: {len(op.ids)} ids with vectors of shape {op.vectors.shape}, "
+                         f"the collection's dim is {dim}")
+    return op
+
+
 def read_config(path) -> dict:
     """The ``collection.json`` of the collection at ``path``, checked to be one this release can read."""
     path = Path(path)
@@ -171,7 +186,13 @@ class Collection:
 
     @classmethod
     def open(cls, path, *, device: str = "auto", fsync: bool = True) -> "Collection":
-        """Open an existing collection: load each shard's snapshot and replay its WAL."""
+        """Open an existing collection: load each shard's snapshot and replay its WAL.
+
+        Torn or corrupt WAL tails are cut (see :mod:`gpusearch.wal`); a batch that spans
+        shards is replayed only with its commit record. Raises ``ValueError`` when a WAL
+        record passes its checksum but holds no op (a bug or a foreign file), naming
+        the shard and the record's seq.
+        """
         path = Path(path)
         return cls._load(path, read_config(path), device=device, fsync=fsync)
 
@@ -181,21 +202,28 @@ class Collection:
         commits, commit_records = WriteAheadLog.open(path / "commits", fsync=fsync)
         committed = {r.seq for r in commit_records}
         shards, last = [], commits.last_seq
-        for i in range(config["shards"]):
-            shard, records = Shard.open(
-                path / f"shard-{i:03d}", number=i, dim=config["dim"], metric=config["metric"],
-                index=config["index"], device=device, dtype=config["dtype"], fsync=fsync,
-            )
-            last = max(last, shard.applied_seq, shard.wal.last_seq)
-            with progress(len(records), f"replaying shard {i} WAL", unit="op", min_total=100) as bar:
-                for r in records:
-                    op = ops_mod.decode(r.payload)
-                    if op.participants == 1 or r.seq in committed:
-                        shard.apply(r.seq, op)
-                    else:
-                        log.warning("shard %d: dropping batch %d, which was never committed (a crash cut it)", i, r.seq)
-                    bar.update(1)
-            shards.append(shard)
+        try:
+            for i in range(config["shards"]):
+                shard, records = Shard.open(
+                    path / f"shard-{i:03d}", number=i, dim=config["dim"], metric=config["metric"],
+                    index=config["index"], device=device, dtype=config["dtype"], fsync=fsync,
+                )
+                shards.append(shard)
+                last = max(last, shard.applied_seq, shard.wal.last_seq)
+                with progress(len(records), f"replaying shard {i} WAL", unit="op", min_total=100) as bar:
+                    for r in records:
+                        op = _replayed_op(r, shard, config["dim"])
+                        if op.participants == 1 or r.seq in committed:
+                            shard.apply(r.seq, op)
+                        else:
+                            log.warning("shard %d: dropping batch %d, which was never committed (a crash cut it)", i, r.seq)
+                        bar.update(1)
+        except BaseException:
+            # Let go of the WAL locks, so that the caller can repair the files and open again.
+            for shard in shards:
+                shard.close()
+            commits.close()
+            raise
         return cls(path, config, shards, device=device, next_seq=last + 1, commits=commits)
 
     # -- helpers -------------------------------------------------------------
