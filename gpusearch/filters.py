@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import reprlib
 from typing import Any, Mapping
 
 import numpy as np
@@ -68,6 +67,7 @@ import pyarrow as pa
 import pyarrow.acero as acero
 import pyarrow.compute as pc
 
+from ._show import show as _show
 from .metadata import FIELD_TYPES, check_schema
 
 __all__ = ["CompiledFilter", "compile_filter", "FIELD_OPERATORS", "LOGICAL_OPERATORS", "MAX_DEPTH"]
@@ -82,28 +82,6 @@ _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 _KIND_NAMES = {"string": "a string", "number": "a number (int or float)", "bool": "a bool (true or false)"}
 _FIELD_KIND = {"string": "string", "int": "number", "float": "number", "bool": "bool", "string_list": "string"}
-
-
-class _Repr(reprlib.Repr):
-    def repr_int(self, x: int, level: int) -> str:
-        # repr() refuses ints of more than 4300 digits (sys.get_int_max_str_digits) with a
-        # ValueError of its own, which would replace the error we meant to raise.
-        if x.bit_length() <= 128:
-            return super().repr_int(x, level)
-        digits = int(math.log10(abs(x))) + 1
-        digits += (abs(x) >= 10**digits) - (abs(x) < 10 ** (digits - 1))  # log10 rounds
-        return f"{'-' if x < 0 else ''}<an int of {digits} digits>"
-
-
-_repr = _Repr()
-_repr.maxstring = 40
-_repr.maxother = 40
-_repr.maxlist = 5
-_repr.maxdict = 4
-
-
-def _show(value: Any) -> str:
-    return _repr.repr(value)
 
 
 class _Node:
