@@ -35,8 +35,11 @@ _repr.maxlist = 5
 _repr.maxdict = 4
 
 
-def show(value: Any) -> str:
+def show(value: Any, limit: int | None = None) -> str:
     """A repr of ``value`` for an error message: at most a few dozen characters per item.
+
+    Nested containers can still add up to thousands of characters; with ``limit``
+    the middle of a longer repr is cut out to leave ``limit`` characters.
 
     >>> show(10**5000)
     '<an int of 5001 digits>'
@@ -44,5 +47,11 @@ def show(value: Any) -> str:
     '[1, -<an int of 401 digits>]'
     >>> len(show("x" * 10**6))
     40
+    >>> show([["a" * 30] * 5] * 5, limit=30)
+    "[['aaaaaaaaaaa...aaaaaaaaaa']]"
     """
-    return _repr.repr(value)
+    s = _repr.repr(value)
+    if limit is not None and len(s) > limit:
+        head = (limit - 3 + 1) // 2
+        s = s[:head] + "..." + s[len(s) - (limit - 3 - head):]
+    return s

@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import itertools
 import numbers
-import reprlib
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from ._show import show
 
 __all__ = [
     "FIELD_TYPES",
@@ -75,14 +76,8 @@ _KIND_OF_TYPE: dict[type, str] = {
 }
 _PLAIN = {"string": str, "bool": bool, "int": int, "float": float, "string_list": list}
 
-_repr = reprlib.Repr()
-_repr.maxstring = 40
-_repr.maxother = 40
-_repr.maxlist = 5
-
-
 def _show(value: Any) -> str:
-    return _repr.repr(value)
+    return show(value, limit=100)  # keeps messages short however deeply a bad value nests
 
 
 def _a(word: str) -> str:
@@ -140,7 +135,7 @@ def check_schema(schema: Any) -> dict[str, str]:
     for name, ftype in schema.items():
         if not isinstance(name, str):
             raise TypeError(f"schema field names must be strings, got {type(name).__name__} {_show(name)}")
-        if ftype not in FIELD_TYPES:
+        if not isinstance(ftype, str) or ftype not in FIELD_TYPES:  # `in` would hash a list
             expected = ", ".join(repr(t) for t in FIELD_TYPES)
             raise ValueError(f"schema field {name!r} has unknown type {_show(ftype)}; expected one of {expected}")
         out[name] = ftype
@@ -293,7 +288,8 @@ def _int_array(name: str, col: list) -> pa.Array:
     except (OverflowError, pa.ArrowInvalid):
         i = _first_index(col, lambda v: not _INT64_MIN <= v <= _INT64_MAX)
         raise ValueError(
-            f"metadata field {name!r} in record {i} holds {col[i]}, outside the int64 range [{_INT64_MIN}, {_INT64_MAX}]"
+            f"metadata field {name!r} in record {i} holds {_show(col[i])}, outside the int64 range "
+            f"[{_INT64_MIN}, {_INT64_MAX}]; ints must fit in int64"
         ) from None
 
 
@@ -305,13 +301,14 @@ def _float_array(name: str, col: list) -> pa.Array:
         for i, v in enumerate(col):
             if isinstance(v, int) and not _INT64_MIN <= v <= _INT64_MAX:
                 raise ValueError(
-                    f"metadata field {name!r} in record {i} holds {v}, outside the int64 range [{_INT64_MIN}, {_INT64_MAX}]"
+                    f"metadata field {name!r} in record {i} holds {_show(v)}, outside the int64 range "
+                    f"[{_INT64_MIN}, {_INT64_MAX}]; ints must fit in int64"
                 ) from None
         arr = pa.array([None if v is None else float(v) for v in col], type=pa.float64())
     bad = pc.fill_null(pc.invert(pc.is_finite(arr)), False)
     if pc.any(bad).as_py():
         i = int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0])
-        raise ValueError(f"metadata field {name!r} in record {i} holds {col[i]}; float values must be finite")
+        raise ValueError(f"metadata field {name!r} in record {i} holds {_show(col[i])}; float values must be finite")
     return arr
 
 
@@ -377,7 +374,7 @@ def normalize_metadata(metadata: Any, n: int, schema: Mapping[str, str]) -> tupl
         raise TypeError(f"n must be an int, got {type(n).__name__}")
     n = int(n)
     if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+        raise ValueError(f"n must be >= 0, got {_show(n)}")
     if metadata is None:
         return empty_table(n), schema
     if isinstance(metadata, (str, bytes, Mapping)) or not isinstance(metadata, (Sequence, np.ndarray)):
