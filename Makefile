@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # lets pip pick the CUDA build (or set TORCH_SPEC yourself).
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 # A machine with an NVIDIA driver also gets the gpu extra (CuPy for our kernels, FAISS GPU).
-EXTRAS ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo dev,embed,serve,gpu || echo dev,embed,serve)
+EXTRAS ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo dev,embed,serve,join,gpu || echo dev,embed,serve,join)
 
 .PHONY: install run demo test test-gpu check-cuda bench clean
 

@@ -1,4 +1,4 @@
-"""The ``gpusearch`` command line: ``serve``, ``demo``, ``stats``, ``compact``."""
+"""The ``gpusearch`` command line: ``serve``, ``demo``, ``join``, ``stats``, ``compact``."""
 from __future__ import annotations
 
 import argparse
@@ -138,6 +138,45 @@ def _load_demo(cfg) -> None:
         print(f"  {score:.3f}  {rid}")
 
 
+def _join(args) -> int:
+    from . import join
+
+    flt = None
+    if args.filter:
+        try:
+            flt = json.loads(args.filter)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--filter must be a JSON object such as '{{\"lang\": \"en\"}}': {e}") from None
+    common = dict(metric=args.metric, text=args.text, workers=args.workers, partitions=args.partitions,
+                  device=args.device, batch_size=args.batch_size, overwrite=args.overwrite)
+    if args.text is None:
+        common["vector"] = args.vector
+    t0 = time.perf_counter()
+    if args.kind == "dedup":
+        if args.threshold is None:
+            raise ValueError("gpusearch join dedup needs --threshold")
+        res = join.dedup(args.left, threshold=args.threshold, id=args.id, output=args.output, **common)
+        df = res.to_pandas()
+        print(f"dedup: {len(df)} rows in {df['cluster'].nunique()} clusters, written to {args.output} "
+              f"in {time.perf_counter() - t0:.1f} s")
+        return 0
+    if args.right is None:
+        raise ValueError(f"gpusearch join {args.kind} needs LEFT and RIGHT")
+    ids = dict(left_id=args.left_id or args.id, right_id=args.right_id or args.id)
+    if args.kind == "knn":
+        if args.k is None:
+            raise ValueError("gpusearch join knn needs --k")
+        res = join.knn_join(args.left, args.right, k=args.k, filter=flt, exclude_self=args.exclude_self,
+                            output=args.output, **ids, **common)
+    else:
+        if args.threshold is None:
+            raise ValueError("gpusearch join range needs --threshold")
+        res = join.range_join(args.left, args.right, threshold=args.threshold, max_per_row=args.max_per_row,
+                              filter=flt, exclude_self=args.exclude_self, output=args.output, **ids, **common)
+    print(f"{args.kind} join: {res.count()} pairs written to {args.output} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(prog="gpusearch", description="GPU-accelerated similarity search")
@@ -159,6 +198,31 @@ def main(argv=None) -> int:
     d.add_argument("--device", default="auto")
     d.add_argument("--shards", type=int, default=2)
     d.set_defaults(fn=_demo)
+    j = sub.add_parser("join", help="batch similarity join on Ray Data: knn, range or dedup; writes Parquet",
+                       description="LEFT and RIGHT are Parquet files/directories or URIs; RIGHT may also be a "
+                                   "collection directory. A rerun into the same --output resumes.")
+    j.add_argument("kind", choices=["knn", "range", "dedup"])
+    j.add_argument("left", help="Parquet path or URI (for dedup: the table)")
+    j.add_argument("right", nargs="?", default=None, help="Parquet path or URI, or a collection directory")
+    j.add_argument("--output", required=True, help="directory (or URI) for the result's Parquet files")
+    j.add_argument("--k", type=int, default=None, help="knn: neighbours per left row")
+    j.add_argument("--threshold", type=float, default=None,
+                   help="range/dedup: similarity at least this (cosine, ip) or squared distance at most (l2)")
+    j.add_argument("--max-per-row", type=int, default=None, help="range: keep each left row's best N pairs")
+    j.add_argument("--metric", default="cosine", choices=["cosine", "ip", "l2"])
+    j.add_argument("--id", default="id", help="id column (both sides)")
+    j.add_argument("--left-id", default=None)
+    j.add_argument("--right-id", default=None)
+    j.add_argument("--vector", default="vector", help="vector column (both sides)")
+    j.add_argument("--text", default=None, help="join on this text column, encoded with MiniLM")
+    j.add_argument("--filter", default=None, help="JSON filter on the right side's columns")
+    j.add_argument("--exclude-self", action="store_true", help="drop pairs whose ids are equal (self-joins)")
+    j.add_argument("--workers", type=int, default=None)
+    j.add_argument("--partitions", type=int, default=None)
+    j.add_argument("--device", default="auto")
+    j.add_argument("--batch-size", type=int, default=4096)
+    j.add_argument("--overwrite", action="store_true", help="start --output afresh instead of resuming")
+    j.set_defaults(fn=_join)
     s = sub.add_parser("stats", help="print a collection's stats as JSON")
     s.add_argument("path")
     s.add_argument("--device", default="auto")

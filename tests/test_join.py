@@ -1,0 +1,420 @@
+"""Batch joins on Ray Data (gpusearch.join) against NumPy brute force, on a real local Ray:
+2 partitions and 2 join workers, small data."""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("ray.data")
+
+from gpusearch import join  # noqa: E402
+
+D = 16
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_local():
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    started = False
+    if not ray.is_initialized():
+        # More logical CPUs than cores: the join's actors reserve fractions and the work is in threads.
+        ray.init(include_dashboard=False, num_cpus=4, log_to_driver=False,
+                 _temp_dir=tempfile.mkdtemp(prefix="gsray-join-", dir="/tmp"))
+        started = True
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    # The tests' own read_parquet calls: Ray 2.60's second datasource costs 6-10 s per read here.
+    ctx.use_datasource_v2 = False
+    yield
+    if started:
+        ray.shutdown()
+
+
+def _vec_col(m: np.ndarray) -> pa.Array:
+    return pa.FixedSizeListArray.from_arrays(pa.array(m.astype(np.float32).ravel()), m.shape[1])
+
+
+def _write(path, ids, vecs, files: int = 1, **cols):
+    """Write a table as ``files`` Parquet files under ``path`` (a directory)."""
+    os.makedirs(path, exist_ok=True)
+    n = len(ids)
+    bounds = np.linspace(0, n, files + 1).astype(int)
+    for f in range(files):
+        a, b = bounds[f], bounds[f + 1]
+        data = {"id": pa.array(ids[a:b]), "vector": _vec_col(vecs[a:b])}
+        for name, values in cols.items():
+            data[name] = pa.array(values[a:b])
+        pq.write_table(pa.table(data), os.path.join(path, f"part-{f:03d}.parquet"))
+    return str(path)
+
+
+def _brute(L, R, k, metric, mask=None, exclude=None):
+    L64, R64 = L.astype(np.float64), R.astype(np.float64)
+    if metric == "cosine":
+        L64 = L64 / np.linalg.norm(L64, axis=1, keepdims=True)
+        R64 = R64 / np.linalg.norm(R64, axis=1, keepdims=True)
+    if metric == "l2":
+        S = ((L64[:, None, :] - R64[None, :, :]) ** 2).sum(-1)
+        S_cost = S
+    else:
+        S = L64 @ R64.T
+        S_cost = -S
+    S_cost = S_cost.copy()
+    if mask is not None:
+        S_cost[:, ~mask] = np.inf
+    if exclude is not None:
+        S_cost[exclude] = np.inf
+    order = np.argsort(S_cost, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(S, order, 1), np.take_along_axis(S_cost, order, 1)
+
+
+def _rows(ds):
+    t = ds.to_pandas() if hasattr(ds, "to_pandas") else ds
+    return t.sort_values(["left_id", "rank"]).reset_index(drop=True)
+
+
+def _check_knn(res, L, R, lids, rids, k, metric, mask=None, exclude=None):
+    order, S, cost = _brute(L, R, k, metric, mask, exclude)
+    got = {}
+    for r in res.itertuples():
+        got[(r.left_id, int(r.rank))] = (r.right_id, r.score)
+    n_expected = 0
+    for i in range(len(L)):
+        for j in range(k):
+            if not np.isfinite(cost[i, j]):
+                continue
+            n_expected += 1
+            rid, score = got[(lids[i], j)]
+            assert rid == rids[order[i, j]], (i, j)
+            assert score == pytest.approx(S[i, j], abs=2e-4)
+    assert len(res) == n_expected
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    rng = np.random.default_rng(7)
+    root = tmp_path_factory.mktemp("joindata")
+    L = rng.standard_normal((300, D)).astype(np.float32)
+    R = rng.standard_normal((500, D)).astype(np.float32)
+    lids = [f"l{i:04d}" for i in range(len(L))]
+    rids = [f"r{i:04d}" for i in range(len(R))]
+    years = rng.integers(2000, 2020, len(R))
+    langs = rng.choice(["en", "de", "fr"], len(R))
+    left = _write(root / "left", lids, L, files=3)
+    right = _write(root / "right", rids, R, files=2, year=years, lang=langs)
+    return dict(L=L, R=R, lids=lids, rids=rids, years=years, langs=langs, left=left, right=right, root=root)
+
+
+def test_knn_join_cosine_matches_brute_force(data):
+    res = _rows(join.knn_join(data["left"], data["right"], k=7, workers=2, partitions=2, batch_size=64))
+    assert list(res.columns) == list(join.JOIN_COLUMNS)
+    _check_knn(res, data["L"], data["R"], data["lids"], data["rids"], 7, "cosine")
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_knn_join_with_filter_and_int_ids_on_datasets(data, metric):
+    L, R = data["L"][:120], data["R"]
+    left = ray.data.from_items([{"id": i, "vector": v} for i, v in enumerate(L)])
+    right = ray.data.from_items([{"id": 1000 + i, "vector": v, "year": int(y), "lang": str(g)}
+                                 for i, (v, y, g) in enumerate(zip(R, data["years"], data["langs"]))])
+    flt = {"year": {"$gte": 2010}, "lang": {"$in": ["en", "fr"]}}
+    res = _rows(join.knn_join(left, right, k=5, metric=metric, filter=flt, workers=2, partitions=2, batch_size=50))
+    mask = (data["years"] >= 2010) & np.isin(data["langs"], ["en", "fr"])
+    _check_knn(res, L, R, list(range(len(L))), [1000 + i for i in range(len(R))], 5, metric, mask=mask)
+
+
+def test_self_knn_join_excludes_self(data):
+    res = _rows(join.knn_join(data["right"], data["right"], k=4, exclude_self=True, workers=2, partitions=2))
+    R = data["R"]
+    _check_knn(res, R, R, data["rids"], data["rids"], 4, "cosine", exclude=np.eye(len(R), dtype=bool))
+    assert not (res.left_id == res.right_id).any()
+
+
+def _pairs_brute(L, R, threshold, metric, exclude=None):
+    L64, R64 = L.astype(np.float64), R.astype(np.float64)
+    if metric == "cosine":
+        L64 = L64 / np.linalg.norm(L64, axis=1, keepdims=True)
+        R64 = R64 / np.linalg.norm(R64, axis=1, keepdims=True)
+        S = L64 @ R64.T
+        hit = S >= threshold
+    else:
+        S = ((L64[:, None, :] - R64[None, :, :]) ** 2).sum(-1)
+        hit = S <= threshold
+    near = np.abs(S - threshold) < 1e-4 * max(1.0, abs(threshold))  # float32 may round either way here
+    if exclude is not None:
+        hit &= ~exclude
+        near &= ~exclude
+    return S, hit, near
+
+
+@pytest.mark.parametrize("metric,threshold", [("cosine", 0.55), ("l2", 12.0)])
+def test_range_join_matches_brute_force(data, metric, threshold):
+    L, R = data["L"], data["R"]
+    res = join.range_join(data["left"], data["right"], threshold=threshold, metric=metric, workers=2,
+                          partitions=2, batch_size=64).to_pandas()
+    S, hit, near = _pairs_brute(L, R, threshold, metric)
+    li = {x: i for i, x in enumerate(data["lids"])}
+    ri = {x: i for i, x in enumerate(data["rids"])}
+    got = np.zeros_like(hit)
+    for r in res.itertuples():
+        i, j = li[r.left_id], ri[r.right_id]
+        assert not got[i, j], "a pair appears twice"
+        got[i, j] = True
+        assert r.score == pytest.approx(S[i, j], abs=2e-4 * max(1.0, abs(threshold)))
+    assert hit.sum() > 50  # the data makes a real test
+    assert np.array_equal(got & ~near, hit & ~near)
+    # ranks number each left row's pairs best first
+    for lid, grp in res.groupby("left_id"):
+        g = grp.sort_values("rank")
+        assert list(g["rank"]) == list(range(len(g)))
+        sc = g["score"].to_numpy()
+        assert np.all(np.diff(sc) <= 1e-7) if metric == "cosine" else np.all(np.diff(sc) >= -1e-7)
+
+
+def test_range_join_max_per_row_keeps_the_best(data):
+    full = join.range_join(data["left"], data["right"], threshold=0.45, workers=2, partitions=2).to_pandas()
+    capped = join.range_join(data["left"], data["right"], threshold=0.45, max_per_row=2, workers=2,
+                             partitions=2).to_pandas()
+    expect = full[full["rank"] < 2].sort_values(["left_id", "rank"]).reset_index(drop=True)
+    got = capped.sort_values(["left_id", "rank"]).reset_index(drop=True)
+    assert len(got) > 0 and got[["left_id", "right_id", "rank"]].equals(expect[["left_id", "right_id", "rank"]])
+
+
+def test_dedup_finds_planted_near_duplicates(tmp_path):
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((40, D)).astype(np.float32)
+    vecs, ids, truth = [], [], {}
+    for g, v in enumerate(base):
+        copies = g % 4  # 0..3 near-duplicates of each base vector
+        for c in range(copies + 1):
+            rid = f"g{g:02d}-c{c}"
+            noise = (0.01 * rng.standard_normal(D)).astype(np.float32) if c else np.zeros(D, np.float32)
+            vecs.append(v + noise)
+            ids.append(rid)
+            truth[rid] = g
+    order = rng.permutation(len(ids))
+    ids = [ids[i] for i in order]
+    vecs = np.stack(vecs)[order]
+    path = _write(tmp_path / "table", ids, vecs, files=2)
+    out = join.dedup(path, threshold=0.98, workers=2, partitions=2, output=str(tmp_path / "dedup"))
+    res = out.to_pandas()
+    assert len(res) == len(ids)
+    clusters = {}
+    for r in res.itertuples():
+        clusters.setdefault(r.cluster, set()).add(r.id)
+        assert r.cluster == min(x for x in ids if truth[x] == truth[r.id])
+    assert sorted(map(frozenset, clusters.values()), key=sorted) == sorted(
+        (frozenset(x for x in ids if truth[x] == g) for g in range(len(base))), key=sorted)
+    assert {r.id: r.cluster_size for r in res.itertuples()} == {
+        x: sum(1 for y in ids if truth[y] == truth[x]) for x in ids}
+
+
+def test_text_join_with_minilm(tmp_path):
+    pytest.importorskip("sentence_transformers")
+    from gpusearch.encoders import SentenceEncoder
+
+    docs = ["How do I reset my password?", "The cat sat on the mat.", "Stock markets fell sharply today.",
+            "A recipe for chocolate chip cookies.", "Python lists can be sorted in place.",
+            "The weather tomorrow will be sunny and warm.", "Train tickets are cheaper when booked early."]
+    queries = ["I forgot my password, how can I change it?", "baking cookies with chocolate",
+               "how to sort a list in python", "will it rain tomorrow?"]
+    expected_top = [0, 3, 4, 5]
+    pq.write_table(pa.table({"id": [f"d{i}" for i in range(len(docs))], "text": docs}), tmp_path / "docs.parquet")
+    pq.write_table(pa.table({"id": [f"q{i}" for i in range(len(queries))], "text": queries}),
+                   tmp_path / "queries.parquet")
+    res = _rows(join.knn_join(str(tmp_path / "queries.parquet"), str(tmp_path / "docs.parquet"), k=3, text="text",
+                              workers=2, partitions=2))
+    enc = SentenceEncoder(device="cpu")
+    Q = np.asarray(enc.encode(queries).cpu(), np.float32)
+    Dm = np.asarray(enc.encode(docs).cpu(), np.float32)
+    _check_knn(res, Q, Dm, [f"q{i}" for i in range(len(queries))], [f"d{i}" for i in range(len(docs))], 3, "cosine")
+    top = res[res["rank"] == 0].sort_values("left_id")
+    assert list(top.right_id) == [f"d{i}" for i in expected_top]
+
+
+def test_collection_as_right_side(tmp_path, data):
+    import gpusearch as gs
+
+    R, rids = data["R"], data["rids"]
+    col = gs.Collection.create(tmp_path / "col", dim=D, metric="cosine", shards=3, device="cpu")
+    col.upsert(rids, R, metadata=[{"year": int(y)} for y in data["years"]])
+    gone = rids[::5]
+    col.delete(gone)
+    col.close()
+    live = np.array([i for i in range(len(rids)) if i % 5])
+    mask = np.zeros(len(rids), bool)
+    mask[live] = True
+    res = _rows(join.knn_join(data["left"], str(tmp_path / "col"), k=6, workers=2, partitions=2))
+    _check_knn(res, data["L"], R, data["lids"], rids, 6, "cosine", mask=mask)
+    res = _rows(join.knn_join(data["left"], str(tmp_path / "col"), k=3, filter={"year": {"$lt": 2005}},
+                              workers=2, partitions=2))
+    _check_knn(res, data["L"], R, data["lids"], rids, 3, "cosine", mask=mask & (data["years"] < 2005))
+    with pytest.raises(ValueError, match="metric 'cosine'.*pass metric='cosine'"):
+        join.knn_join(data["left"], str(tmp_path / "col"), k=3, metric="l2")
+
+
+_CRASHING_JOIN = """
+import os, sys, tempfile, time
+os.environ["RAY_AUTH_MODE"] = "disabled"
+import ray
+ray.init(include_dashboard=False, num_cpus=4, log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="gsray-crash-"))
+ray.data.DataContext.get_current().enable_progress_bars = False
+from gpusearch import join
+
+def slow(batch):
+    time.sleep(0.3)  # slow enough that the parent can kill this run half way
+    return batch
+
+left = ray.data.read_parquet(sys.argv[1]).map_batches(slow, batch_format="pyarrow", batch_size=8)
+join.knn_join(left, sys.argv[2], k=5, workers=2, partitions=2, batch_size=8, output=sys.argv[3])
+print("finished")
+"""
+
+
+def test_join_killed_half_way_resumes_without_duplicates(tmp_path, data):
+    """kill -9 of a running join (driver and its Ray), then a rerun into the same output."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    script = tmp_path / "crash.py"
+    script.write_text(_CRASHING_JOIN)
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", GPUSEARCH_PROGRESS="0")
+    proc = subprocess.Popen([sys.executable, str(script), data["left"], data["right"], str(out)], env=env,
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            parts = [n for n in os.listdir(out) if n.startswith("part-")] if out.is_dir() else []
+            if len(parts) >= 3:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done_before = pq.read_table(str(out / join.DONE_DIR)).num_rows
+    assert 0 < done_before < len(data["lids"])
+    # Leftovers of a crash: a hidden temporary and an id file whose part never landed; both are dropped.
+    (out / ".part-dead.parquet.tmp").write_bytes(b"torn")
+    pq.write_table(pa.table({"left_id": data["lids"][:10]}), out / join.DONE_DIR / "part-orphan.parquet")
+    left = ray.data.read_parquet(data["left"])
+    res = _rows(join.knn_join(left, data["right"], k=5, workers=2, partitions=2, batch_size=32, output=str(out)))
+    assert join.read_stats(out)["resumed_rows"] == done_before
+    assert not res.duplicated(["left_id", "rank"]).any()
+    _check_knn(res, data["L"], data["R"], data["lids"], data["rids"], 5, "cosine")
+    assert not (out / ".part-dead.parquet.tmp").exists()
+    assert not (out / join.DONE_DIR / "part-orphan.parquet").exists()
+    # A third run finds nothing left to do and returns the same rows.
+    again = _rows(join.knn_join(left, data["right"], k=5, workers=2, partitions=2, output=str(out)))
+    assert again.equals(res) and join.read_stats(out)["rows_this_run"] == 0
+    with pytest.raises(ValueError, match=r"different join \(it differs in spec\.k\)"):
+        join.knn_join(left, data["right"], k=6, workers=2, partitions=2, output=str(out))
+
+
+# -- bad input: refused before any work starts, nothing written ------------------------------------
+
+
+def _bad_table(tmp_path, name, vecs, ids=None):
+    ids = ids or [f"x{i}" for i in range(len(vecs))]
+    return _write(tmp_path / name, ids, np.asarray(vecs, np.float32))
+
+
+@pytest.mark.parametrize("kwargs,exc,msg", [
+    ({"k": 0}, ValueError, "k must be between 1 and 1000"),
+    ({"k": 1001}, ValueError, "k must be between 1 and 1000"),
+    ({"k": 2.5}, TypeError, "k must be an int"),
+    ({"k": 3, "metric": "hamming"}, ValueError, "metric must be one of"),
+    ({"k": 3, "vector": "emb"}, ValueError, "left has no column 'emb'"),
+    ({"k": 3, "left_id": "key"}, ValueError, "left has no column 'key'"),
+    ({"k": 3, "filter": {"year": {"$near": 3}}}, ValueError, r"\$near"),
+    ({"k": 3, "filter": {"color": "red"}}, ValueError, "color"),
+    ({"k": 3, "filter": "year > 3"}, TypeError, "filter must be a dict"),
+])
+def test_knn_join_bad_arguments(data, tmp_path, kwargs, exc, msg):
+    out = tmp_path / "never"
+    with pytest.raises(exc, match=msg):
+        join.knn_join(data["left"], data["right"], output=str(out), **kwargs)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("metric,threshold,msg", [
+    ("cosine", 1.5, r"similarity in \[-1, 1\]"),
+    ("l2", -0.1, "at least 0"),
+    ("ip", float("nan"), "finite"),
+])
+def test_range_join_threshold_out_of_range(data, metric, threshold, msg):
+    with pytest.raises(ValueError, match=msg):
+        join.range_join(data["left"], data["right"], threshold=threshold, metric=metric)
+
+
+def test_bad_values_fail_before_any_output(data, tmp_path):
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal((20, D)).astype(np.float32)
+    nan = v.copy()
+    nan[13, 2] = np.nan
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"left: the row with id 'x13' has NaN or infinity in 'vector'"):
+        join.knn_join(_bad_table(tmp_path, "nanleft", nan), data["right"], k=3, output=str(out))
+    with pytest.raises(ValueError, match=r"right partition \d: the row with id 'x13' has NaN or infinity"):
+        join.knn_join(data["left"], _bad_table(tmp_path, "nanright", nan), k=3, output=str(out))
+    with pytest.raises(ValueError, match="left vectors have 8 dims but right vectors have 16"):
+        join.knn_join(_bad_table(tmp_path, "dim8", v[:, :8]), data["right"], k=3, output=str(out))
+    zero = v.copy()
+    zero[4] = 0
+    with pytest.raises(ValueError, match="the row with id 'x4' is all zeros; cosine"):
+        join.knn_join(_bad_table(tmp_path, "zero", zero), data["right"], k=3, output=str(out))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        join.knn_join(str(tmp_path / "missing"), data["right"], k=3)
+    with pytest.raises(TypeError, match="left must be a ray.data.Dataset, a Parquet path"):
+        join.knn_join(42, data["right"], k=3)
+    assert not out.exists()
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        join.knn_join(data["left"], data["right"], k=3, output=str(afile))
+
+
+def test_left_collection_is_refused(tmp_path, data):
+    import gpusearch as gs
+
+    gs.Collection.create(tmp_path / "c", dim=D, device="cpu").close()
+    with pytest.raises(ValueError, match="only the right side may be a collection"):
+        join.knn_join(str(tmp_path / "c"), data["right"], k=2)
+
+
+def test_cli_join_knn_writes_parquet(data, tmp_path, capsys):
+    from gpusearch import cli
+
+    out = tmp_path / "cli-out"
+    assert cli.main(["join", "knn", data["left"], data["right"], "--k", "3", "--output", str(out),
+                     "--workers", "2", "--filter", '{"lang": "en"}']) == 0
+    said = capsys.readouterr().out
+    assert "900 pairs" in said and str(out) in said
+    res = _rows(ray.data.read_parquet(str(out)))
+    mask = data["langs"] == "en"
+    _check_knn(res, data["L"], data["R"], data["lids"], data["rids"], 3, "cosine", mask=mask)
+
+
+# -- pieces without Ray -------------------------------------------------------------------------
+
+
+def test_merge_knn_ties_go_to_the_smaller_id():
+    a = (np.array([[0.9, 0.5]], np.float32), np.array([["b", "d"]], object), np.array([[True, True]]))
+    b = (np.array([[0.9, 0.5]], np.float32), np.array([["a", "c"]], object), np.array([[True, False]]))
+    D_, ids, ok = join.merge_knn([a, b], 3, largest=True)
+    assert ids[ok].tolist() == ["a", "b", "d"]
+    assert D_[0].tolist() == pytest.approx([0.9, 0.9, 0.5])
+
+
+def test_connected_components_chain_and_singletons():
+    labels = join.connected_components(7, np.array([5, 4, 3, 1]), np.array([6, 5, 4, 2]))
+    assert labels.tolist() == [0, 1, 1, 3, 3, 3, 3]
