@@ -419,7 +419,6 @@ class Partition:
             faiss.omp_set_num_threads(threads)
         self.ids: np.ndarray = np.empty(0, object)
         self.base = None
-        self.host = np.empty((0, spec.dim), np.float32)
         self.mask: np.ndarray | None = None
         self.sqnorms = None
         self._parts: list = []
@@ -483,7 +482,6 @@ class Partition:
             compiled = compile_filter(spec.filter, spec.schema)
             self.mask = None if compiled is None else compiled.mask(meta)
         self.ids = ids.to_numpy(zero_copy_only=False)
-        self.host = host
         if is_cuda(self.device):
             import torch
 

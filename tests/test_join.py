@@ -395,7 +395,8 @@ def test_cli_join_knn_writes_parquet(data, tmp_path, capsys):
     from gpusearch import cli
 
     out = tmp_path / "cli-out"
-    assert cli.main(["join", "knn", data["left"], data["right"], "--k", "3", "--output", str(out),
+    # file:// URIs go through pyarrow's filesystem layer, as s3:// or gs:// would
+    assert cli.main(["join", "knn", "file://" + data["left"], data["right"], "--k", "3", "--output", f"file://{out}",
                      "--workers", "2", "--filter", '{"lang": "en"}']) == 0
     said = capsys.readouterr().out
     assert "900 pairs" in said and str(out) in said
