@@ -17,6 +17,7 @@ unauthenticated). Request bodies, query vectors and texts are never logged.
 """
 
 import asyncio
+import hmac
 import logging
 import time
 from typing import Any, Optional
@@ -184,6 +185,20 @@ def _metrics():
     }
 
 
+
+def key_role(api_keys: dict, key: str):
+    """The role ("rw"/"ro") of ``key``, or None; every configured key is compared in constant time.
+
+    No early exit and no dict lookup (whose timing depends on the key), so the
+    time taken says nothing about how much of a guess was right.
+    """
+    given = key.encode("utf-8", "surrogatepass")
+    role = None
+    for candidate, candidate_role in api_keys.items():
+        if hmac.compare_digest(given, candidate.encode("utf-8", "surrogatepass")):
+            role = candidate_role
+    return role
+
 @serve.deployment(name="Ingress")
 @serve.ingress(api)
 class Ingress:
@@ -201,7 +216,7 @@ class Ingress:
         key = request.headers.get("api-key")
         if not key:
             raise ApiError(401, 16, "missing Api-Key header")
-        role = self.cfg.api_keys.get(key)
+        role = key_role(self.cfg.api_keys, key)
         if role is None:
             raise ApiError(401, 16, "invalid API key")
         if write and role != "rw":

@@ -323,3 +323,54 @@ def test_collections_and_metrics(served, rng):
     r = httpx.delete(url(served, "/collections/made"), headers={"Api-Key": RW_KEY})
     assert r.status_code == 200
     assert post(served, "/query", {"namespace": "made", "vector": X[3].tolist(), "topK": 2}).status_code == 404
+
+
+def test_cors_is_off_by_default(served):
+    """No Access-Control-Allow-Origin for any origin: a browser page elsewhere cannot read answers."""
+    origin = {"Origin": "http://evil.example"}
+    r = httpx.get(url(served, "/healthz"), headers=origin)
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+    r = httpx.options(url(served, "/query"), headers={**origin, "Access-Control-Request-Method": "POST",
+                                                      "Access-Control-Request-Headers": "api-key,content-type"})
+    assert "access-control-allow-origin" not in r.headers
+    r = httpx.post(url(served, "/query"), json={"namespace": "auth", "vector": [1.0] * DIM, "topK": 1},
+                   headers={**origin, "Api-Key": RO_KEY})
+    assert r.status_code in (200, 404) and "access-control-allow-origin" not in r.headers
+
+
+def test_logs_hold_no_vectors_query_texts_or_keys(served):
+    """Run writes, vector and text queries and rejected requests carrying marked values, then scan
+    every log file of the Ray session (Serve's access logs, replicas, controller, proxies)."""
+    import os
+
+    import ray
+
+    marker_value = 0.7193284651  # unlikely to appear in a log by chance
+    marker_text = "periwinkle zeppelin quarantine 48613"
+    vec = [marker_value] + [0.5] * (DIM - 1)
+    assert post(served, "/vectors/upsert", {"namespace": "logscan", "vectors": [
+        {"id": "m1", "values": vec, "metadata": {"note": "fine"}}]}).status_code == 200
+    assert post(served, "/query", {"namespace": "logscan", "vector": vec, "topK": 1}).status_code == 200
+    r = post(served, "/query", {"namespace": "texts", "text": marker_text, "topK": 1})  # made by test_text_query
+    assert r.status_code in (200, 404)
+    bad = post(served, "/query", {"namespace": "logscan", "vector": vec + [marker_value], "topK": 1})
+    assert bad.status_code == 400
+    httpx.post(url(served, "/query"), json={"vector": vec, "topK": 1}, headers={"Api-Key": "wrong-key-31337"})
+    time.sleep(3)  # Ray flushes worker logs asynchronously
+    logs = ray._private.worker._global_node.get_logs_dir_path()
+    needles = [str(marker_value), "0.719328", marker_text, "wrong-key-31337", RW_KEY]
+    hits = []
+    scanned = 0
+    access_logged = False
+    for root, _, files in os.walk(logs):
+        for name in files:
+            try:
+                data = open(os.path.join(root, name), "rb").read().decode("utf-8", "replace")
+            except OSError:
+                continue
+            scanned += 1
+            access_logged = access_logged or "/query" in data
+            hits += [(name, n) for n in needles if n in data]
+    assert scanned > 5, f"no logs found under {logs}"
+    assert access_logged, "the scan missed the logs where Serve records requests"
+    assert not hits, f"logs hold request data: {hits[:5]}"

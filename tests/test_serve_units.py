@@ -181,3 +181,23 @@ def test_greedy_batcher_takes_everything_that_queued():
     out = asyncio.run(main())
     assert sizes == [1, 9]
     assert out[:7] == [0, 10, 20, 30, 40, 50, 60] and isinstance(out[7], ValueError) and out[9] == 90
+
+
+def test_api_keys_are_compared_in_constant_time(monkeypatch):
+    """Every configured key goes through hmac.compare_digest, with no early exit and no dict lookup."""
+    import hmac
+
+    from gpusearch.serve import http
+
+    calls = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(http.hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
+    keys = {"k-rw-0123": "rw", "k-ro-4567": "ro", "k-ro-89ab": "ro"}
+    assert http.key_role(keys, "k-rw-0123") == "rw"
+    assert len(calls) == 3
+    calls.clear()
+    assert http.key_role(keys, "k-ro-89ab") == "ro" and len(calls) == 3
+    calls.clear()
+    assert http.key_role(keys, "nope") is None and len(calls) == 3
+    assert http.key_role(keys, "k-rw-012") is None  # a prefix is not a match
+    assert http.key_role(keys, "\udcff") is None  # a lone surrogate in a header does not crash
