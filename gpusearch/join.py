@@ -52,7 +52,7 @@ import pyarrow.compute as pc
 
 from . import kernels
 from . import metadata as md
-from .devices import cuda_available, is_cuda, resolve_device
+from .devices import is_cuda, resolve_device
 from .filters import compile_filter
 from .progress import progress
 
@@ -857,15 +857,6 @@ def _plan_resources(workers: int | None, partitions: int | None, device: str):
         worker_opts = {"num_cpus": 0.25}
         threads = max(1, int(cpus) // partitions)
     return partitions, workers, part_opts, worker_opts, threads, ("cuda" if on_gpu else "cpu")
-
-
-def _right_schema(src: _Source, spec_cols: dict) -> tuple[dict[str, pa.DataType], dict, str]:
-    """Right side columns (or the collection's config) for validation."""
-    if src.kind == "collection":
-        from .collection import read_config
-
-        return {}, read_config(src.path), src.path
-    return _columns(src.dataset), {}, "right"
 
 
 def _probe_dim(ds, spec_vector: str | None, spec_text: str | None, side: str, id_col: str) -> int | None:
