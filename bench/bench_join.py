@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
+from machine import machine_info, result_path  # noqa: E402
 
 
 def make_data(root: Path, rows: int, dim: int, files: int, seed: int = 0) -> Path:
@@ -178,9 +178,7 @@ def main() -> int:
         "agreement_with_faiss_ids": round(float(np.mean(agree)), 5),
         "command": "RAY_AUTH_MODE=disabled .venv/bin/python bench/bench_join.py " + " ".join(sys.argv[1:]),
     }
-    gpu = result["machine"].get("gpu")
-    out = Path(args.out) if args.out else Path(__file__).parent / "results" / (
-        "join-gpu.json" if gpu else f"join-cpu{cores}.json")
+    out = Path(args.out) if args.out else result_path("join", result["machine"])
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: result[k] for k in ("median_s", "rows_per_s", "ratio_join_w2_to_faiss",
                                              "scaling_w1_to_w2", "ratio_join_w1_to_faiss_1t",

@@ -52,6 +52,7 @@ import pyarrow.compute as pc
 
 from . import kernels
 from . import metadata as md
+from .arrays import to_host
 from .devices import is_cuda, resolve_device
 from .filters import compile_filter
 from .progress import progress
@@ -393,8 +394,6 @@ class _Encoder:
 
 
 def _encode(spec: _Spec, texts: list[str], device: str) -> np.ndarray:
-    from .arrays import to_host
-
     enc = _Encoder.get(spec.encoder, device)
     if not texts:
         return np.empty((0, enc.dim), np.float32)
@@ -523,7 +522,7 @@ class Partition:
                                         metric="l2" if self.spec.metric == "l2" else "ip",
                                         mask=None if self.mask is None else self._device_mask(),
                                         base_sqnorms=self.sqnorms)
-            D, I = _host(D), _host(I)
+            D, I = to_host(D), to_host(I)
         valid = I >= 0
         ids = self.ids[np.where(valid, I, 0)]
         return np.asarray(D, np.float32), ids, valid
@@ -562,7 +561,7 @@ class Partition:
                     import torch
 
                     qi, rj = (t.cpu().numpy() for t in torch.nonzero(hit, as_tuple=True))
-                    sv = _host(s[hit])
+                    sv = to_host(s[hit])
                 else:
                     qi, rj = np.nonzero(hit)
                     sv = s[qi, rj]
@@ -573,12 +572,6 @@ class Partition:
             return np.empty(0, np.int64), self.ids[:0], np.empty(0, np.float32)
         rows = np.concatenate(out_r)
         return np.concatenate(out_q), self.ids[rows], np.concatenate(out_s)
-
-
-def _host(x) -> np.ndarray:
-    from .arrays import to_host
-
-    return to_host(x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -965,15 +958,16 @@ def _run(mode: str, left, right, *, k=0, threshold=0.0, max_per_row=None, metric
     schema: dict[str, str] = {}
     if rsrc.kind == "collection":
         from .collection import read_config
-        from .replica import ShardFollower
+        from .fileio import read_json
 
         cfg = read_config(rsrc.path)
         if cfg["metric"] != metric:
             raise ValueError(f"right is a collection with metric {cfg['metric']!r}, but the join asks for "
                              f"{metric!r}; pass metric={cfg['metric']!r}")
         rdim = int(cfg["dim"])
-        with ShardFollower.open(rsrc.path, 0, device="cpu") as f:
-            schema = dict(f.schema)
+        # The collection-wide fields, which the writer publishes before acknowledging a write that adds one.
+        spath = os.path.join(rsrc.path, "schema.json")
+        schema = dict(read_json(spath)) if os.path.isfile(spath) else {}
         n_shards = int(cfg["shards"])
     else:
         rcols = _columns(rsrc.dataset)
