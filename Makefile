@@ -35,3 +35,11 @@ test-gpu: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The recall-versus-speed suite (bench/README.md): the other systems' packages, then the WordNet run.
+$(BIN)/.bench-installed: $(BIN)/.installed
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS),bench]" "$(TORCH_SPEC)"
+	touch $@
+
+bench: $(BIN)/.bench-installed
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_ann.py
