@@ -159,6 +159,15 @@ def check_k(k: Any, *, max_k: int) -> int:
 
 def prepare_vectors(x, *, name: str, dim: int, metric: str, device: str = "cpu"):
     """An (n, dim) float32 matrix on ``device``, unit length for ``metric="cosine"`` (all-zero rows refused)."""
+    if (type(x) is np.ndarray and x.dtype == np.float32 and device == "cpu" and 1 <= x.ndim <= 2
+            and x.shape[-1] == dim and x.size and x.flags.c_contiguous):
+        # Fast path for the common case (a float32 NumPy query or batch, as a search sends one at a
+        # time): one pass gives the squared norms, and a finite sum of squares means every value is
+        # finite. Anything else (NaN, Inf, overflow, zero rows) goes the general way for its error.
+        m = x.reshape(1, -1) if x.ndim == 1 else x
+        sq = np.add.reduce(m * m, axis=1, keepdims=True)  # as np.linalg.norm computes it: the same bits
+        if np.isfinite(sq).all() and (metric != "cosine" or sq.all()):
+            return m / np.sqrt(sq) if metric == "cosine" else m
     m = as_matrix(x, name=name, dim=dim, device=device)
     if metric == "cosine":
         if isinstance(m, np.ndarray):

@@ -215,8 +215,14 @@ class Shard:
 
     def _order_by_id(self, D: np.ndarray, I: np.ndarray):
         """Within equal scores, put the smaller id first (kernels break ties by row number)."""
-        ties = np.any((D[:, 1:] == D[:, :-1]) & (I[:, 1:] >= 0), axis=1)
-        for q in np.flatnonzero(ties):
+        if D.shape[0] == 1:  # one query: plain Python over k values beats three NumPy passes
+            d, i = D[0].tolist(), I[0].tolist()
+            if not any(d[j] == d[j + 1] and i[j + 1] >= 0 for j in range(len(d) - 1)):
+                return D, I
+            tied_rows = [0]
+        else:
+            tied_rows = np.flatnonzero(np.any((D[:, 1:] == D[:, :-1]) & (I[:, 1:] >= 0), axis=1))
+        for q in tied_rows:
             valid = I[q] >= 0
             rows = I[q, valid]
             keys = [self.ids[r] for r in rows.tolist()]

@@ -60,6 +60,7 @@ class FaissBackend:
         self._param_names = self._param_names_of(self.index)
         self.train_size = train_size_for(spec) if not self.index.is_trained else 0
         self.on_gpu = False
+        self._params_cache: dict = {}
 
     @staticmethod
     def build_empty(spec: str, dim: int, metric: str):
@@ -221,7 +222,9 @@ class FaissBackend:
             out[name] = int(value)
         return out
 
-    def _search_parameters(self, sel, params: dict):
+    def _search_parameters(self, sel, params: dict, k: int = 1):
+        """FAISS search parameters for ``params``; an HNSW search looks at no fewer than ``k`` candidates
+        (FAISS does not raise efSearch to k itself: with efSearch < k the k-th answers are poor)."""
         faiss = _faiss()
         idx = faiss.downcast_index(self.index)
         wrap = None
@@ -230,7 +233,7 @@ class FaissBackend:
         if "nprobe" in params or isinstance(idx, faiss.IndexIVF):
             p = faiss.SearchParametersIVF(sel=sel, nprobe=params.get("nprobe", getattr(idx, "nprobe", 1)))
         elif isinstance(idx, faiss.IndexHNSW):
-            p = faiss.SearchParametersHNSW(sel=sel, efSearch=params.get("efSearch", idx.hnsw.efSearch))
+            p = faiss.SearchParametersHNSW(sel=sel, efSearch=max(k, params.get("efSearch", idx.hnsw.efSearch)))
         else:
             p = faiss.SearchParameters(sel=sel)
         if wrap is not None:
@@ -246,8 +249,9 @@ class FaissBackend:
             return exact_search(store, queries, k, self.metric, allow)
         D, I = self._faiss_search(q, k, allow, params)
         # FAISS may find fewer than k allowed rows (an IVF probe that misses them, a
-        # sparse HNSW neighbourhood); answer those queries exactly instead.
-        short = np.count_nonzero(I >= 0, axis=1) < min(k, allowed_idx)
+        # sparse HNSW neighbourhood); answer those queries exactly instead. FAISS puts
+        # its -1 padding last, so a short row has -1 at place min(k, allowed).
+        short = I[:, min(k, allowed_idx) - 1] < 0
         if short.any():
             rows = np.flatnonzero(short)
             D[rows], I[rows] = exact_search(store, queries[rows], k, self.metric, self._cut(allow, n_idx, len(store)))
@@ -286,10 +290,15 @@ class FaissBackend:
         if allow is not None:
             bits = np.packbits(np.ascontiguousarray(allow[:n_idx]), bitorder="little")
             sel = faiss.IDSelectorBitmap(bits)
-        if sel is None and not params:  # the index's own defaults: skip building a params object
-            D, I = self.index.search(q, k)
+        if sel is None:
+            # Without a selector the parameters depend only on params and k: build each set once.
+            # (Read into a local first: another thread may swap the cache for other params meanwhile.)
+            key, cache = (self.index, tuple(sorted(params.items())), k), self._params_cache
+            if cache.get("key") != key:
+                cache = self._params_cache = {"key": key, "p": self._search_parameters(None, params, k)}
+            D, I = self.index.search(q, k, params=cache["p"])
         else:
-            D, I = self.index.search(q, k, params=self._search_parameters(sel, params))
-        sentinel = np.inf if self.metric == "l2" else -np.inf
-        D = np.where(I < 0, sentinel, D).astype(np.float32)
-        return D, I.astype(np.int64)
+            D, I = self.index.search(q, k, params=self._search_parameters(sel, params, k))
+        if I[:, -1].min() < 0:  # padding only ever sits at the end of a row
+            D = np.where(I < 0, np.inf if self.metric == "l2" else -np.inf, D)
+        return D.astype(np.float32, copy=False), I.astype(np.int64, copy=False)
