@@ -132,6 +132,9 @@ class QueryBody(_Body):
     include_metadata: bool = Field(default=False, alias="includeMetadata")
     sparse_vector: Optional[dict[str, Any]] = Field(default=None, alias="sparseVector")
     params: Optional[dict[str, int]] = Field(default=None, description="ours: {'nprobe': 32} or {'efSearch': 128}")
+    queries: Optional[list[list[float]]] = Field(
+        default=None, description="ours: several query vectors in one request (at most max_batch); the answer "
+                                  "then has `results`, one {matches} per query in order, instead of `matches`")
 
 
 class UpdateBody(_Body):
@@ -279,9 +282,11 @@ class Ingress:
                 raise ApiError(400, 3, f"topK must be between 1 and {self.cfg.max_top_k}, got {body.top_k}")
             if body.sparse_vector:
                 raise ApiError(400, 3, "sparse vectors are not supported; query with vector, id or text")
-            given = [x for x in ("vector", "id", "text") if getattr(body, x) is not None]
+            given = [x for x in ("vector", "id", "text", "queries") if getattr(body, x) is not None]
             if len(given) != 1:
-                raise ApiError(400, 3, f"query takes exactly one of vector, id or text; got {given or 'none'}")
+                raise ApiError(400, 3, f"query takes exactly one of vector, id, text or queries; got {given or 'none'}")
+            if body.queries is not None and len(body.queries) > self.cfg.max_batch:
+                raise ApiError(400, 3, f"{len(body.queries)} queries in one request; the limit is {self.cfg.max_batch}")
             name = self._namespace(body.namespace)
             kw = dict(filter=body.filter, include_metadata=body.include_metadata,
                       include_vectors=body.include_values, params=body.params)
@@ -298,6 +303,8 @@ class Ingress:
                 r = await self.aggregator.query.remote(name, vec[None, :], body.top_k, **kw)
             elif body.id is not None:
                 r = await self.aggregator.query.remote(name, None, body.top_k, id=body.id, **kw)
+            elif body.queries is not None:
+                r = await self.aggregator.query.remote(name, self._matrix(body.queries, "queries"), body.top_k, **kw)
             else:
                 r = await self.aggregator.query.remote(name, self._matrix([body.vector], "vector"), body.top_k, **kw)
             model = (r["lineage"] or {}).get("model")
@@ -308,17 +315,23 @@ class Ingress:
                 self.metrics["shard"].labels(str(s)).observe(sec)
             if r["partial"]:
                 self.metrics["partial"].inc()
-            matches = []
-            for j, rid in enumerate(r["ids"][0]):
-                m = {"id": rid, "score": float(r["scores"][0][j])}
-                if body.include_values:
-                    m["values"] = r["vectors"][0][j].tolist()
-                if body.include_metadata:
-                    m["metadata"] = r["metadata"][0][j]
-                matches.append(m)
-            return {"matches": matches, "namespace": body.namespace, "collection": r["collection"],
-                    "sequence": r["sequence"], "index": r["index"], "lineage": r["lineage"],
-                    "partial": r["partial"], "missingShards": r["missing_shards"]}
+            def matches(q: int) -> list[dict]:
+                out = []
+                for j, rid in enumerate(r["ids"][q]):
+                    m = {"id": rid, "score": float(r["scores"][q][j])}
+                    if body.include_values:
+                        m["values"] = r["vectors"][q][j].tolist()
+                    if body.include_metadata:
+                        m["metadata"] = r["metadata"][q][j]
+                    out.append(m)
+                return out
+
+            answer = {"namespace": body.namespace, "collection": r["collection"],
+                      "sequence": r["sequence"], "index": r["index"], "lineage": r["lineage"],
+                      "partial": r["partial"], "missingShards": r["missing_shards"]}
+            if body.queries is not None:
+                return {"results": [{"matches": matches(q)} for q in range(len(r["ids"]))], **answer}
+            return {"matches": matches(0), **answer}
         return await self._guard(request, "query", False, run)
 
     @api.get("/vectors/fetch")

@@ -79,6 +79,36 @@ def test_http_round_trip(served, rng):
     assert left == {ids[j] for j in range(3, 200) if metas[j]["genre"] == "news"}
 
 
+def test_batched_queries_over_http(served, rng):
+    """``queries`` (ours): many vectors in one request, each answered as a single-vector query would be."""
+    X = rng.standard_normal((300, DIM)).astype(np.float32)
+    ids = [f"b{i}" for i in range(300)]
+    metas = [{"g": i % 3} for i in range(300)]
+    upsert(served, "http-batch", ids, X, metas)
+    Q = rng.standard_normal((7, DIM)).astype(np.float32)
+    r = post(served, "/query", {"namespace": "http-batch", "queries": Q.tolist(), "topK": 5,
+                                "filter": {"g": {"$ne": 1}}, "includeMetadata": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert "matches" not in body and len(body["results"]) == 7 and body["collection"] == "http-batch"
+    keep = [j for j in range(300) if metas[j]["g"] != 1]
+    ref_ids, ref_scores = brute_force([ids[j] for j in keep], X[keep], Q, 5, "cosine")
+    for qi, res in enumerate(body["results"]):
+        assert [m["id"] for m in res["matches"]] == ref_ids[qi]
+        np.testing.assert_allclose([m["score"] for m in res["matches"]], ref_scores[qi], rtol=1e-4, atol=1e-5)
+        assert all(m["metadata"]["g"] != 1 for m in res["matches"])
+        one = post(served, "/query", {"namespace": "http-batch", "vector": Q[qi].tolist(), "topK": 5,
+                                      "filter": {"g": {"$ne": 1}}}).json()
+        assert [m["id"] for m in one["matches"]] == [m["id"] for m in res["matches"]]
+    # bad batches: each a 400 that names what was expected
+    for bad, needle in [({"queries": []}, "at least one vector"),
+                        ({"queries": [[0.1] * DIM, [0.1] * (DIM - 1)]}, "expected 16"),
+                        ({"queries": [[0.1] * DIM], "vector": [0.1] * DIM}, "exactly one of"),
+                        ({"queries": [[0.1] * DIM] * 501}, "the limit is 500")]:
+        r = post(served, "/query", {"namespace": "http-batch", "topK": 3, **bad})
+        assert r.status_code == 400 and needle in r.json()["message"], (bad.keys(), r.text[:300])
+
+
 def test_pinecone_sdk(served, rng):
     pinecone = pytest.importorskip("pinecone")
     pc = pinecone.Pinecone(api_key=RW_KEY)

@@ -1,0 +1,303 @@
+"""Recall@10 versus queries per second: gpusearch beside raw FAISS, hnswlib, usearch, Milvus Lite and Chroma.
+
+    .venv/bin/python bench/bench_ann.py                          # WordNet glosses (MiniLM), every system
+    .venv/bin/python bench/bench_ann.py --dataset synthetic:1000000 --systems faiss-flat,gpusearch-flat,...
+    .venv/bin/python bench/bench_ann.py --dataset hdf5:glove-100-angular.hdf5   # an ann-benchmarks file
+    .venv/bin/python bench/bench_ann.py --write-hdf5 wordnet-384-angular.hdf5  # export the data set, then stop
+
+Every system runs in this one process, one after another, on the same vectors and queries
+(each built, measured and closed before the next starts, so an idle server never steals
+cycles from another system's timing). For each system: build (insert + index) time,
+memory (this process's resident-set growth over the build, plus the resident set of any
+server process the system started), and for each search setting of its sweep: recall@1,
+@10 (k=10) and @100 (k=100) against exact search, QPS for single queries (one call per
+query, one client, ``--single-queries`` of them) and for batches (all queries in one call
+where the system has such a call; the served system sends them from concurrent HTTP
+clients). QPS is the median of ``--repeats`` timed passes after a warm-up pass. A drift
+check times FAISS's exact search at the start and at the end.
+
+Writes bench/results/ann-<data set>-<cpuN or GPU name>.json, a recall@10-versus-QPS plot
+(.png, log QPS axis, one line per system; single queries left, batches right) and a
+Markdown table (.md) of each system's fastest setting at recall@10 >= --target.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+from machine import machine_info, result_path  # noqa: E402
+
+from ann import data as D  # noqa: E402
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def make_system(key: str, n: int, m: int, efc: int):
+    """The system called ``key`` on the command line. Every HNSW gets the same graph: ``m`` links per node
+    and ``efc`` candidates while building; every IVF the same number of lists."""
+    from ann import ours, systems as S
+
+    nlist = ours.ivf_nlist(n)
+    table = {
+        "gpusearch-flat": lambda: ours.GpusearchLocal("Flat"),
+        "gpusearch-ivf": lambda: ours.GpusearchLocal(f"IVF{nlist},Flat"),
+        "gpusearch-hnsw": lambda: ours.GpusearchLocal(f"HNSW{m}", ef_construction=efc),
+        "gpusearch-served-hnsw": lambda: ours.GpusearchServed(f"HNSW{m}", ef_construction=efc),
+        "faiss-flat": lambda: S.FaissFlat(),
+        "faiss-ivf": lambda: S.FaissIVF(nlist=nlist),
+        "faiss-hnsw": lambda: S.FaissHNSW(M=m, efConstruction=efc),
+        "hnswlib": lambda: S.Hnswlib(M=m, ef_construction=efc),
+        "usearch": lambda: S.USearch(connectivity=m, expansion_add=efc),
+        "milvus-lite": lambda: S.MilvusLite(index_type="HNSW", M=m, efConstruction=efc),
+        "chroma": lambda: S.Chroma(M=m, construction_ef=efc),
+    }
+    if key not in table:
+        raise SystemExit(f"unknown system {key!r}; expected one of {', '.join(table)}")
+    return table[key]()
+
+
+ALL = ("faiss-flat,gpusearch-flat,faiss-ivf,gpusearch-ivf,faiss-hnsw,gpusearch-hnsw,hnswlib,usearch,"
+       "chroma,milvus-lite,gpusearch-served-hnsw")
+
+
+def timed(fn, repeats: int, warm: bool = True) -> tuple[float, list[float]]:
+    """Median seconds of ``repeats`` calls of fn (after one warm-up call), and all of them."""
+    if warm:
+        fn()
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t)
+    return statistics.median(runs), runs
+
+
+def measure_system(sys_, ds, gt, args) -> dict:
+    k, nq = args.k, len(ds.test)
+    single_q = ds.test[: args.single_queries]
+    rec: dict = {"name": sys_.name, "index": sys_.index, "points": []}
+    gc.collect()
+    rss0 = rss_bytes()
+    t = time.perf_counter()
+    sys_.build(ds.train)
+    rec["build_s"] = time.perf_counter() - t
+    rec["index"] = sys_.index  # some systems size their index at build time
+    gc.collect()
+    rec["memory_mb_in_process"] = (rss_bytes() - rss0) / 2**20
+    pids = sys_.server_pids() if hasattr(sys_, "server_pids") else []
+    rec["memory_mb_servers"] = sum(rss_bytes(p) for p in pids) / 2**20
+    rec["server_processes"] = len(pids)
+    for extra in ("start_s", "client_encode_s", "batch_label"):
+        if hasattr(sys_, extra):
+            rec[extra] = getattr(sys_, extra)
+    print(f"[{sys_.name}] {sys_.index}: built in {rec['build_s']:.1f} s, "
+          f"+{rec['memory_mb_in_process']:.0f} MiB here, {rec['memory_mb_servers']:.0f} MiB in "
+          f"{len(pids)} server processes", flush=True)
+    t_sys = time.perf_counter()
+    for params in sys_.sweep():
+        sys_.set_params(params)
+        got10 = sys_.search_batch(ds.test, k)
+        got100 = sys_.search_batch(ds.test, 100)
+        # Single queries: as many of the queries as one untimed pass gets through in --single-budget-s
+        # (at least 20), then --repeats timed passes over those.
+        t0, m = time.perf_counter(), 0
+        while m < len(single_q) and (m < 20 or time.perf_counter() - t0 < args.single_budget_s):
+            sys_.search_one(single_q[m], k)
+            m += 1
+        single_ids = []
+        def singles():
+            single_ids.clear()
+            for v in single_q[:m]:
+                single_ids.append(sys_.search_one(v, k))
+        s_single, runs_single = timed(singles, args.repeats, warm=False)
+        s_batch, runs_batch = timed(lambda: sys_.search_batch(ds.test, k), args.repeats)
+        single = np.stack([np.pad(r[:k], (0, k - len(r[:k])), constant_values=-1) for r in single_ids])
+        p = {"params": params,
+             "recall1": D.recall(got10, gt, 1), "recall10": D.recall(got10, gt, 10), "recall100": D.recall(got100, gt, 100),
+             "recall10_single": D.recall(single, gt[: len(single)], 10),
+             "single_queries_timed": m, "qps_single": m / s_single, "qps_single_runs": [m / r for r in runs_single],
+             "qps_batch": nq / s_batch, "qps_batch_runs": [nq / r for r in runs_batch],
+             "latency_ms_single_mean": 1e3 * s_single / m}
+        if len(ds.paraphrase):
+            para = sys_.search_batch(ds.paraphrase, k)
+            p["paraphrase_recall10"] = D.recall(para, ds.paraphrase_gt, 10)
+            p["paraphrase_source_in_top10"] = float(np.mean([src in row for src, row in
+                                                             zip(ds.paraphrase_source_rows, para)]))
+        rec["points"].append(p)
+        print(f"[{sys_.name}] {json.dumps(params):20s} recall@1 {p['recall1']:.3f} @10 {p['recall10']:.3f} "
+              f"@100 {p['recall100']:.3f}  single {p['qps_single']:8.0f} qps  batch {p['qps_batch']:9.0f} qps",
+              flush=True)
+        if time.perf_counter() - t_sys > args.max_system_s:
+            rec["sweep_cut_short"] = f"stopped after {args.max_system_s:.0f} s of searching"
+            print(f"[{sys_.name}] sweep cut short: over {args.max_system_s:.0f} s", flush=True)
+            break
+        if p["recall10"] >= 0.999 and params != sys_.sweep()[-1]:
+            rec["sweep_stopped_at_recall"] = p["recall10"]  # higher settings cost more for nothing
+            break
+    return rec
+
+
+def best_at(rec: dict, target: float, key: str) -> dict | None:
+    ok = [p for p in rec["points"] if p["recall10"] >= target]
+    return max(ok, key=lambda p: p[key]) if ok else None
+
+
+def table(res: dict, target: float) -> str:
+    lines = [f"# {res['dataset']['name']}: fastest setting at recall@10 >= {target}", "",
+             f"{res['dataset']['n']:,} vectors x {res['dataset']['dim']}, {res['dataset']['nq']:,} queries, k=10, "
+             f"machine: {res['machine']['cpu']} ({res['machine']['cores']} cores"
+             f"{', ' + res['machine']['gpu'] if res['machine']['gpu'] else ''}), {res['date']}", "",
+             "| system | index | build s | memory MiB | single: setting | recall@10 | QPS | batch: setting | recall@10 | QPS |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["systems"]:
+        if "error" in r:
+            lines.append(f"| {r['name']} | {r.get('index', '')} | failed: {r['error'][:80]} | | | | | | | |")
+            continue
+        mem = r["memory_mb_in_process"] + r["memory_mb_servers"]
+        s, b = best_at(r, target, "qps_single"), best_at(r, target, "qps_batch")
+        fmt = lambda p, key: (f"{json.dumps(p['params'])} | {p['recall10']:.3f} | {p[key]:,.0f}" if p
+                              else f"not reached (best {max(q['recall10'] for q in r['points']):.3f}) | | ")
+        lines.append(f"| {r['name']} | {r['index']} | {r['build_s']:.1f} | {mem:,.0f} | "
+                     f"{fmt(s, 'qps_single')} | {fmt(b, 'qps_batch')} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(res: dict, path: Path, target: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6), sharey=False)
+    markers = "os^vD<>pP*hX"
+    for ax, key, title in ((axes[0], "qps_single", "single queries (one per call)"),
+                           (axes[1], "qps_batch", "batches (all queries per call; served: 1,000 per HTTP request)")):
+        for i, r in enumerate(s for s in res["systems"] if "error" not in s):
+            pts = sorted(r["points"], key=lambda p: p["recall10"])
+            ax.plot([p["recall10"] for p in pts], [p[key] for p in pts], marker=markers[i % len(markers)],
+                    label=f"{r['name']} ({r['index']})", linewidth=1.5 if r["name"].startswith("gpusearch") else 1,
+                    linestyle="-" if r["name"].startswith("gpusearch") else "--")
+        ax.axvline(target, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_yscale("log")
+        ax.set_xlabel("recall@10")
+        ax.set_ylabel("queries per second (log)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=7, loc="lower left")
+    m = res["machine"]
+    fig.suptitle(f"{res['dataset']['name']}: {res['dataset']['n']:,} x {res['dataset']['dim']}, "
+                 f"{res['dataset']['nq']:,} queries, k=10 -- {m['gpu'] or m['cpu']} ({m['cores']} cores), {res['date']}",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def load(spec: str, args) -> D.Dataset:
+    if spec == "wordnet":
+        return D.wordnet_dataset(progress=True)
+    if spec.startswith("synthetic:"):
+        n = int(float(spec.split(":", 1)[1]))
+        return D.synthetic_dataset(n, dim=args.dim, nq=args.nq)
+    if spec.startswith("hdf5:"):
+        ds, _, _ = D.read_hdf5(spec.split(":", 1)[1])
+        return ds
+    raise SystemExit(f"--dataset must be wordnet, synthetic:N or hdf5:PATH, got {spec!r}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", default="wordnet", help="wordnet | synthetic:N | hdf5:PATH (default wordnet)")
+    ap.add_argument("--systems", default=ALL, help=f"comma-separated (default: {ALL})")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--single-queries", type=int, default=1000, help="at most this many queries timed one call "
+                    "each (default 1000)")
+    ap.add_argument("--dim", type=int, default=384, help="synthetic data only")
+    ap.add_argument("--nq", type=int, default=1000, help="synthetic data only")
+    ap.add_argument("--hnsw-m", type=int, default=32, help="links per node of every HNSW graph (default 32)")
+    ap.add_argument("--hnsw-efc", type=int, default=40, help="efConstruction of every HNSW graph (default 40, "
+                    "FAISS's default and what gpusearch builds with)")
+    ap.add_argument("--single-budget-s", type=float, default=5.0, help="time single queries on as many of the "
+                    "queries as one pass gets through in about this long (at least 20)")
+    ap.add_argument("--target", type=float, default=0.95, help="recall@10 the table compares at")
+    ap.add_argument("--max-system-s", type=float, default=600, help="stop a system's sweep after this long")
+    ap.add_argument("--write-hdf5", default=None, help="write the data set and its ground truth in the "
+                    "ann-benchmarks layout to this path, then stop")
+    ap.add_argument("--out", default=None, help="result path stem (default bench/results/ann-<data>-<machine>)")
+    args = ap.parse_args()
+
+    t = time.perf_counter()
+    ds = load(args.dataset, args)
+    print(f"data set {ds.name}: {len(ds.train):,} x {ds.train.shape[1]}, {len(ds.test):,} queries "
+          f"({time.perf_counter() - t:.1f} s)", flush=True)
+    t = time.perf_counter()
+    gt, gt_sims = D.ground_truth(ds.train, ds.test, k=100)
+    ds.paraphrase_gt = D.ground_truth(ds.train, ds.paraphrase, k=10)[0] if len(ds.paraphrase) else None
+    print(f"exact ground truth (k=100) in {time.perf_counter() - t:.1f} s", flush=True)
+    if args.write_hdf5:
+        D.write_hdf5(args.write_hdf5, ds, gt, 1.0 - gt_sims)
+        print(f"wrote {args.write_hdf5}")
+        return
+
+    import faiss
+
+    ref = faiss.IndexFlatIP(ds.train.shape[1])
+    ref.add(ds.train)
+    drift_start, _ = timed(lambda: ref.search(ds.test, args.k), 3)
+    del ref
+    res = {"benchmark": "ann", "dataset": {"name": ds.name, "n": len(ds.train), "dim": int(ds.train.shape[1]),
+                                           "nq": len(ds.test), "paraphrases": len(ds.paraphrase), "metric": "cosine"},
+           "k": args.k, "repeats": args.repeats, "single_queries": min(args.single_queries, len(ds.test)),
+           "target_recall10": args.target, "machine": machine_info(), "date": time.strftime("%Y-%m-%d"),
+           "systems": []}
+    for key in [s.strip() for s in args.systems.split(",") if s.strip()]:
+        sys_ = make_system(key, len(ds.train), args.hnsw_m, args.hnsw_efc)
+        try:
+            rec = measure_system(sys_, ds, gt, args)
+        except Exception as e:  # noqa: BLE001 - one system failing must not lose the others' results
+            traceback.print_exc()
+            rec = {"name": getattr(sys_, "name", key), "index": getattr(sys_, "index", ""), "error": repr(e)}
+        finally:
+            sys_.close()
+            del sys_
+            gc.collect()
+        rec["key"] = key
+        res["systems"].append(rec)
+    ref = faiss.IndexFlatIP(ds.train.shape[1])
+    ref.add(ds.train)
+    drift_end, _ = timed(lambda: ref.search(ds.test, args.k), 3)
+    res["drift_check_faiss_flat_batch_s"] = {"start": drift_start, "end": drift_end, "ratio": drift_end / drift_start}
+    stem = Path(args.out) if args.out else result_path(f"ann-{ds.name}", res["machine"]).with_suffix("")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    stem.with_suffix(".md").write_text(table(res, args.target))
+    try:
+        plot(res, stem.with_suffix(".png"), args.target)
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install -e '.[bench]')")
+    print(table(res, args.target))
+    print(f"drift check (FAISS exact, batch): start {drift_start:.3f} s, end {drift_end:.3f} s")
+    print(f"wrote {stem}.json/.md/.png")
+
+
+if __name__ == "__main__":
+    main()
