@@ -42,6 +42,18 @@ from machine import machine_info, result_path  # noqa: E402
 from ann import data as D  # noqa: E402
 
 
+def trim_heap() -> None:
+    """Collect garbage and hand freed heap pages back to the OS, so resident-set differences measure
+    what a build keeps (glibc otherwise keeps an earlier system's freed memory, and reuses it)."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
 def rss_bytes(pid: int | str = "self") -> int:
     try:
         with open(f"/proc/{pid}/statm") as f:
@@ -94,13 +106,13 @@ def measure_system(sys_, ds, gt, args) -> dict:
     k, nq = args.k, len(ds.test)
     single_q = ds.test[: args.single_queries]
     rec: dict = {"name": sys_.name, "index": sys_.index, "points": []}
-    gc.collect()
+    trim_heap()
     rss0 = rss_bytes()
     t = time.perf_counter()
     sys_.build(ds.train)
     rec["build_s"] = time.perf_counter() - t
     rec["index"] = sys_.index  # some systems size their index at build time
-    gc.collect()
+    trim_heap()
     rec["memory_mb_in_process"] = (rss_bytes() - rss0) / 2**20
     pids = sys_.server_pids() if hasattr(sys_, "server_pids") else []
     rec["memory_mb_servers"] = sum(rss_bytes(p) for p in pids) / 2**20

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import math
+
 import numpy as np
 
 __all__ = ["as_matrix", "as_ids", "check_k", "to_host", "MAX_ID_LENGTH"]
@@ -166,7 +168,12 @@ def prepare_vectors(x, *, name: str, dim: int, metric: str, device: str = "cpu")
         # finite. Anything else (NaN, Inf, overflow, zero rows) goes the general way for its error.
         m = x.reshape(1, -1) if x.ndim == 1 else x
         sq = np.add.reduce(m * m, axis=1, keepdims=True)  # as np.linalg.norm computes it: the same bits
-        if np.isfinite(sq).all() and (metric != "cosine" or sq.all()):
+        if m.shape[0] == 1:  # one row: scalar checks beat two more NumPy reductions
+            s0 = float(sq[0, 0])
+            ok = math.isfinite(s0) and (metric != "cosine" or s0 > 0)
+        else:
+            ok = np.isfinite(sq).all() and (metric != "cosine" or sq.all())
+        if ok:
             return m / np.sqrt(sq) if metric == "cosine" else m
     m = as_matrix(x, name=name, dim=dim, device=device)
     if metric == "cosine":

@@ -13,20 +13,24 @@ class RWLock:
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
+        self._read_guard = _ReadGuard(self)
 
-    @contextlib.contextmanager
-    def read(self):
+    def read(self) -> "_ReadGuard":
+        """``with lock.read():`` holds a read lock for the block (a plain object, not a generator:
+        it is taken once per search, where a generator-based context manager costs several µs)."""
+        return self._read_guard
+
+    def _acquire_read(self) -> None:
         with self._cond:
             while self._writer or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if self._readers == 0:
-                    self._cond.notify_all()
+
+    def _release_read(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if self._readers == 0:
+                self._cond.notify_all()
 
     @contextlib.contextmanager
     def write(self):
@@ -42,3 +46,18 @@ class RWLock:
             with self._cond:
                 self._writer = False
                 self._cond.notify_all()
+
+
+class _ReadGuard:
+    """The context manager behind ``RWLock.read()``; stateless, so one per lock serves every thread."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock: RWLock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        self._lock._acquire_read()
+
+    def __exit__(self, *exc) -> None:
+        self._lock._release_read()

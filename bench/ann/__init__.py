@@ -47,6 +47,9 @@ class System(Protocol):
 
 def pad_ids(rows, k: int) -> np.ndarray:
     """A list of id sequences (each at most k long) as an (n, k) int64 array padded with -1."""
+    rows = list(rows)
+    if rows and all(len(r) == k for r in rows):  # the usual case, in one conversion
+        return np.array(rows, dtype=np.int64).reshape(len(rows), k)
     out = np.full((len(rows), k), -1, dtype=np.int64)
     for i, r in enumerate(rows):
         r = np.asarray(r, dtype=np.int64)[:k]

@@ -35,7 +35,7 @@ def sweep_for(spec: str) -> list[dict]:
 
 
 def _ints(ids) -> np.ndarray:
-    return np.fromiter((int(i) for i in ids), dtype=np.int64, count=len(ids))
+    return np.array(list(map(int, ids)), dtype=np.int64)
 
 
 class GpusearchLocal:
@@ -89,7 +89,7 @@ class GpusearchLocal:
 
     def search_batch(self, q: np.ndarray, k: int) -> np.ndarray:
         r = self._col.search(q, k=k, params=self._params or None)
-        return pad_ids([_ints(row) for row in r.ids], k)
+        return pad_ids([list(map(int, row)) for row in r.ids], k)
 
     def server_pids(self) -> list[int]:
         return []
@@ -192,7 +192,13 @@ class GpusearchServed:
         # Acknowledged is durable; wait until the shard replicas serve it (their WAL followers catch up).
         deadline = time.monotonic() + 600
         while True:
-            ans = self._query(x[0], 1)
+            # A shard replica catching up (replaying the WAL into its index) may not answer within the
+            # server's shard timeout: a 504 here means "not yet", so ask again.
+            r = self._http.post(self._base + "/query", content=self._body(x[0], 1),
+                                headers={"content-type": "application/json"})
+            if r.status_code not in (200, 503, 504):
+                raise RuntimeError(f"/query answered {r.status_code}: {r.text[:300]}")
+            ans = r.json() if r.status_code == 200 else {"sequence": -1}
             if ans["sequence"] >= self._seq and not ans.get("partial"):
                 break
             if time.monotonic() > deadline:

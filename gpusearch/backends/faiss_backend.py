@@ -252,7 +252,7 @@ class FaissBackend:
         # sparse HNSW neighbourhood); answer those queries exactly instead. FAISS puts
         # its -1 padding last, so a short row has -1 at place min(k, allowed).
         short = I[:, min(k, allowed_idx) - 1] < 0
-        if short.any():
+        if (short[0] if len(short) == 1 else short.any()):
             rows = np.flatnonzero(short)
             D[rows], I[rows] = exact_search(store, queries[rows], k, self.metric, self._cut(allow, n_idx, len(store)))
         if n_idx < len(store):  # rows waiting for training: exact over them, then merge
@@ -299,6 +299,6 @@ class FaissBackend:
             D, I = self.index.search(q, k, params=cache["p"])
         else:
             D, I = self.index.search(q, k, params=self._search_parameters(sel, params, k))
-        if I[:, -1].min() < 0:  # padding only ever sits at the end of a row
+        if (I[0, -1] < 0 if I.shape[0] == 1 else I[:, -1].min() < 0):  # padding only ever sits at a row's end
             D = np.where(I < 0, np.inf if self.metric == "l2" else -np.inf, D)
         return D.astype(np.float32, copy=False), I.astype(np.int64, copy=False)
