@@ -208,6 +208,7 @@ def plot(res: dict, path: Path, target: float) -> None:
                     label=f"{r['name']} ({r['index']})", linewidth=1.5 if r["name"].startswith("gpusearch") else 1,
                     linestyle="-" if r["name"].startswith("gpusearch") else "--")
         ax.axvline(target, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_xlim(0.85, 1.002)  # the useful end of the curves; the JSON holds every point
         ax.set_yscale("log")
         ax.set_xlabel("recall@10")
         ax.set_ylabel("queries per second (log)")

@@ -68,6 +68,16 @@ class ServeConfig:
     num_cpus_other: float = 0.1
     # GPUs per shard replica when the cluster has GPUs; None: share them evenly.
     num_gpus_shard: float | None = None
+    # CPU threads one shard replica's search may use (FAISS's OpenMP, torch). Ray pins a replica
+    # with a fractional CPU reservation to one thread (OMP_NUM_THREADS=1), which leaves cores idle
+    # under a batch; None: the machine's cores shared evenly by the shard replicas (at least 1).
+    search_threads: int | None = None
+
+    def shard_search_threads(self, cores: int | None = None) -> int:
+        """Threads each shard replica searches with: ``search_threads``, or the cores shared evenly."""
+        if self.search_threads is not None:
+            return self.search_threads
+        return max(1, (cores or os.cpu_count() or 1) // (self.shards * self.replicas))
 
     def __post_init__(self):
         for name in ("port", "shards", "replicas", "max_body_bytes", "max_batch", "max_top_k", "max_dim",
@@ -81,6 +91,10 @@ class ServeConfig:
             raise ValueError(f"replicas must be between 1 and 64, got {self.replicas}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
+        if self.search_threads is not None and (isinstance(self.search_threads, bool)
+                                                or not isinstance(self.search_threads, int)
+                                                or not 1 <= self.search_threads <= 1024):
+            raise ValueError(f"search_threads must be an int between 1 and 1024 (or None), got {self.search_threads!r}")
         if self.rerank not in ("none", "exact"):
             raise ValueError(f"rerank must be 'none' or 'exact', got {self.rerank!r}")
         if not isinstance(self.api_keys, Mapping):
@@ -126,7 +140,7 @@ class ServeConfig:
 
 
 # Fields whose default is None: the type an environment value is read as.
-_NONE_DEFAULT_TYPES = {"encoder": str, "num_gpus_shard": float}
+_NONE_DEFAULT_TYPES = {"encoder": str, "num_gpus_shard": float, "search_threads": int}
 
 
 def _parse_keys(raw: str) -> dict[str, str]:

@@ -99,10 +99,28 @@ def _describe(stats: dict) -> dict:
 
 
 @serve.deployment(name="Shard")
+def _set_search_threads(n: int) -> None:
+    """Let this process's searches use ``n`` threads (Ray set OMP_NUM_THREADS=1 for a fractional-CPU replica)."""
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        torch.set_num_threads(n)
+    except ImportError:
+        pass
+
+
 class ShardServer:
     def __init__(self, cfg: dict, shard: int):
         self.cfg = ServeConfig(**cfg)
         self.shard = shard
+        _set_search_threads(self.cfg.shard_search_threads())
         self.catalog = ShardCatalog(self.cfg.data_dir, shard, device=self.cfg.device)
         self.catalog.open_all()  # caught up before Serve routes anything here
         # Concurrent queries share one engine search; see serve/batching.py for why not @serve.batch.

@@ -201,3 +201,17 @@ def test_api_keys_are_compared_in_constant_time(monkeypatch):
     assert http.key_role(keys, "nope") is None and len(calls) == 3
     assert http.key_role(keys, "k-rw-012") is None  # a prefix is not a match
     assert http.key_role(keys, "\udcff") is None  # a lone surrogate in a header does not crash
+
+
+def test_search_threads_default_shares_the_cores_and_bad_values_are_refused(tmp_path):
+    from gpusearch.serve import ServeConfig
+
+    assert ServeConfig(data_dir=str(tmp_path), shards=1, replicas=1).shard_search_threads(cores=16) == 16
+    assert ServeConfig(data_dir=str(tmp_path), shards=2, replicas=2).shard_search_threads(cores=16) == 4
+    assert ServeConfig(data_dir=str(tmp_path), shards=4, replicas=2).shard_search_threads(cores=2) == 1
+    assert ServeConfig(data_dir=str(tmp_path), search_threads=3).shard_search_threads(cores=16) == 3
+    for bad in (0, -1, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="search_threads must be an int"):
+            ServeConfig(data_dir=str(tmp_path), search_threads=bad)
+    cfg = ServeConfig.load(None, env={"GPUSEARCH_SEARCH_THREADS": "2", "GPUSEARCH_DATA_DIR": str(tmp_path)})
+    assert cfg.search_threads == 2
