@@ -98,7 +98,6 @@ def _describe(stats: dict) -> dict:
     return {k: stats[k] for k in ("records", "dim", "metric", "index", "lineage", "sequence")}
 
 
-@serve.deployment(name="Shard")
 def _set_search_threads(n: int) -> None:
     """Let this process's searches use ``n`` threads (Ray set OMP_NUM_THREADS=1 for a fractional-CPU replica)."""
     os.environ["OMP_NUM_THREADS"] = str(n)
@@ -116,6 +115,7 @@ def _set_search_threads(n: int) -> None:
         pass
 
 
+@serve.deployment(name="Shard")
 class ShardServer:
     def __init__(self, cfg: dict, shard: int):
         self.cfg = ServeConfig(**cfg)
