@@ -187,7 +187,9 @@ def table(res: dict, target: float) -> str:
         s, b = best_at(r, target, "qps_single"), best_at(r, target, "qps_batch")
         fmt = lambda p, key: (f"{json.dumps(p['params'])} | {p['recall10']:.3f} | {p[key]:,.0f}" if p
                               else f"not reached (best {max(q['recall10'] for q in r['points']):.3f}) | | ")
-        lines.append(f"| {r['name']} | {r['index']} | {r['build_s']:.1f} | {mem:,.0f} | "
+        # A negative growth means the build freed memory held from before (it cannot be read as a size).
+        mem_s = f"{mem:,.0f}" if mem > 0 else f"n/a ({mem:,.0f})"
+        lines.append(f"| {r['name']} | {r['index']} | {r['build_s']:.1f} | {mem_s} | "
                      f"{fmt(s, 'qps_single')} | {fmt(b, 'qps_batch')} |")
     return "\n".join(lines) + "\n"
 
@@ -224,6 +226,25 @@ def plot(res: dict, path: Path, target: float) -> None:
     plt.close(fig)
 
 
+def merge(paths: list[str], target: float) -> None:
+    """Systems re-measured in a later run (e.g. after a fix) replace their entries in the first result;
+    each merged file's date and drift check are kept under ``merged``."""
+    first = Path(paths[0])
+    res = json.loads(first.read_text())
+    for p in paths[1:]:
+        other = json.loads(Path(p).read_text())
+        if other["dataset"] != res["dataset"]:
+            raise SystemExit(f"{p} measured {other['dataset']}, not {res['dataset']}")
+        keys = {s["key"] for s in other["systems"]}
+        res["systems"] = [s for s in res["systems"] if s["key"] not in keys] + other["systems"]
+        res.setdefault("merged", []).append({"file": Path(p).name, "date": other["date"], "systems": sorted(keys),
+                                             "drift_check_faiss_flat_batch_s": other.get("drift_check_faiss_flat_batch_s")})
+    first.write_text(json.dumps(res, indent=1))
+    first.with_suffix(".md").write_text(table(res, target))
+    plot(res, first.with_suffix(".png"), target)
+    print(table(res, target))
+
+
 def load(spec: str, args) -> D.Dataset:
     if spec == "wordnet":
         return D.wordnet_dataset(progress=True)
@@ -256,7 +277,13 @@ def main() -> None:
     ap.add_argument("--write-hdf5", default=None, help="write the data set and its ground truth in the "
                     "ann-benchmarks layout to this path, then stop")
     ap.add_argument("--out", default=None, help="result path stem (default bench/results/ann-<data>-<machine>)")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="instead of measuring: put the systems of the later result files (same data set) into "
+                         "the first, replacing systems measured again, and rewrite its .md and .png")
     args = ap.parse_args()
+    if args.merge:
+        merge(args.merge, args.target)
+        return
 
     t = time.perf_counter()
     ds = load(args.dataset, args)
