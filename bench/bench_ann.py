@@ -200,13 +200,15 @@ def plot(res: dict, path: Path, target: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(14, 6), sharey=False)
-    markers = "os^vD<>pP*hX"
+    fig, axes = plt.subplots(1, 2, figsize=(14, 7.5), sharey=False)
+    markers = "os^vD<>pP*hXd"
+    colours = plt.get_cmap("tab20").colors
     for ax, key, title in ((axes[0], "qps_single", "single queries (one per call)"),
                            (axes[1], "qps_batch", "batches (all queries per call; served: 1,000 per HTTP request)")):
         for i, r in enumerate(s for s in res["systems"] if "error" not in s):
             pts = sorted(r["points"], key=lambda p: p["recall10"])
             ax.plot([p["recall10"] for p in pts], [p[key] for p in pts], marker=markers[i % len(markers)],
+                    color=colours[(2 * i) % 20 + (2 * i) // 20],
                     label=f"{r['name']} ({r['index']})", linewidth=1.5 if r["name"].startswith("gpusearch") else 1,
                     linestyle="-" if r["name"].startswith("gpusearch") else "--")
         ax.axvline(target, color="grey", linewidth=0.8, linestyle=":")
@@ -216,12 +218,13 @@ def plot(res: dict, path: Path, target: float) -> None:
         ax.set_ylabel("queries per second (log)")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3, frameon=False)
     m = res["machine"]
     fig.suptitle(f"{res['dataset']['name']}: {res['dataset']['n']:,} x {res['dataset']['dim']}, "
                  f"{res['dataset']['nq']:,} queries, k=10 -- {m['gpu'] or m['cpu']} ({m['cores']} cores), {res['date']}",
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
