@@ -301,7 +301,7 @@ def test_auth(served):
     ("/query", {"namespace": "bad", "vector": [1.0] * (DIM + 3), "topK": 3}, 400, "19"),
     ("/query", {"namespace": "bad", "vector": [1.0] * DIM, "topK": 0}, 400, "topK"),
     ("/query", {"namespace": "bad", "vector": [1.0] * DIM, "topK": 5000}, 400, "topK"),
-    ("/query", {"namespace": "bad", "topK": 3}, 400, "exactly one of vector, id or text"),
+    ("/query", {"namespace": "bad", "topK": 3}, 400, "exactly one of vector, id, text or queries"),
     ("/query", {"namespace": "bad", "vector": [1.0] * DIM, "topK": 3, "filter": {"x": {"$regex": "a"}}}, 400, "$regex"),
     ("/query", {"namespace": "no-such-collection", "vector": [1.0] * DIM, "topK": 3}, 404, "no-such-collection"),
     ("/query", {"namespace": "bad", "vector": ["a"] * DIM, "topK": 3}, 400, "vector"),
