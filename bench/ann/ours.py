@@ -6,7 +6,6 @@ row number's decimal string (gpusearch ids are strings) and read back as ints.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import tempfile
@@ -16,9 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import pad_ids
-
-HNSW_EFS = (16, 24, 32, 48, 64, 96, 128, 256)
-IVF_NPROBES = (1, 2, 4, 8, 16, 32, 64, 128)
+from .systems import HNSW_EFS, IVF_NPROBES, child_pids
 
 
 def ivf_nlist(n: int) -> int:
@@ -107,21 +104,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            for t in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{t}/children") as f:
-                    kids = [int(c) for c in f.read().split()]
-                out += kids
-                todo += kids
-        except OSError:
-            continue
-    return out
 
 
 class GpusearchServed:
@@ -240,7 +222,7 @@ class GpusearchServed:
         return pad_ids(out, k)
 
     def server_pids(self) -> list[int]:
-        return _descendants(os.getpid())
+        return child_pids()
 
     def close(self) -> None:
         if self._http is not None:
