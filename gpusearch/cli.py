@@ -84,7 +84,7 @@ def _serve(args) -> int:
 
     t0 = time.perf_counter()
     print(f"starting Ray and the gpusearch app (data in {cfg.data_dir}) ...", flush=True)
-    start(cfg, num_cpus=args.num_cpus)
+    start(cfg, num_cpus=args.num_cpus, ray_temp_dir=args.ray_temp_dir)
     print(f"app up in {time.perf_counter() - t0:.1f} s", flush=True)
     if not args.no_demo and cfg.encoder_enabled:
         _load_demo(cfg)
@@ -192,6 +192,9 @@ def main(argv=None) -> int:
     v.add_argument("--num-cpus", type=int, default=None, help="CPUs the local Ray may use")
     v.add_argument("--no-demo", action="store_true", help="do not load the demo corpus into 'default'")
     v.add_argument("--exit-after-start", action="store_true", help=argparse.SUPPRESS)
+    # Where the local Ray keeps its sockets and logs (short paths only: Unix sockets live there);
+    # the fault tests use it to find, and kill -9, every process one server started.
+    v.add_argument("--ray-temp-dir", default=None, help=argparse.SUPPRESS)
     v.set_defaults(fn=_serve)
     d = sub.add_parser("demo", help="build a collection of standard-library docs with MiniLM and query it")
     d.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
