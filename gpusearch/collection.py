@@ -33,13 +33,13 @@ from . import ops as ops_mod
 from .arrays import as_ids, check_k, prepare_vectors, to_host
 from .backends import check_index_spec
 from .devices import resolve_device
-from .fileio import atomic_write_json, read_json
+from .fileio import DiskFullError, atomic_write_json, read_json
 from .filters import compile_filter
 from .merge import merge_hits
 from .progress import progress
 from .results import FetchResult, SearchResult, WriteResult
 from .shard import Shard
-from .wal import WriteAheadLog
+from .wal import WALCorruptError, WriteAheadLog
 
 __all__ = ["Collection", "FORMAT_VERSION", "MAX_TOP_K", "METRICS"]
 
@@ -77,6 +77,65 @@ def _replayed_op(record, shard: Shard, dim: int) -> ops_mod.Op:
                          f"for this collection: {len(op.ids)} ids with vectors of shape {op.vectors.shape}, "
                          f"the collection's dim is {dim}")
     return op
+
+
+def _commit_payload(shards: list[int]) -> bytes:
+    """A commit record names the shards of its batch, so that a lost part is noticed on open."""
+    return b"shards " + ",".join(map(str, shards)).encode("ascii")
+
+
+def _commit_shards(payload: bytes) -> list[int] | None:
+    """The shards a commit record names; None for the empty records of older releases."""
+    if not payload.startswith(b"shards "):
+        return None
+    try:
+        return [int(x) for x in payload[7:].split(b",")]
+    except ValueError:
+        return None
+
+
+def _check_committed_parts(path: Path, committed: dict, shards: list[Shard], pending: list) -> None:
+    """Refuse to open when a committed batch lost its part on some shard.
+
+    A commit record is appended only after every part of its batch is durable, so
+    a part that is gone (a damaged WAL would cut it, or a file lost it) means an
+    acknowledged write is lost. Replaying the other parts would leave the batch
+    half applied, and dropping it everywhere would lose it silently: both break a
+    promise, so the collection does not open and nothing on disk is changed.
+    """
+    held = [{seq: op for seq, op in ops} for ops in pending]
+    n = len(shards)
+    for seq in sorted(committed):
+        parts = committed[seq]
+        if parts is not None:
+            missing = [i for i in parts if i < n and seq not in held[i] and shards[i].applied_seq < seq]
+        else:  # an older commit record: only the count of participants is known, from a part that is there
+            holders = [i for i in range(n) if seq in held[i]]
+            if not holders:
+                continue
+            expected = held[holders[0]][seq].participants
+            others = [i for i in range(n) if i not in holders]
+            if len(holders) + sum(shards[i].applied_seq >= seq for i in others) >= expected:
+                continue
+            unknown = [i for i in others if shards[i].applied_seq < seq]
+            missing = [i for i in unknown if shards[i].wal.damage is not None] or unknown
+        if not missing:
+            continue
+        i = missing[0]
+        damage = shards[i].wal.damage
+        if damage is not None:
+            where = (f"its WAL {damage.path} is damaged at offset {damage.offset} ({damage.problem}), and that "
+                     f"record and everything after it would have to be cut")
+            culprit, offset = damage.path, damage.offset
+        else:
+            where = f"its WAL ({shards[i].wal.directory}) holds no record of it (a WAL file was cut or removed)"
+            culprit, offset = shards[i].wal.directory, None
+        across = f"shards {', '.join(map(str, parts))}" if parts is not None else "several shards"
+        raise WALCorruptError(
+            f"cannot open {path}: batch {seq} was committed across {across} (so it was acknowledged), but the "
+            f"part on shard {i} is gone: {where}. Replaying the other shards alone would leave the batch half "
+            f"applied, so the collection was not opened and nothing on disk was changed. Restore "
+            f"{culprit} from a backup or a copy of the collection", culprit, offset)
 
 
 def read_config(path) -> dict:
@@ -127,7 +186,11 @@ class Collection:
         self._closed = False
         spath = path / _SCHEMA
         if self.schema and (not spath.exists() or read_json(spath) != self.schema):
-            atomic_write_json(spath, self.schema)
+            try:
+                atomic_write_json(spath, self.schema)
+            except DiskFullError as exc:  # a full disk must not keep the collection from opening
+                log.warning("collection %s: cannot update %s (%s); written again with the next new field",
+                            path, _SCHEMA, exc)
 
     # -- construction --------------------------------------------------------
     @classmethod
@@ -192,6 +255,13 @@ class Collection:
         shards is replayed only with its commit record. Raises ``ValueError`` when a WAL
         record passes its checksum but holds no op (a bug or a foreign file), naming
         the shard and the record's seq.
+
+        Raises :class:`gpusearch.wal.WALCorruptError` (a ``ValueError``), changing
+        nothing on disk, when recovery would otherwise lose an acknowledged write:
+        damage in a WAL file other than the newest (or a sealed one, or a stray file
+        named like one), a finished file cut short or missing, or a committed batch
+        whose part on some shard is damaged or gone (replaying the other parts
+        would leave it half applied). The message names the file.
         """
         path = Path(path)
         return cls._load(path, read_config(path), device=device, fsync=fsync)
@@ -199,25 +269,34 @@ class Collection:
     @classmethod
     def _load(cls, path: Path, config: dict, *, device: str, fsync: bool) -> "Collection":
         device = resolve_device(device)
-        commits, commit_records = WriteAheadLog.open(path / "commits", fsync=fsync)
-        committed = {r.seq for r in commit_records}
-        shards, last = [], commits.last_seq
+        # Torn tails are cut only once the cuts are known to lose no committed batch (repair below).
+        commits, commit_records = WriteAheadLog.open(path / "commits", fsync=fsync, repair=False)
+        committed = {r.seq: _commit_shards(r.payload) for r in commit_records}
+        shards, pending = [], []
         try:
             for i in range(config["shards"]):
                 shard, records = Shard.open(
                     path / f"shard-{i:03d}", number=i, dim=config["dim"], metric=config["metric"],
-                    index=config["index"], device=device, dtype=config["dtype"], fsync=fsync,
+                    index=config["index"], device=device, dtype=config["dtype"], fsync=fsync, repair=False,
                 )
                 shards.append(shard)
+                pending.append([(r.seq, _replayed_op(r, shard, config["dim"])) for r in records])
+            _check_committed_parts(path, committed, shards, pending)
+            commits.repair()
+            for shard in shards:
+                shard.wal.repair()
+            last = commits.last_seq
+            for i, (shard, ops) in enumerate(zip(shards, pending)):
                 last = max(last, shard.applied_seq, shard.wal.last_seq)
-                with progress(len(records), f"replaying shard {i} WAL", unit="op", min_total=100) as bar:
-                    for r in records:
-                        op = _replayed_op(r, shard, config["dim"])
-                        if op.participants == 1 or r.seq in committed:
-                            shard.apply(r.seq, op)
+                with progress(len(ops), f"replaying shard {i} WAL", unit="op", min_total=100) as bar:
+                    for seq, op in ops:
+                        if op.participants == 1 or seq in committed:
+                            shard.apply(seq, op)
                         else:
-                            log.warning("shard %d: dropping batch %d, which was never committed (a crash cut it)", i, r.seq)
+                            log.warning("shard %d: dropping batch %d, which was never committed (a crash or a "
+                                        "failed write cut it short)", i, seq)
                         bar.update(1)
+                pending[i] = None
         except BaseException:
             # Let go of the WAL locks, so that the caller can repair the files and open again.
             for shard in shards:
@@ -242,21 +321,44 @@ class Collection:
         """Log ``parts`` (shard -> payload) durably, commit, apply; returns the sequence number."""
         seq = self._next_seq()
         shards = sorted(parts)
-        list(self._pool.map(lambda i: self._shards[i].log(seq, parts[i]), shards))
+        self._on_every(lambda i: self._shards[i].log(seq, parts[i]), shards)
         if len(shards) > 1:
-            self._commits.append(seq, b"")
+            self._commits.append(seq, _commit_payload(shards))
         for i in shards:
             self._shards[i].apply(seq, apply[i])
         return seq
 
+    def _on_every(self, fn, items) -> None:
+        """Run ``fn`` on every item in the pool and wait for all, then raise the first failure.
+
+        Never returns (or raises) while a shard is still writing: after a failure (a
+        full disk) the caller must see every shard's files settled.
+        """
+        futures = [self._pool.submit(fn, item) for item in items]
+        cf.wait(futures)
+        for f in futures:
+            exc = f.exception()
+            if exc is not None:
+                raise exc
+
     def _maybe_checkpoint(self) -> None:
         if any(s.wal.size_bytes > CHECKPOINT_WAL_BYTES for s in self._shards):
-            self._checkpoint_locked()
+            try:
+                self._checkpoint_locked()
+            except OSError as exc:
+                # The write that got here is acknowledged (durable in the WAL): it must not raise. The
+                # WAL keeps everything; the checkpoint is tried again after the next write.
+                log.warning("collection %s: automatic checkpoint failed (%s); the WAL keeps every write, "
+                            "the checkpoint is retried after the next one", self.path, exc)
 
     # -- writes --------------------------------------------------------------
     def upsert(self, ids, vectors, metadata: Sequence[Mapping | None] | None = None, *,
                batch_size: int | None = None) -> WriteResult:
         """Insert or overwrite records. Durable (fsynced) when it returns.
+
+        On a full disk it raises :class:`gpusearch.fileio.DiskFullError` (an
+        ``OSError`` with ``errno.ENOSPC`` naming the file) and nothing of the batch
+        is kept: not in memory, not after a reopen. Earlier writes are untouched.
 
         ``ids`` are str or int (ints are stored as their decimal string). If an id
         appears twice in one call the last occurrence wins. The whole call is one
@@ -474,7 +576,7 @@ class Collection:
 
     def _checkpoint_locked(self, force: bool = False) -> None:
         schema = dict(self.schema)
-        list(self._pool.map(lambda s: s.checkpoint(schema, force=force), self._shards))
+        self._on_every(lambda s: s.checkpoint(schema, force=force), self._shards)
         self._drop_commits()
 
     def _drop_commits(self) -> None:
@@ -493,17 +595,28 @@ class Collection:
             self._drop_commits()
 
     def close(self) -> None:
-        """Checkpoint what the WAL holds and release files. Safe to call twice."""
+        """Checkpoint what the WAL holds and release files. Safe to call twice.
+
+        A checkpoint that fails (``DiskFullError`` on a full disk) is logged as a
+        warning, not raised: the WAL still holds every write, replayed on the next open.
+        """
         if self._closed:
             return
         with self._write_lock:
-            if any(s.wal.size_bytes for s in self._shards):
-                self._checkpoint_locked()
-            for s in self._shards:
-                s.close()
-            self._commits.close()
-            self._pool.shutdown(wait=True)
-            self._closed = True
+            try:
+                if any(s.wal.size_bytes for s in self._shards):
+                    self._checkpoint_locked()
+            except OSError as exc:
+                # On a full disk, say. Nothing is lost: the WAL holds every acknowledged write and the
+                # next open replays it. The files are released all the same.
+                log.warning("collection %s: checkpoint on close failed (%s); the WAL keeps every write and "
+                            "the next open replays it", self.path, exc)
+            finally:
+                for s in self._shards:
+                    s.close()
+                self._commits.close()
+                self._pool.shutdown(wait=True)
+                self._closed = True
 
     def __enter__(self) -> "Collection":
         return self

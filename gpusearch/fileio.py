@@ -10,6 +10,11 @@ A crash before the rename leaves the temporary file behind. Its name,
 ``.<name>.tmp-<pid>-<random hex>``, starts with a dot and carries the
 ``.tmp-`` marker, so readers recognise it with :func:`is_temp_file`, ignore it,
 and may delete it with :func:`remove_stale_temp_files`.
+
+A write that fails because the file system is full (``ENOSPC``, or ``EDQUOT``
+over a quota) raises :class:`DiskFullError`, an ``OSError`` with that errno whose
+message says so and names the file; the temporary file is removed and the
+target is left as it was.
 """
 from __future__ import annotations
 
@@ -25,10 +30,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 __all__ = [
+    "DiskFullError",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
     "fsync_dir",
+    "is_disk_full",
     "is_temp_file",
     "read_json",
     "remove_stale_temp_files",
@@ -38,6 +45,35 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-(?P<rand>[0-9a-f]+)$")
+_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e is not None)
+
+
+class DiskFullError(OSError):
+    """A write failed because the file system is full (``ENOSPC``) or over quota (``EDQUOT``).
+
+    An ``OSError`` whose ``errno`` is the original one and whose ``filename`` is
+    the file being written; the message says the disk is full and what became
+    of the write (nothing of it is kept). Free space and retry.
+
+    Examples
+    --------
+    >>> import errno
+    >>> e = DiskFullError(errno.ENOSPC, "no space left on device: writing failed", "/data/x")
+    >>> isinstance(e, OSError), e.errno == errno.ENOSPC, str(e)
+    (True, True, "[Errno 28] no space left on device: writing failed: '/data/x'")
+    """
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when ``exc`` is an ``OSError`` saying the file system is full or over quota.
+
+    Examples
+    --------
+    >>> import errno
+    >>> is_disk_full(OSError(errno.ENOSPC, "No space left on device")), is_disk_full(OSError(errno.EIO, "I/O"))
+    (True, False)
+    """
+    return isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -159,19 +195,34 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """
     path = Path(path)
     tmp = temp_path_for(path)
-    f = open(tmp, "xb")
+    f = _open_new(tmp, path)
     try:
         yield f
         f.flush()
         os.fsync(f.fileno())
         f.close()
         os.replace(tmp, path)
-    except BaseException:
-        f.close()
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            f.close()  # a close that flushes into a full disk fails again; the file goes anyway
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+            raise DiskFullError(exc.errno, "no space left on device: writing the file failed (the disk is full); "
+                                "the old version, if any, is untouched and nothing of the new one is kept; "
+                                "free space and retry", os.fspath(path)) from exc
         raise
     fsync_dir(path.parent)
+
+
+def _open_new(tmp: Path, path: Path) -> BinaryIO:
+    try:
+        return open(tmp, "xb")
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise DiskFullError(exc.errno, "no space left on device: cannot create the file (the disk is full); "
+                                "free space and retry", os.fspath(path)) from exc
+        raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -15,6 +15,7 @@ On-disk layout of ``<collection>/shard-NNN/``::
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import pyarrow as pa
 from . import metadata as md
 from . import ops as ops_mod
 from .backends import make_backend
-from .fileio import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
+from .fileio import atomic_write_bytes, atomic_write_json, fsync_dir, read_json, remove_stale_temp_files
 from .locks import RWLock
 from .progress import progress
 from .segments import read_segment, write_segment
@@ -57,22 +58,26 @@ class Shard:
         self.lock = RWLock()
         self._fsync = fsync
         self._manifest: dict = {}
+        self._pending_segment: str | None = None  # written by a compaction whose manifest failed (see compact)
         self.wal: WriteAheadLog | None = None
 
     # -- opening -------------------------------------------------------------
     @classmethod
-    def open(cls, path, **kw) -> tuple["Shard", list]:
+    def open(cls, path, *, repair: bool = True, **kw) -> tuple["Shard", list]:
         """Load the snapshot; return the shard and the WAL records after it (not yet applied).
 
         The collection decides which records to apply: a batch that spans shards
-        counts only once its commit record exists.
+        counts only once its commit record exists. With ``repair=False`` a torn
+        WAL tail is not cut yet (see ``WriteAheadLog.open``): the collection first
+        checks that the cut loses no committed batch, then calls ``shard.wal.repair()``.
         """
         shard = cls(path, **kw)
         shard.path.mkdir(parents=True, exist_ok=True)
         mpath = shard.path / "manifest.json"
         if mpath.exists():
             shard._load_snapshot(read_json(mpath))
-        shard.wal, records = WriteAheadLog.open(shard.path / "wal", fsync=shard._fsync)
+        shard._remove_unnamed_files()
+        shard.wal, records = WriteAheadLog.open(shard.path / "wal", fsync=shard._fsync, repair=repair)
         return shard, [r for r in records if r.seq > shard.applied_seq]
 
     def _load_snapshot(self, m: dict) -> None:
@@ -105,6 +110,21 @@ class Shard:
             self.backend.load_bytes((self.path / m["index"]).read_bytes(), int(m["n_indexed"]))
         self.backend.add(self.store, range(self.backend.n_indexed, n))
         self.applied_seq = int(m["applied_seq"])
+
+    def _remove_unnamed_files(self) -> None:
+        """Delete snapshot files the manifest does not name (a checkpoint that failed, on a full disk
+        say, or crashed before its manifest) and temporary files of dead writers: never read, they only
+        take space."""
+        m = self._manifest or {}
+        named = set(m.get("segments", [])) | {m.get("alive"), m.get("index")}
+        removed = [p for p in self.path.iterdir()
+                   if p.is_file() and p.name.startswith(("seg-", "alive-", "index-")) and p.name not in named]
+        for p in removed:
+            p.unlink()
+            log.info("shard %d: removed %s, which no manifest names", self.number, p)
+        removed += remove_stale_temp_files(self.path)
+        if removed:
+            fsync_dir(self.path)
 
     # -- sizes ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -286,12 +306,15 @@ class Shard:
                 return
             seq = self.applied_seq
             segments = list(m.get("segments", []))
+            new_files = []
             if self.n_rows > start:
                 name = f"seg-{seq:020d}.arrow"
                 table = self.metadata_table(schema)
                 write_segment(self.path / name, self.ids[start:], self.store.host[start:], table.slice(start))
                 segments.append(name)
-            self._write_manifest(seq, segments, keep=set(m.get("segments", [])))
+                new_files.append(name)
+            # On failure (a full disk) the new files go: the old manifest and the WAL still hold everything.
+            self._write_manifest(seq, segments, keep=set(m.get("segments", [])), new_files=new_files)
 
     def compact(self, schema: dict[str, str]) -> None:
         """Rewrite the shard as one segment of live rows and rebuild the index over them."""
@@ -304,7 +327,12 @@ class Shard:
             meta = md.take(table, rows)
             gen = int((self._manifest or {}).get("generation", 0)) + 1
             name = f"seg-{seq:020d}-c{gen}.arrow"
-            write_segment(self.path / name, ids, vecs, meta)
+            if self._pending_segment is not None:
+                # An earlier compaction's segment that no manifest on disk names; this one replaces it.
+                with contextlib.suppress(FileNotFoundError):
+                    (self.path / self._pending_segment).unlink()
+                self._pending_segment = None
+            write_segment(self.path / name, ids, vecs, meta)  # on failure nothing has changed yet
             self.store.replace(vecs)
             self.ids = ids
             self.id_to_row = {i: r for r, i in enumerate(ids)}
@@ -313,20 +341,61 @@ class Shard:
             self._meta_chunks, self._meta_cache = [meta], None
             with progress(len(ids), f"rebuilding shard {self.number} index", min_total=100_000):
                 self.backend.rebuild(self.store)
-            self._write_manifest(seq, [name], keep=set())
+            try:
+                self._write_manifest(seq, [name], keep=set())
+            except BaseException:
+                # Memory holds the compacted rows, the disk the old snapshot (and the WAL since), which
+                # hold the same records. The next checkpoint must write a snapshot of the compacted rows:
+                # the segment just written is exactly them, so it starts from there.
+                if (self._manifest or {}).get("segments") != [name]:  # the new manifest did not reach the disk
+                    self._manifest = {**(self._manifest or {}), "segments": [name], "rows": len(ids),
+                                      "applied_seq": None, "generation": gen}
+                    self._pending_segment = name
+                raise
 
-    def _write_manifest(self, seq: int, segments: list[str], keep: set[str]) -> None:
+    def _write_manifest(self, seq: int, segments: list[str], keep: set[str], new_files: list[str] = ()) -> None:
         n = self.n_rows
         # Every manifest has its own generation, and its files carry it, so a new snapshot at the
         # same seq (compaction, training) never rewrites a file an older manifest names.
         gen = int(self._manifest.get("generation", 0)) + 1 if self._manifest else 1
         alive_name = f"alive-{seq:020d}-{gen}.bits"
-        atomic_write_bytes(self.path / alive_name, np.packbits(self.alive, bitorder="little").tobytes())
         index_name = None
-        data = self.backend.to_bytes()
-        if data is not None:
-            index_name = f"index-{seq:020d}-{gen}.faiss"
-            atomic_write_bytes(self.path / index_name, data)
+        written = list(new_files)
+        try:
+            atomic_write_bytes(self.path / alive_name, np.packbits(self.alive, bitorder="little").tobytes())
+            written.append(alive_name)
+            data = self.backend.to_bytes()
+            if data is not None:
+                index_name = f"index-{seq:020d}-{gen}.faiss"
+                atomic_write_bytes(self.path / index_name, data)
+                written.append(index_name)
+            self._commit_manifest(seq, n, segments, alive_name, index_name, gen)
+        except BaseException:
+            try:  # the manifest may have been renamed into place before a later step (a directory fsync) failed
+                on_disk = read_json(self.path / "manifest.json")
+            except (OSError, ValueError):
+                on_disk = {}
+            if isinstance(on_disk, dict) and on_disk.get("alive") == alive_name:
+                self._manifest = on_disk
+                self._pending_segment = None
+            else:
+                # The manifest was not replaced: the files of this attempt are named by none, and on a
+                # full disk they hold the space a retry needs.
+                for name in written:
+                    with contextlib.suppress(FileNotFoundError):
+                        (self.path / name).unlink()
+            raise
+        self._pending_segment = None  # the new manifest names it, or the clean-up below removes it
+        self.wal.rotate()
+        self.wal.drop_through(seq, keep_newest=False)  # the manifest keeps the applied seq
+        wanted = set(segments) | {alive_name, "manifest.json"} | ({index_name} if index_name else set())
+        for p in self.path.iterdir():
+            if p.is_file() and p.name not in wanted and p.name.startswith(("seg-", "alive-", "index-")):
+                p.unlink()
+        fsync_dir(self.path)
+
+    def _commit_manifest(self, seq: int, n: int, segments: list[str], alive_name: str, index_name: str | None,
+                         gen: int) -> None:
         m = {
             "format_version": SHARD_FORMAT_VERSION,
             "applied_seq": seq,
@@ -340,13 +409,6 @@ class Shard:
         }
         atomic_write_json(self.path / "manifest.json", m)
         self._manifest = m
-        self.wal.rotate()
-        self.wal.drop_through(seq, keep_newest=False)  # the manifest keeps the applied seq
-        wanted = set(segments) | {alive_name, "manifest.json"} | ({index_name} if index_name else set())
-        for p in self.path.iterdir():
-            if p.is_file() and p.name not in wanted and p.name.startswith(("seg-", "alive-", "index-")):
-                p.unlink()
-        fsync_dir(self.path)
 
     def close(self) -> None:
         if self.wal is not None:

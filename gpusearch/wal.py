@@ -15,6 +15,14 @@ named after that append's seq. :meth:`WriteAheadLog.drop_through` deletes whole
 files once a checkpoint covers them, but never the newest file, so the last seq
 survives a reopen. Other names in the directory are ignored.
 
+``rotate`` seals the file it finishes: after syncing it, it writes (atomically)
+``wal-<first seq>.log.sealed``, a JSON object ``{"size": bytes, "last_seq": n}``.
+A sealed file is never appended to again (a reopen starts a new file), and
+recovery checks it against its seal, so a finished file that was cut, even on a
+record boundary, or replaced is noticed. ``drop_through`` deletes a file, then
+its seal. Older logs have no seals and open as before (their finished files are
+not checked); older releases ignore seals, so the framing is unchanged.
+
 Record framing
 --------------
 Each record is a 20-byte header followed by the payload, all little-endian::
@@ -30,16 +38,27 @@ Records follow each other with no padding; a file is nothing but records.
 
 Recovery
 --------
-:meth:`WriteAheadLog.open` reads every file and stops at the first record that is
-not valid: a short header, a short payload, a bad magic, a length above
+:meth:`WriteAheadLog.open` reads every file in name order. A record is invalid
+when it has a short header, a short payload, a bad magic, a length above
 ``MAX_PAYLOAD_BYTES``, a CRC mismatch, or a seq not greater than the one before
-(across files too). That record and everything after it -- the rest of its file
-and all later files -- is cut: the file is truncated at the end of the last good
-record (removed when nothing good is left), later files are removed, and one
-warning says how many bytes were dropped, from which file and offset, and why.
-A crash can only tear the tail of the newest file, so in practice a cut only
-removes a record whose append never returned. ``open`` never raises on the
-contents of the files.
+(across files too).
+
+- In the newest file, when it is not sealed, an invalid record is a torn tail (a
+  crash can only tear the append in progress): that record and everything after
+  it is cut, the file truncated at the end of the last good record (removed when
+  nothing good is left), and one warning says how many bytes were dropped, from
+  which file and offset, and why.
+- Anywhere else it is not a torn write: the file was finished (synced by
+  ``rotate``) before the log went on, so an invalid record there is damage to
+  acknowledged records, or a stray file named like a log file. Cutting it (and
+  every later file) would lose them, so ``open`` raises :class:`WALCorruptError`
+  naming the file and offset, and changes nothing. So it does when a sealed file
+  does not match its seal, or a sealed file is missing while later files exist.
+  (A seal left by a ``drop_through`` that crashed, older than every file, is removed.)
+
+With ``repair=False`` the cut is not made yet (:attr:`WriteAheadLog.damage` says
+what it would remove) until :meth:`WriteAheadLog.repair`; ``Collection.open``
+uses this to first check that the cut loses no committed batch.
 
 Durability
 ----------
@@ -47,8 +66,9 @@ With ``fsync=True`` an append writes the record and then ``fdatasync``s the file
 (and fsyncs the directory after a new file was created) before it returns.
 Concurrent appenders share fsyncs (group commit): records written while one
 thread is syncing are all covered by the next single sync. A write that fails
-part way (``ENOSPC``, say) is truncated away before the ``OSError`` is re-raised,
-so the log stays valid and can take the next append. A failed fsync leaves the
+part way (``ENOSPC``, say) is truncated away before the error is raised, so the
+log stays valid and can take the next append; on a full disk (``ENOSPC``,
+``EDQUOT``) the error is a :class:`gpusearch.fileio.DiskFullError` naming the file. A failed fsync leaves the
 state of the written data unknown; the log then refuses further appends and must
 be reopened (recovery keeps whatever reached the disk intact). With
 ``fsync=False`` a record survives the death of the process (it is in the page
@@ -70,6 +90,7 @@ may vanish at any moment; the tail then says that records may have been missed
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -80,14 +101,14 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpusearch.fileio import fsync_dir
+from gpusearch.fileio import DiskFullError, atomic_write_json, fsync_dir, is_disk_full, read_json
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None
 
-__all__ = ["MAX_PAYLOAD_BYTES", "WALCursor", "WALRecord", "WALTail", "WriteAheadLog"]
+__all__ = ["MAX_PAYLOAD_BYTES", "WALCorruptError", "WALCursor", "WALDamage", "WALRecord", "WALTail", "WriteAheadLog"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +120,8 @@ MAX_PAYLOAD_BYTES = 1 << 30
 MAX_SEQ = (1 << 64) - 1
 LOCK_NAME = "LOCK"
 _NAME_RE = re.compile(r"^wal-(\d{20})\.log$")
+SEAL_SUFFIX = ".sealed"
+_SEAL_RE = re.compile(r"^(wal-\d{20}\.log)\.sealed$")
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 
@@ -117,6 +140,48 @@ class WALRecord:
 
     seq: int
     payload: bytes
+
+
+class WALCorruptError(ValueError):
+    """The log holds damage that is not a torn tail, so cutting it would lose acknowledged records.
+
+    Raised by :meth:`WriteAheadLog.open` (and by ``Collection.open``) without
+    changing any file, so the damaged bytes stay for inspection or restore.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The damaged (or missing) file.
+    offset : int or None
+        Byte offset of the first invalid record, when there is one.
+    """
+
+    def __init__(self, message: str, path: Path, offset: int | None = None):
+        super().__init__(message)
+        self.path = Path(path)
+        self.offset = offset
+
+
+@dataclass(frozen=True)
+class WALDamage:
+    """A torn or corrupt tail found by :meth:`WriteAheadLog.open` (cut, or to be cut by ``repair``).
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The newest file, where the first invalid record is.
+    offset : int
+        Its byte offset: the file is cut there.
+    problem : str
+        What is wrong with the record there (``"CRC mismatch"``, ``"short header ..."``).
+    bytes_dropped : int
+        How many bytes the cut removes.
+    """
+
+    path: Path
+    offset: int
+    problem: str
+    bytes_dropped: int
 
 
 def _file_name(first_seq: int) -> str:
@@ -145,6 +210,25 @@ class _LogFile:
     path: Path
     last_seq: int | None  # None while the file holds no record
     size: int
+    sealed: bool = False  # finished by rotate: complete, never appended to again
+
+
+def _seal_path(path: Path) -> Path:
+    return path.with_name(path.name + SEAL_SUFFIX)
+
+
+def _read_seal(seal: Path, log_path: Path) -> dict:
+    try:
+        info = read_json(seal)
+    except ValueError as exc:
+        raise WALCorruptError(f"WAL seal {seal} is unreadable ({exc}); it records the size of the finished "
+                              f"file {log_path.name}. Restore it from a backup; nothing was changed",
+                              seal) from None
+    if (not isinstance(info, dict) or not isinstance(info.get("size"), int)
+            or not isinstance(info.get("last_seq"), int)):
+        raise WALCorruptError(f"WAL seal {seal} is not a seal (expected {{\"size\": int, \"last_seq\": int}}, "
+                              f"got {info!r}); restore it from a backup; nothing was changed", seal)
+    return info
 
 
 @dataclass
@@ -234,7 +318,8 @@ class WriteAheadLog:
     [(1, b'first'), (2, b'second')]
     """
 
-    def __init__(self, directory: Path, files: list[_LogFile], last_seq: int, lock_fd: int, *, fsync: bool):
+    def __init__(self, directory: Path, files: list[_LogFile], last_seq: int, lock_fd: int, *, fsync: bool,
+                 plan: list | None = None, damage: WALDamage | None = None):
         """Private: use :meth:`open`."""
         self._dir = directory
         self._fsync = fsync
@@ -249,17 +334,22 @@ class WriteAheadLog:
         self._dir_dirty = False  # a file was created since the directory was last fsynced
         self._failed: OSError | None = None
         self._closed = False
-        if files:
+        self._plan = list(plan or [])  # recovery's cuts and deletions, until repair() carries them out
+        self._kept = 0  # records recovery kept (for the warning)
+        self._damage = damage
+        if files and not files[-1].sealed:  # a sealed file is finished: the next append starts a new one
             current = files[-1]
             self._fd = os.open(current.path, os.O_WRONLY)
             os.lseek(self._fd, current.size, os.SEEK_SET)
 
     @classmethod
-    def open(cls, directory: str | os.PathLike, *, fsync: bool = True) -> tuple[WriteAheadLog, list[WALRecord]]:
+    def open(cls, directory: str | os.PathLike, *, fsync: bool = True,
+             repair: bool = True) -> tuple[WriteAheadLog, list[WALRecord]]:
         """Open (or create) the log in ``directory`` and recover its records.
 
-        A torn or corrupt tail is cut and logged as a warning (see the module
-        docstring); the contents of the files never make this raise.
+        A torn or corrupt tail of the newest file is cut and logged as a warning
+        (see the module docstring). Damage anywhere else is not a torn write and
+        raises :class:`WALCorruptError` without changing any file.
 
         Parameters
         ----------
@@ -268,16 +358,26 @@ class WriteAheadLog:
         fsync : bool, default True
             Make every append durable against power loss before it returns.
             ``False`` still survives the death of the process.
+        repair : bool, default True
+            Cut the torn tail on disk now. ``False`` leaves every file as it is:
+            :attr:`damage` says what a cut would remove, and the log refuses
+            writes until :meth:`repair` is called (a caller that must first check
+            the cut against other logs closes it instead, leaving the files intact).
 
         Returns
         -------
         wal : WriteAheadLog
-            The open log; appends continue in its newest file.
+            The open log; appends continue in its newest file (or a new one when
+            the newest is sealed).
         records : list of WALRecord
-            Every valid record, in seq order.
+            Every valid record, in seq order (those before the cut).
 
         Raises
         ------
+        WALCorruptError
+            If a file other than the newest (or any sealed file) holds an invalid
+            record, does not match its seal, or a sealed file is missing. The
+            message names the file; nothing was changed on disk.
         RuntimeError
             If another open ``WriteAheadLog`` (in this or another process) holds the directory.
         OSError
@@ -292,63 +392,123 @@ class WriteAheadLog:
                 fsync_dir(directory.parent)
         lock_fd = _lock_directory(directory)
         try:
-            files, records = cls._recover(directory, fsync=fsync)
+            files, records, plan, damage = cls._recover(directory)
             last_seq = records[-1].seq if records else 0
             for f in files:
                 if f.last_seq is not None:
                     last_seq = max(last_seq, f.last_seq)
-            return cls(directory, files, last_seq, lock_fd, fsync=fsync), records
+            wal = cls(directory, files, last_seq, lock_fd, fsync=fsync, plan=plan, damage=damage)
+            wal._kept = len(records)
         except BaseException:
             os.close(lock_fd)
             raise
+        if repair:
+            try:
+                wal.repair()
+            except BaseException:
+                wal.close()
+                raise
+        return wal, records
 
     @staticmethod
-    def _recover(directory: Path, *, fsync: bool) -> tuple[list[_LogFile], list[WALRecord]]:
-        paths = sorted(directory / name for name in os.listdir(directory) if _NAME_RE.match(name))
+    def _recover(directory: Path) -> tuple[list[_LogFile], list[WALRecord], list, WALDamage | None]:
+        """Read every file; return the files kept, the records, the repair plan and the tail damage.
+
+        Changes nothing on disk. Only the newest file may have a torn tail; any
+        invalid record elsewhere, a file that does not match its seal, or a sealed
+        file that is missing raises :class:`WALCorruptError`.
+        """
+        names = set(os.listdir(directory))
+        paths = sorted(directory / name for name in names if _NAME_RE.match(name))
+        present = {p.name for p in paths}
+        plan: list[tuple[str, Path, int]] = []  # ("unlink", path, 0) or ("truncate", path, size)
+        for seal in sorted(n for n in names if _SEAL_RE.match(n)):
+            log_name = _SEAL_RE.match(seal).group(1)
+            if log_name in present:
+                continue
+            if not paths or log_name < paths[0].name:
+                # drop_through deletes a file before its seal: a crash in between leaves the seal.
+                plan.append(("unlink", directory / seal, 0))
+                continue
+            raise WALCorruptError(
+                f"WAL {directory / log_name} is missing: it was sealed as a finished file of the log "
+                f"({seal} is still there) and later files follow it, so the records it held are lost. "
+                f"Restore it from a backup; nothing was changed", directory / log_name)
         files: list[_LogFile] = []
         records: list[WALRecord] = []
-        dir_changed = False
+        damage = None
         prev_seq = 0
         for i, path in enumerate(paths):
+            newest = i == len(paths) - 1
+            seal = _read_seal(_seal_path(path), path) if path.name + SEAL_SUFFIX in names else None
             scan = _scan_file(path, prev_seq)
+            last = scan.records[-1].seq if scan.records else prev_seq
+            if seal is not None or not newest:
+                # A finished file: rotate synced it before the log went on, so it cannot be torn.
+                if scan.problem is not None:
+                    where = (f"in a file that is not the newest (the log went on in {paths[i + 1].name})"
+                             if not newest else "in a sealed (finished) file")
+                    raise WALCorruptError(
+                        f"WAL {path}: {scan.problem} at offset {scan.good_end} {where}. That is not a torn "
+                        f"write but damage to records already acknowledged, or a stray file named like a log "
+                        f"file; cutting it would lose them and every later file, so nothing was changed. "
+                        f"Restore {path.name} from a backup, or move it out of {directory} if it is not part "
+                        f"of this log", path, scan.good_end)
+                if seal is not None and (scan.size != seal["size"] or last != seal["last_seq"]):
+                    raise WALCorruptError(
+                        f"WAL {path} is {scan.size} bytes holding records through seq {last}, but it was "
+                        f"sealed at {seal['size']} bytes through seq {seal['last_seq']} when the log moved on: "
+                        f"records were lost (the file was cut or replaced). Restore it from a backup; nothing "
+                        f"was changed", path)
             records.extend(scan.records)
-            if scan.records:
-                prev_seq = scan.records[-1].seq
+            prev_seq = last
             if scan.problem is None:
                 if scan.records:
-                    files.append(_LogFile(path, prev_seq, scan.size))
+                    files.append(_LogFile(path, last, scan.size, sealed=seal is not None))
                 else:
                     # Created by an append that died before writing: holds nothing.
-                    os.unlink(path)
-                    dir_changed = True
+                    plan.append(("unlink", path, 0))
                 continue
-            later = paths[i + 1:]
-            dropped = scan.size - scan.good_end + sum(p.stat().st_size for p in later)
-            logger.warning(
-                "WAL %s: %s at offset %d; cutting %d bytes (the rest of this file%s), keeping %d records",
-                path,
-                scan.problem,
-                scan.good_end,
-                dropped,
-                f" and {len(later)} later files" if later else "",
-                len(records),
-            )
+            damage = WALDamage(path, scan.good_end, scan.problem, scan.size - scan.good_end)
             if scan.good_end == 0:
-                os.unlink(path)
-                dir_changed = True
+                plan.append(("unlink", path, 0))
             else:
-                with open(path, "r+b") as f:
-                    f.truncate(scan.good_end)
-                    if fsync:
-                        os.fsync(f.fileno())
-                files.append(_LogFile(path, prev_seq, scan.good_end))
-            for p in later:
-                os.unlink(p)
-                dir_changed = True
-            break
-        if dir_changed and fsync:
-            fsync_dir(directory)
-        return files, records
+                plan.append(("truncate", path, scan.good_end))
+                files.append(_LogFile(path, last, scan.good_end))
+        return files, records, plan, damage
+
+    @property
+    def damage(self) -> WALDamage | None:
+        """The torn tail that :meth:`open` found (already cut unless opened with ``repair=False``)."""
+        return self._damage
+
+    def repair(self) -> None:
+        """Carry out recovery's cuts and deletions (a no-op when :meth:`open` did, or there are none)."""
+        with self._lock:
+            if self._closed:
+                raise ValueError(f"WAL {self._dir} is closed")
+            if not self._plan:
+                return
+            d = self._damage
+            if d is not None:
+                logger.warning("WAL %s: %s at offset %d; cutting %d bytes (the rest of this file), keeping %d records",
+                               d.path, d.problem, d.offset, d.bytes_dropped, self._kept)
+            changed = False
+            for action, path, size in self._plan:
+                if action == "unlink":
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
+                    changed = True
+                else:
+                    with open(path, "r+b") as f:
+                        f.truncate(size)
+                        if self._fsync:
+                            os.fsync(f.fileno())
+            if changed and self._fsync:
+                fsync_dir(self._dir)
+            self._plan = []
 
     @property
     def directory(self) -> Path:
@@ -366,9 +526,15 @@ class WriteAheadLog:
         with self._lock:
             return sum(f.size for f in self._files)
 
-    def _check_usable(self) -> None:
+    def _check_open(self) -> None:
         if self._closed:
             raise ValueError(f"WAL {self._dir} is closed")
+        if self._plan:
+            raise ValueError(f"WAL {self._dir} was opened with repair=False and its damaged tail is not cut yet; "
+                             f"call repair() before writing")
+
+    def _check_usable(self) -> None:
+        self._check_open()
         if self._failed is not None:
             raise OSError(
                 self._failed.errno,
@@ -425,7 +591,13 @@ class WriteAheadLog:
 
     def _start_file(self, first_seq: int) -> None:
         path = self._dir / _file_name(first_seq)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise DiskFullError(exc.errno, f"no space left on device: cannot create WAL file (the disk is "
+                                    f"full); nothing was written, free space and retry", str(path)) from exc
+            raise
         self._files.append(_LogFile(path, None, 0))
         self._dir_dirty = True
 
@@ -451,6 +623,12 @@ class WriteAheadLog:
                     "WAL %s: write of %d bytes failed after %d (%s); truncated back to %d",
                     current.path, len(frame), done, exc, current.size,
                 )
+            if isinstance(exc, OSError) and is_disk_full(exc) and not isinstance(exc, DiskFullError):
+                cut = "cut back to" if self._failed is None else "could not be cut back to"
+                raise DiskFullError(exc.errno, f"no space left on device: appending a record of {len(frame)} bytes "
+                                    f"to the WAL failed (the disk is full); the partial record was {cut} "
+                                    f"{current.size} bytes, so nothing of it is kept; free space and retry",
+                                    str(current.path)) from exc
             raise
 
     def sync(self) -> None:
@@ -489,6 +667,10 @@ class WriteAheadLog:
                     fsync_dir(self._dir)
             except OSError as exc:
                 self._failed = exc
+                if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+                    raise DiskFullError(exc.errno, f"no space left on device: syncing the WAL failed (the disk is "
+                                        f"full); the last record may or may not have reached the disk, and the log "
+                                        f"takes no more appends until reopened", str(self._dir)) from exc
                 raise
             self._synced = target
 
@@ -515,17 +697,28 @@ class WriteAheadLog:
         ``fsync`` was given to :meth:`open`).
         """
         with self._sync_lock, self._lock:
-            if self._closed:
-                raise ValueError(f"WAL {self._dir} is closed")
+            self._check_open()
             if self._fd is None:
                 return
             self._sync_all_locked()
-            os.close(self._fd)
-            self._fd = None
             current = self._files[-1]
             if current.last_seq is None:  # created, but its only write failed
+                os.close(self._fd)
+                self._fd = None
                 os.unlink(current.path)
                 self._files.pop()
+                return
+            try:
+                # The seal says the file is finished and how long it is, so that recovery can tell a
+                # finished file cut on a record boundary (records lost) from a complete one.
+                atomic_write_json(_seal_path(current.path), {"size": current.size, "last_seq": current.last_seq})
+            except OSError as exc:
+                # Unsealed, the file stays the current one: appends go on in it, nothing is lost.
+                logger.warning("WAL %s: cannot seal %s (%s); appends go on in it", self._dir, current.path.name, exc)
+                return
+            os.close(self._fd)
+            self._fd = None
+            current.sealed = True
 
     def drop_through(self, seq: int, *, keep_newest: bool = True) -> None:
         """Delete the files all of whose records have seq <= ``seq``.
@@ -547,8 +740,7 @@ class WriteAheadLog:
         if not isinstance(seq, int) or isinstance(seq, bool):
             raise TypeError(f"seq must be an int, got {type(seq).__name__}")
         with self._lock:
-            if self._closed:
-                raise ValueError(f"WAL {self._dir} is closed")
+            self._check_open()
             doomed = []
             candidates = self._files if not keep_newest and self._fd is None else self._files[:-1]
             for f in candidates:
@@ -557,8 +749,10 @@ class WriteAheadLog:
                 doomed.append(f)
             if not doomed:
                 return
-            for f in doomed:
+            for f in doomed:  # the file before its seal: recovery clears a seal left alone by a crash
                 os.unlink(f.path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(_seal_path(f.path))
             del self._files[: len(doomed)]
             logger.debug("WAL %s: dropped %d files through seq %d", self._dir, len(doomed), seq)
             if self._fsync:

@@ -329,31 +329,30 @@ def test_first_record_corrupt_removes_the_file(tmp_path, caplog):
     wal, records = WriteAheadLog.open(tmp_path)
     assert [r.seq for r in records] == [1, 2]
     assert log_files(tmp_path) == [first]
-    wal.append(3, b"again")  # continues in the first file
+    wal.append(3, b"again")  # a new file: the first one was sealed when the log rotated
     wal.close()
-    assert log_files(tmp_path) == [first]
+    assert log_files(tmp_path) == [first, second]
     assert [r.seq for r in reopen(tmp_path)] == [1, 2, 3]
 
 
-def test_corruption_in_earlier_file_drops_later_files(tmp_path, caplog):
-    written = write_log(tmp_path, range(1, 10), rotate_every=3)  # files at 1, 4, 7
+def test_corruption_in_an_earlier_file_is_an_error_that_changes_nothing(tmp_path):
+    """Damage in a file the log moved on from is no torn tail: cutting it would lose acknowledged records
+    (and, before, every later file with them). ``open`` refuses, naming the file, and leaves every byte."""
+    write_log(tmp_path, range(1, 10), rotate_every=3)  # files at 1, 4, 7
     files = log_files(tmp_path)
     assert [f.name for f in files] == [f"wal-{s:020d}.log" for s in (1, 4, 7)]
-    offsets = record_offsets(written[3:6])
-    _flip(files[1], offsets[1] + HEADER_SIZE)  # record seq 5
-    dropped = files[1].stat().st_size - offsets[1] + files[2].stat().st_size
-    caplog.set_level(logging.WARNING, logger="gpusearch.wal")
-
-    wal, records = WriteAheadLog.open(tmp_path)
-    assert records == written[:4]
-    (message,) = recovery_warnings(caplog)
-    assert files[1].name in message and f"offset {offsets[1]}" in message
-    assert f"cutting {dropped} bytes" in message and "1 later files" in message
-    assert files[1].stat().st_size == offsets[1]
-    assert log_files(tmp_path) == files[:2]
-    wal.append(10, b"ten")
-    wal.close()
-    assert reopen(tmp_path) == written[:4] + [WALRecord(10, b"ten")]
+    raw = files[1].read_bytes()
+    pos = 20 + len(payload_for(4))  # record seq 5 starts here
+    _flip(files[1], pos + HEADER_SIZE)
+    before = {p.name: p.read_bytes() for p in log_files(tmp_path)}
+    with pytest.raises(wal_module.WALCorruptError) as info:
+        WriteAheadLog.open(tmp_path)
+    message = str(info.value)
+    assert files[1].name in message and f"offset {pos}" in message and "CRC mismatch" in message
+    assert "not the newest" in message and files[2].name in message
+    assert info.value.path == files[1] and info.value.offset == pos
+    assert {p.name: p.read_bytes() for p in log_files(tmp_path)} == before
+    assert len(raw) == files[1].stat().st_size
 
 
 def test_empty_file_from_a_dead_append_is_removed(tmp_path):
@@ -398,7 +397,8 @@ def test_arbitrary_tail_bytes_never_break_open(tmp_path, payloads, tail):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_damage_yields_a_prefix(tmp_path, data):
-    """A flipped byte anywhere (any file), or a cut anywhere in the newest file, keeps exactly the records before it."""
+    """A flipped byte or a cut anywhere in the newest file keeps exactly the records before it; a flipped
+    byte in an older file is an error (see test_corruption_in_an_earlier_file_is_an_error_that_changes_nothing)."""
     d = tmp_path / uuid.uuid4().hex
     n = data.draw(st.integers(1, 9), label="records")
     rotate_every = data.draw(st.integers(1, 5), label="rotate_every")
@@ -422,6 +422,11 @@ def test_any_damage_yields_a_prefix(tmp_path, data):
     hit = sum(1 for o in record_offsets(groups[fi]) if o <= pos) - 1  # record holding the damage
     expected = written[: before[fi] + hit]
 
+    if fi < len(files) - 1:
+        # Not the newest file: finished and synced when the log rotated, so no torn tail: refused, untouched.
+        with pytest.raises(wal_module.WALCorruptError, match=files[fi].name):
+            WriteAheadLog.open(d, fsync=False)
+        return
     wal, records = WriteAheadLog.open(d, fsync=False)
     assert records == expected
     wal.append(1000, b"after")

@@ -6,18 +6,20 @@ from the framing that the module docstring of ``gpusearch.wal`` documents
 stops at the first invalid record, or at a seq not above the one before).
 
 - Any bytes after valid records, as a later file or as a whole file: ``open``
-  never raises, returns exactly the reference's prefix, cuts the files on disk
+  never raises (damage in a finished, sealed file is no tail: a ``WALCorruptError``), returns exactly the reference's prefix, cuts the files on disk
   to it, and the log takes appends afterwards. ``WALTail`` (which follows a
   live log and skips old seqs instead of stopping) reads the same records.
 - A small valid log cut at every byte offset, in its newest and in an older file.
 - A crashed ``Collection`` (two shards, a checkpoint, multi-shard batches) whose
   shard WALs or commit log get a damaged tail: it opens, holds exactly the batches
   the reference says survived (a batch spanning shards only with its commit
-  record), and takes writes afterwards.
+  record), and takes writes afterwards; or, where the damage would lose a
+  committed batch's part or hits a sealed file, it refuses and changes nothing.
 - A record that passes its CRC but holds no op: a clear ``ValueError``.
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import struct
@@ -33,7 +35,7 @@ from hypothesis import strategies as st
 
 import gpusearch as gs
 from gpusearch import ops
-from gpusearch.wal import WALRecord, WALTail, WriteAheadLog
+from gpusearch.wal import WALCorruptError, WALRecord, WALTail, WriteAheadLog
 
 FUZZ = settings(max_examples=200, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -204,7 +206,7 @@ def test_any_tail_after_valid_records(tmp_path, data):
         first = len(written) + 1 + data.draw(st.integers(0, 3), label="name gap")
         (directory / file_name(first)).write_bytes(tail)
     else:
-        for p in log_files(directory):
+        for p in log_files(directory) + sorted(directory.glob("*.sealed")):
             p.unlink()
         (directory / file_name(1)).write_bytes(tail)
     files = log_files(directory)
@@ -237,14 +239,20 @@ def test_truncation_at_every_offset(tmp_path):
             damaged = list(contents)
             damaged[index] = contents[index][:offset]
             (directory / names[index]).write_bytes(damaged[index])
-            records = check_open(directory, damaged, names)
-            ends = np.cumsum([20 + len(r.payload) for r in written[3 * index:3 * index + 3]])
-            kept = written[:3 * index + int(np.sum(ends <= offset))]
-            if offset == 0 or offset in ends:
-                # Cut at a record boundary: the file is valid to its (new) end, so the later
-                # file still counts; a gap in seqs is no error (a seq may live in another shard).
-                kept += written[3 * (index + 1):]
-            assert records == kept
+            if index < len(names) - 1 and offset < len(contents[index]):
+                # An older file was finished (and sealed) when the log rotated: a cut there, even on a
+                # record boundary, loses acknowledged records. Refused, naming the file; nothing changes.
+                before = {p.name: p.read_bytes() for p in log_files(directory)}
+                with pytest.raises(WALCorruptError, match=names[index]):
+                    WriteAheadLog.open(directory, fsync=False)
+                assert {p.name: p.read_bytes() for p in log_files(directory)} == before
+            else:
+                records = check_open(directory, damaged, names)
+                ends = np.cumsum([20 + len(r.payload) for r in written[3 * index:3 * index + 3]])
+                kept = written[:3 * index + int(np.sum(ends <= offset))]
+                if offset == len(contents[index]):
+                    kept += written[3 * (index + 1):]
+                assert records == kept
             shutil.rmtree(directory)
             cases += 1
     assert cases == sum(len(c) + 1 for c in contents)
@@ -295,9 +303,32 @@ def crashed(tmp_path_factory):
     return pristine, base, targets, ids
 
 
-def expected_state(directory: Path, base: dict) -> dict:
-    """Replay what the reference reader finds, by the rules of Collection.open."""
-    committed = {r.seq for r in parse([p.read_bytes() for p in log_files(directory / "commits")])[0]}
+def expected_state(directory: Path, base: dict) -> dict | None:
+    """Replay what the reference reader finds, by the rules of Collection.open; None when it must refuse.
+
+    It refuses when a sealed (finished) file no longer matches its seal or holds an invalid
+    record, or when a batch that a commit record names the shards of lacks its part on a
+    shard whose snapshot does not cover it (the damage would lose an acknowledged write).
+    """
+    for log_dir in [directory / "commits"] + [directory / f"shard-{s:03d}" / "wal" for s in range(2)]:
+        for p in log_files(log_dir):
+            seal = p.with_name(p.name + ".sealed")
+            if seal.exists():
+                info = json.loads(seal.read_text())
+                records, cut = parse([p.read_bytes()])
+                if cut is not None or p.stat().st_size != info["size"]:
+                    return None
+    commit_records = parse([p.read_bytes() for p in log_files(directory / "commits")])[0]
+    committed = {r.seq for r in commit_records}
+    shard_seqs, applied = {}, {}
+    for s in range(2):
+        shard_seqs[s] = {r.seq for r in parse([p.read_bytes() for p in log_files(directory / f"shard-{s:03d}" / "wal")])[0]}
+        applied[s] = json.loads((directory / f"shard-{s:03d}" / "manifest.json").read_text())["applied_seq"]
+    for r in commit_records:
+        assert r.payload.startswith(b"shards ")  # this release names the shards of every commit
+        for s in map(int, r.payload[7:].split(b",")):
+            if r.seq > applied[s] and r.seq not in shard_seqs[s]:
+                return None
     state = dict(base)
     for s in range(2):
         records, _ = parse([p.read_bytes() for p in log_files(directory / f"shard-{s:03d}" / "wal")])
@@ -317,6 +348,13 @@ def expected_state(directory: Path, base: dict) -> dict:
 
 def check_collection(directory: Path, base: dict, ids: list[str]) -> None:
     expected = expected_state(directory, base)
+    if expected is None:
+        before = {p: p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file() and p.name != "LOCK"}
+        with pytest.raises(WALCorruptError):
+            gs.Collection.open(directory, device="cpu", fsync=False)
+        after = {p: p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file() and p.name != "LOCK"}
+        assert after == before  # a refused open changes nothing
+        return
     col = gs.Collection.open(directory, device="cpu", fsync=False)
     try:
         got = col.fetch(ids)
@@ -372,7 +410,7 @@ def test_commit_log_cut_at_every_record_boundary(crashed, tmp_path):
     pristine, base, targets, ids = crashed
     commits = [t for t in targets if t.parts[0] == "commits"][-1]  # the newest: batches after the checkpoint
     content = (pristine / commits).read_bytes()
-    assert len(content) >= 40  # at least two commit records (20-byte frames, empty payloads)
+    assert len(content) >= 40  # at least two commit records (20-byte frames naming their shards)
     for offset in range(0, len(content) + 1, 4):
         directory = tmp_path / f"cut-{offset}"
         shutil.copytree(pristine, directory)
