@@ -1,8 +1,10 @@
 """Settings of a gpusearch Serve application: defaults, a YAML file, then ``GPUSEARCH_*`` environment.
 
->>> cfg = ServeConfig.load(None, env={"GPUSEARCH_API_KEYS": "s3cret:rw,viewer:ro"})
+>>> cfg = ServeConfig.load(None, env={"GPUSEARCH_API_KEYS": "s3cret:rw,viewer:ro,docs-bot:rw:docs|faq"})
 >>> cfg.api_keys
-{'s3cret': 'rw', 'viewer': 'ro'}
+{'s3cret': 'rw', 'viewer': 'ro', 'docs-bot': {'role': 'rw', 'collections': ['docs', 'faq']}}
+>>> cfg.key_grants()['docs-bot']
+KeyGrant(role='rw', collections=frozenset({'docs', 'faq'}))
 >>> ServeConfig(shards=0)
 Traceback (most recent call last):
 ...
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["ServeConfig", "is_loopback"]
+__all__ = ["ServeConfig", "KeyGrant", "is_loopback", "parse_key_grant"]
 
 _ENV_PREFIX = "GPUSEARCH_"
 
@@ -29,6 +31,46 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+@dataclass(frozen=True)
+class KeyGrant:
+    """What one API key may do: ``role`` "rw" or "ro"; ``collections`` None for every collection
+    (and collection/alias management when rw), else the names (collections or aliases) it may use."""
+
+    role: str
+    collections: frozenset | None = None
+
+    @property
+    def scoped(self) -> bool:
+        return self.collections is not None
+
+
+def parse_key_grant(value: Any, key: str = "?") -> KeyGrant:
+    """One ``api_keys`` value: ``"rw"``, ``"ro"`` or ``{"role": "ro", "collections": ["docs", "faq"]}``."""
+    from gpusearch.catalog import check_name
+
+    where = f"api key {key[:2]}...: " if len(key) > 4 else "api key: "
+    if isinstance(value, str):
+        role, collections = value, None
+    elif isinstance(value, Mapping):
+        unknown = sorted(set(value) - {"role", "collections"})
+        if unknown:
+            raise ValueError(f"{where}unknown fields {unknown}; a key takes 'role' and optional 'collections'")
+        role, collections = value.get("role", "rw"), value.get("collections")
+        if collections is not None:
+            if isinstance(collections, str) or not isinstance(collections, (list, tuple, set, frozenset)):
+                raise ValueError(f"{where}collections must be a list of collection or alias names, "
+                                 f"got {type(collections).__name__}")
+            if not collections:
+                raise ValueError(f"{where}collections is empty; list the collections the key may use, "
+                                 f"or leave collections out for a key to every collection")
+            collections = frozenset(check_name(c) for c in collections)
+    else:
+        raise ValueError(f"{where}expected 'rw', 'ro' or {{role, collections}}, got {type(value).__name__}")
+    if role not in ("rw", "ro"):
+        raise ValueError(f"api key roles are 'rw' or 'ro', got {role!r}")
+    return KeyGrant(role, collections)
 
 
 @dataclass
@@ -49,12 +91,18 @@ class ServeConfig:
     # Text queries: a sentence-transformers model folder, or None for the packaged MiniLM.
     encoder: str | None = None
     encoder_enabled: bool = True
-    # key -> "rw" (read-write) or "ro" (read-only). Empty: no auth, loopback only.
-    api_keys: dict[str, str] = field(default_factory=dict)
-    max_body_bytes: int = 64 << 20
-    max_batch: int = 1000
+    # key -> "rw" (read-write) or "ro" (read-only), or {"role": "ro", "collections": ["docs", "faq"]}
+    # for a key limited to those collections/aliases. Empty: no auth, loopback only.
+    api_keys: dict[str, Any] = field(default_factory=dict)
+    # Request limits; each refusal is a 4xx naming the limit.
+    max_body_bytes: int = 64 << 20      # HTTP request body, declared or streamed (413)
+    max_batch: int = 1000               # vectors per upsert, queries per request, ids per fetch/delete
     max_top_k: int = 1000
     max_dim: int = 4096
+    max_id_length: int = 512            # characters in a record id
+    max_metadata_bytes: int = 40960     # one record's metadata as compact JSON (Pinecone's 40 KB)
+    max_filter_bytes: int = 65536       # a filter as compact JSON
+    max_filter_depth: int = 16          # nesting of objects/lists in a filter
     shard_timeout_s: float = 10.0
     # Dynamic batching on each shard replica: the next batch is whatever queued while the last one
     # ran (at most batch_max_size); batch_wait_s > 0 waits that long for company when it would be alone.
@@ -79,12 +127,21 @@ class ServeConfig:
             return self.search_threads
         return max(1, (cores or os.cpu_count() or 1) // (self.shards * self.replicas))
 
+    def key_grants(self) -> dict[str, KeyGrant]:
+        """Each API key with its role and scope."""
+        return {k: parse_key_grant(v, k) for k, v in self.api_keys.items()}
+
     def __post_init__(self):
         for name in ("port", "shards", "replicas", "max_body_bytes", "max_batch", "max_top_k", "max_dim",
-                     "batch_max_size", "overfetch"):
+                     "batch_max_size", "overfetch", "max_id_length", "max_metadata_bytes", "max_filter_bytes",
+                     "max_filter_depth"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+        for name in ("max_body_bytes", "max_batch", "max_top_k", "max_dim", "max_id_length", "max_metadata_bytes",
+                     "max_filter_bytes", "max_filter_depth"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 1 <= self.shards <= 256:
             raise ValueError(f"shards must be an int between 1 and 256, got {self.shards}")
         if not 1 <= self.replicas <= 64:
@@ -98,19 +155,24 @@ class ServeConfig:
         if self.rerank not in ("none", "exact"):
             raise ValueError(f"rerank must be 'none' or 'exact', got {self.rerank!r}")
         if not isinstance(self.api_keys, Mapping):
-            raise TypeError(f"api_keys must map key -> 'rw' or 'ro', got {type(self.api_keys).__name__}")
-        for k, role in self.api_keys.items():
-            if role not in ("rw", "ro"):
-                raise ValueError(f"api key roles are 'rw' or 'ro', got {role!r}")
-            if not k or any(c.isspace() for c in k):
-                raise ValueError("api keys must be non-empty and contain no whitespace")
+            raise TypeError(f"api_keys must map key -> 'rw', 'ro' or {{role, collections}}, "
+                            f"got {type(self.api_keys).__name__}")
+        keys = {}
+        for k, value in self.api_keys.items():
+            if not isinstance(k, str) or not k or any(c.isspace() for c in k):
+                raise ValueError("api keys must be non-empty strings and contain no whitespace")
+            grant = parse_key_grant(value, k)
+            # Plain data (it travels to every replica); an unscoped key keeps the short form.
+            keys[k] = grant.role if not grant.scoped else {"role": grant.role,
+                                                           "collections": sorted(grant.collections)}
+        self.api_keys = keys
         self.data_dir = str(Path(self.data_dir).expanduser().resolve())
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, env: Mapping[str, str] | None = None,
              **overrides: Any) -> "ServeConfig":
         """Defaults, then the YAML file at ``path`` (keys as the field names), then environment
-        (``GPUSEARCH_PORT=9000``, ``GPUSEARCH_API_KEYS=key:rw,key2:ro``), then ``overrides``."""
+        (``GPUSEARCH_PORT=9000``, ``GPUSEARCH_API_KEYS=key:rw,key2:ro,key3:ro:docs|faq``), then ``overrides``."""
         values: dict[str, Any] = {}
         names = {f.name: f for f in dataclasses.fields(cls)}
         if path is not None:
@@ -143,11 +205,24 @@ class ServeConfig:
 _NONE_DEFAULT_TYPES = {"encoder": str, "num_gpus_shard": float, "search_threads": int}
 
 
-def _parse_keys(raw: str) -> dict[str, str]:
-    keys = {}
+def _parse_keys(raw: str) -> dict[str, Any]:
+    """``key:rw,key2:ro,key3:ro:docs|faq``: comma-separated ``key[:role[:collection|collection...]]``."""
+    keys: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in raw.split(","))):
-        key, _, role = part.partition(":")
-        keys[key] = role or "rw"
+        key, _, rest = part.partition(":")
+        role, _, scope = rest.partition(":")
+        if not key:
+            raise ValueError(f"{_ENV_PREFIX}API_KEYS: an entry has no key before ':' ({part[:1]}...)")
+        if key in keys:
+            raise ValueError(f"{_ENV_PREFIX}API_KEYS names the key {key[:2]}... twice")
+        if ":" in scope:
+            raise ValueError(f"{_ENV_PREFIX}API_KEYS entries are key:role or key:role:coll1|coll2; "
+                             f"an entry for {key[:2]}... has more ':'")
+        role = role or "rw"
+        if scope:
+            keys[key] = {"role": role, "collections": [c.strip() for c in scope.split("|") if c.strip()]}
+        else:
+            keys[key] = role
     return keys
 
 
