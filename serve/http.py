@@ -11,6 +11,13 @@ Ours: ``text`` in ``/query`` (encoded by the Encoder deployment), ``params``
 ``/docs`` (OpenAPI). Every query answer names the collection it searched (after
 alias resolution), its sequence number, index and lineage, and ``partial``.
 
+Auth: the ``Api-Key`` header; a read-only key may not write, and a key limited to some
+collections may use only those names (an alias needs its target in scope too), sees only them
+in listings, and may not create, drop or alias collections. Limits (``max_body_bytes``, also
+for a chunked body; ``max_batch``, ``max_top_k``, ``max_dim``, ``max_id_length``,
+``max_metadata_bytes``, ``max_filter_bytes``/``max_filter_depth``) are stated in
+``/openapi.json``, and each refusal names the limit.
+
 Errors are ``{"code", "message", "details"}`` with a 4xx status (gRPC-style codes
 as Pinecone uses: 3 invalid argument, 5 not found, 7 permission denied, 16
 unauthenticated). Request bodies, query vectors and texts are never logged.
@@ -18,6 +25,7 @@ unauthenticated). Request bodies, query vectors and texts are never logged.
 
 import asyncio
 import hmac
+import json
 import logging
 import time
 from typing import Any, Optional
@@ -26,14 +34,16 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from gpusearch.catalog import CollectionNotFound, check_name
+from gpusearch.catalog import CollectionNotFound, check_name, resolve_alias
+from gpusearch.collection import METRICS
 
-from .config import ServeConfig
+from .config import KeyGrant, ServeConfig, parse_key_grant
 
-__all__ = ["Ingress", "api", "ApiError"]
+__all__ = ["Ingress", "api", "ApiError", "BodyLimit", "key_grant", "key_role", "openapi_with_limits"]
 
 log = logging.getLogger("gpusearch.serve")
 
@@ -76,22 +86,94 @@ def error_response(e: BaseException) -> JSONResponse:
     return _error_json(500, 13, f"internal error ({type(e).__name__}); this is a bug, please report it")
 
 
-# Set by the Ingress replica from its config; the middleware runs before FastAPI parses a body.
+# Set by the Ingress replica from its config; the middleware runs before FastAPI reads a body.
 _body_limit = {"bytes": 64 << 20}
 
 
-@api.middleware("http")
-async def _limit_body(request: Request, call_next):
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > _body_limit["bytes"]:
-        return _error_json(413, 3, f"request body is {int(length)} bytes; the limit is {_body_limit['bytes']}")
-    return await call_next(request)
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _too_large(limit: int, size: str) -> JSONResponse:
+    return _error_json(413, 3, f"request body is {size}; the limit is {limit} bytes (max_body_bytes)")
+
+
+class BodyLimit:
+    """Refuses a request body over ``_body_limit["bytes"]`` with 413: at once when ``Content-Length``
+    says so, and while it streams otherwise (a chunked body has no Content-Length): the bytes are
+    counted as they arrive and reading stops at the first chunk past the limit."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = _body_limit["bytes"]
+        declared = [v for k, v in scope.get("headers", ()) if k.lower() == b"content-length"]
+        if declared:
+            text = declared[0].decode("latin-1").strip()
+            if len(declared) > 1 or not text.isdigit():
+                return await _error_json(400, 3, "Content-Length must be one non-negative integer")(scope, receive, send)
+            if int(text) > limit:
+                return await _too_large(limit, f"{int(text)} bytes")(scope, receive, send)
+        seen, over, started = 0, False, False
+
+        async def counted_receive():
+            nonlocal seen, over
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    over = True
+                    raise _BodyTooLarge()
+            return message
+
+        async def guarded_send(message):
+            nonlocal started
+            if over:  # the app's answer to a body it could not read; ours goes out instead
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
+            await _too_large(limit, f"over {limit} bytes (streamed)")(scope, receive, send)
+
+
+api.add_middleware(BodyLimit)
+
+
+_HTTP_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 405: 12, 413: 3, 415: 3}
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    """Starlette's and FastAPI's own refusals (unknown route, wrong method, a body that is not JSON)
+    in our error shape."""
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 400 and "parsing the body" in detail:
+        detail = "the request body is not valid JSON; send a JSON object"
+    elif exc.status_code == 404:
+        detail = f"no route {request.url.path}; see /docs for the API"
+    elif exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}; see /docs for the API"
+    status = exc.status_code if 400 <= exc.status_code < 600 else 500
+    return _error_json(status, _HTTP_CODES.get(status, 3 if status < 500 else 13), detail)
 
 
 @api.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError):
     details = []
     for err in exc.errors():
+        if err.get("type") == "json_invalid":  # FastAPI puts the character offset where a field goes
+            at = err.get("loc", ("body", "?"))[-1]
+            return _error_json(400, 3, f"the request body is not valid JSON (error at character {at}); "
+                                       f"send a JSON object", [{"field": "body", "problem": err.get("msg", "")}])
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         details.append({"field": where, "problem": err.get("msg", "")})
     first = details[0] if details else {"field": "body", "problem": "invalid"}
@@ -110,8 +192,8 @@ class _Body(BaseModel):
 
 
 class VectorIn(_Body):
-    id: str = Field(min_length=1, max_length=512)
-    values: list[float] = Field(default_factory=list)
+    id: str = Field(min_length=1)  # at most max_id_length characters: checked with the server's config
+    values: list[float]
     metadata: Optional[dict[str, Any]] = None
     sparse_values: Optional[dict[str, Any]] = Field(default=None, alias="sparseValues")
 
@@ -189,18 +271,143 @@ def _metrics():
 
 
 
-def key_role(api_keys: dict, key: str):
-    """The role ("rw"/"ro") of ``key``, or None; every configured key is compared in constant time.
+def key_grant(grants: dict, key: str):
+    """The :class:`KeyGrant` of ``key`` in ``grants`` (key -> KeyGrant), or None; every configured key
+    is compared in constant time.
 
     No early exit and no dict lookup (whose timing depends on the key), so the
     time taken says nothing about how much of a guess was right.
     """
     given = key.encode("utf-8", "surrogatepass")
-    role = None
-    for candidate, candidate_role in api_keys.items():
+    found = None
+    for candidate, grant in grants.items():
         if hmac.compare_digest(given, candidate.encode("utf-8", "surrogatepass")):
-            role = candidate_role
-    return role
+            found = grant
+    return found
+
+
+def key_role(api_keys: dict, key: str):
+    """The role ("rw"/"ro") of ``key`` in a config's ``api_keys``, or None (constant time, as key_grant)."""
+    grant = key_grant({k: parse_key_grant(v, k) for k, v in api_keys.items()}, key)
+    return None if grant is None else grant.role
+
+
+def json_limits(value: Any, what: str, max_bytes: int, max_depth: int, setting: str) -> None:
+    """Refuse ``value`` (parsed JSON) nesting deeper than ``max_depth`` or over ``max_bytes`` as compact JSON."""
+    stack, depth = [(value, 1)], 0
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            items = v.values()
+        elif isinstance(v, list):
+            items = v
+        else:
+            continue
+        depth = max(depth, d)
+        if depth > max_depth:
+            raise ApiError(400, 3, f"{what} nests deeper than {max_depth} levels of objects and lists "
+                                   f"(the limit)")
+        stack.extend((x, d + 1) for x in items)
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8", "replace"))
+    if size > max_bytes:
+        raise ApiError(400, 3, f"{what} is {size} bytes as JSON; the limit is {max_bytes} bytes ({setting})")
+
+
+def _non_null(schema: dict) -> dict:
+    """The part of a property schema that is not ``null`` (pydantic writes Optional as anyOf)."""
+    for branch in schema.get("anyOf", ()):
+        if branch.get("type") != "null":
+            return branch
+    return schema
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+_MAX_SQUARED_NORM = _F32_MAX / 4
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+_NAMESPACE_PATTERN = r"^$|^__default__$|^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+_ERRORS = {"400": "Invalid argument: the message says what was expected",
+           "401": "No Api-Key header, or an unknown key", "403": "The key may not do this",
+           "404": "No such collection, alias or route", "413": "The request body is over max_body_bytes"}
+
+
+def openapi_with_limits(cfg: ServeConfig) -> dict:
+    """The app's OpenAPI document stating this server's limits (topK, batch, dim, id length, names)
+    and its real error answers ({code, message, details} with a 4xx, never FastAPI's 422)."""
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+    comps = schema.setdefault("components", {}).setdefault("schemas", {})
+
+    def prop(model: str, name: str) -> dict:
+        return _non_null(comps[model]["properties"][name])
+
+    prop("QueryBody", "topK").update(minimum=1, maximum=cfg.max_top_k)
+    prop("UpsertBody", "vectors").update(minItems=1, maxItems=cfg.max_batch)
+    prop("VectorIn", "values").update(minItems=1, maxItems=cfg.max_dim)
+    prop("VectorIn", "id").update(maxLength=cfg.max_id_length)
+    prop("QueryBody", "vector").update(minItems=1, maxItems=cfg.max_dim)
+    prop("QueryBody", "queries").update(minItems=1, maxItems=cfg.max_batch)
+    prop("QueryBody", "queries")["items"].update(minItems=1, maxItems=cfg.max_dim)
+    prop("QueryBody", "id").update(minLength=1, maxLength=cfg.max_id_length)
+    prop("UpdateBody", "id").update(minLength=1, maxLength=cfg.max_id_length)
+    prop("UpdateBody", "values").update(minItems=1, maxItems=cfg.max_dim)
+    prop("DeleteBody", "ids").update(maxItems=cfg.max_batch)
+    prop("DeleteBody", "ids")["items"].update(minLength=1, maxLength=cfg.max_id_length)
+    prop("CreateBody", "dimension").update(minimum=1, maximum=cfg.max_dim)
+    prop("CreateBody", "name").update(pattern=_NAME_PATTERN)
+    prop("CreateBody", "metric").update(enum=list(METRICS))
+    # float32 is what a vector is stored as: a larger number would be infinity
+    for model, name in (("VectorIn", "values"), ("QueryBody", "vector"), ("UpdateBody", "values")):
+        prop(model, name)["items"].update(minimum=-_F32_MAX, maximum=_F32_MAX)
+    prop("QueryBody", "queries")["items"]["items"].update(minimum=-_F32_MAX, maximum=_F32_MAX)
+    prop("AliasBody", "collection").update(pattern=_NAME_PATTERN)
+    for model in ("UpsertBody", "QueryBody", "UpdateBody", "DeleteBody"):
+        prop(model, "namespace").update(pattern=_NAMESPACE_PATTERN)
+    # Accepted (the Pinecone SDK may send them) but refused with a message: not part of the API.
+    for model, name in (("VectorIn", "sparseValues"), ("QueryBody", "sparseVector"), ("UpdateBody", "sparseValues"),
+                        ("UpdateBody", "dryRun")):
+        comps[model]["properties"].pop(name, None)
+    comps["Error"] = {"type": "object", "required": ["code", "message", "details"], "properties": {
+        "code": {"type": "integer"}, "message": {"type": "string"}, "details": {"type": "array"}}}
+    comps.pop("HTTPValidationError", None)
+    comps.pop("ValidationError", None)
+    schema.setdefault("components", {})["securitySchemes"] = {
+        "ApiKey": {"type": "apiKey", "in": "header", "name": "Api-Key"}}
+    for path, ops in schema["paths"].items():
+        for method, op in ops.items():
+            for p in op.get("parameters", ()):
+                if p["name"] == "ids":
+                    _non_null(p["schema"]).update(minItems=1, maxItems=cfg.max_batch)
+                    _non_null(p["schema"])["items"].update(minLength=1, maxLength=cfg.max_id_length)
+                elif p["name"] == "namespace":
+                    _non_null(p["schema"]).update(pattern=_NAMESPACE_PATTERN)
+                elif p["name"] in ("name", "alias"):
+                    _non_null(p["schema"]).update(pattern=_NAME_PATTERN)
+            responses = op.setdefault("responses", {})
+            responses.pop("422", None)
+            if path not in ("/healthz", "/metrics"):
+                for status, text in _ERRORS.items():
+                    responses[status] = {"description": text, "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+                if cfg.api_keys:
+                    op["security"] = [{"ApiKey": []}]
+    return schema
+
+
+# Serve pickles ``api`` into each Ingress replica by value, so the replica's copy is not this module's
+# ``api``; its ``openapi`` is this module-level function (pickled by reference), which reads the
+# config the replica's Ingress put here.
+_openapi_doc: dict = {}
+
+
+def _served_openapi() -> dict:
+    if "schema" not in _openapi_doc:
+        _openapi_doc["schema"] = openapi_with_limits(_openapi_doc.get("cfg") or ServeConfig())
+    return _openapi_doc["schema"]
+
+
+api.openapi = _served_openapi
+
 
 @serve.deployment(name="Ingress")
 @serve.ingress(api)
@@ -211,38 +418,93 @@ class Ingress:
         self.metrics = _metrics()
         self._encoder_lineage = None  # asked of the Encoder once, on the first text query
         _body_limit["bytes"] = self.cfg.max_body_bytes
+        self.grants = self.cfg.key_grants()
+        _openapi_doc.clear()
+        _openapi_doc["cfg"] = self.cfg  # /openapi.json and /docs state this server's limits
 
     # -- plumbing --------------------------------------------------------------
-    def _auth(self, request: Request, write: bool) -> None:
-        if not self.cfg.api_keys:
-            return
+    def _auth(self, request: Request, write: bool, admin: bool = False) -> Optional[KeyGrant]:
+        """The caller's grant (None when the server has no keys); 401 without a known key, 403 for a
+        write with a read-only key or collection management with a scoped key."""
+        if not self.grants:
+            return None
         key = request.headers.get("api-key")
         if not key:
             raise ApiError(401, 16, "missing Api-Key header")
-        role = key_role(self.cfg.api_keys, key)
-        if role is None:
+        grant = key_grant(self.grants, key)
+        if grant is None:
             raise ApiError(401, 16, "invalid API key")
-        if write and role != "rw":
+        if write and grant.role != "rw":
             raise ApiError(403, 7, "this API key is read-only; writes need a read-write key")
+        if admin and grant.scoped:
+            raise ApiError(403, 7, "this API key is limited to some collections; creating, dropping and "
+                                   "aliasing collections need an unscoped read-write key")
+        return grant
 
-    async def _guard(self, request: Request, route: str, write: bool, fn):
+    def _allowed(self, grant: Optional[KeyGrant], name: str) -> bool:
+        """Whether ``grant`` may use ``name``: the name asked for and, for an alias, the collection it
+        points at must both be in a scoped key's collections."""
+        if grant is None or not grant.scoped:
+            return True
+        return name in grant.collections and resolve_alias(self.cfg.data_dir, name) in grant.collections
+
+    def _scope(self, grant: Optional[KeyGrant], name: str, resolved: Optional[str] = None) -> str:
+        """``name`` when ``grant`` may use it (and ``resolved``, the collection an answer came from); else 403."""
+        if grant is None or not grant.scoped:
+            return name
+        if name not in grant.collections:
+            raise ApiError(403, 7, f"this API key may not use collection {name!r}; it is limited to other "
+                                   f"collections")
+        target = resolved if resolved is not None else resolve_alias(self.cfg.data_dir, name)
+        if target not in grant.collections:
+            raise ApiError(403, 7, f"{name!r} is an alias of a collection this API key may not use")
+        return name
+
+    async def _guard(self, request: Request, route: str, write: bool, fn, admin: bool = False):
         t0 = time.perf_counter()
         try:
-            self._auth(request, write)
-            result = await fn()
-            status = 200
-            response = JSONResponse(result) if not isinstance(result, (JSONResponse, PlainTextResponse)) else result
+            grant = self._auth(request, write, admin)
+            result = await fn(grant)
         except BaseException as e:  # noqa: BLE001 - every error becomes a JSON answer
             if isinstance(e, asyncio.CancelledError):
                 raise
             response = error_response(e)
-            status = response.status_code
+        else:
+            try:
+                response = result if isinstance(result, (JSONResponse, PlainTextResponse)) else JSONResponse(result)
+            except Exception as e:  # noqa: BLE001 - an answer we cannot encode (NaN, inf) is our bug, not the client's
+                log.exception("could not encode the answer", exc_info=e)
+                response = _error_json(500, 13, f"internal error: the answer could not be encoded as JSON "
+                                                f"({type(e).__name__}); this is a bug, please report it")
+        status = response.status_code
         self.metrics["requests"].labels(route, str(status)).inc()
         self.metrics["latency"].labels(route).observe(time.perf_counter() - t0)
         return response
 
     def _namespace(self, ns: str) -> str:
         return check_name(ns, "namespace")
+
+    def _id(self, value: str, what: str) -> str:
+        if not value:
+            raise ApiError(400, 3, f"{what} is empty; expected a record id of 1 to {self.cfg.max_id_length} characters")
+        if len(value) > self.cfg.max_id_length:
+            raise ApiError(400, 3, f"{what} has {len(value)} characters; the limit is {self.cfg.max_id_length} "
+                                   f"(max_id_length)")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, 3, f"{what} is not valid UTF-8 text (it holds a lone surrogate)") from None
+        return value
+
+    def _filter(self, flt, what: str = "filter"):
+        if flt is not None:
+            json_limits(flt, what, self.cfg.max_filter_bytes, self.cfg.max_filter_depth, "max_filter_bytes")
+        return flt
+
+    def _metadata(self, meta, what: str):
+        if meta is not None:
+            json_limits(meta, what, self.cfg.max_metadata_bytes, self.cfg.max_filter_depth, "max_metadata_bytes")
+        return meta
 
     def _matrix(self, rows: list[list[float]], what: str) -> np.ndarray:
         if not rows:
@@ -257,18 +519,29 @@ class Ingress:
                 raise ApiError(400, 3, f"{what}[{i}].values has {len(r)} numbers, expected {n} like {what}[0]")
         m = np.asarray(rows, dtype=np.float32)
         if not np.isfinite(m).all():
-            raise ApiError(400, 3, f"{what} holds NaN or infinity; expected finite numbers")
+            raise ApiError(400, 3, f"{what} holds NaN or infinity (or a number beyond float32); expected finite numbers")
+        # Scores (dot products, squared L2 distances, norms) are float32 too: a vector whose squared
+        # length passes a quarter of float32's range would score as infinity or be stored as zeros.
+        sq = np.einsum("ij,ij->i", m.astype(np.float64), m.astype(np.float64))
+        too_long = np.flatnonzero(sq > _MAX_SQUARED_NORM)
+        if too_long.size:
+            i = int(too_long[0])
+            raise ApiError(400, 3, f"{what}[{i}] is too long: its squared length {sq[i]:.3g} is over "
+                                   f"{_MAX_SQUARED_NORM:.3g}, where float32 scores overflow; scale it down")
         return m
 
     # -- Pinecone data plane ---------------------------------------------------
     @api.post("/vectors/upsert")
     async def upsert(self, body: UpsertBody, request: Request):
-        async def run():
+        async def run(grant):
             if len(body.vectors) > self.cfg.max_batch:
                 raise ApiError(400, 3, f"{len(body.vectors)} vectors in one upsert; the limit is {self.cfg.max_batch}")
             if any(v.sparse_values for v in body.vectors):
                 raise ApiError(400, 3, "sparse values are not supported; send dense values only")
-            name = self._namespace(body.namespace)
+            name = self._scope(grant, self._namespace(body.namespace))
+            for i, v in enumerate(body.vectors):
+                self._id(v.id, f"vectors[{i}].id")
+                self._metadata(v.metadata, f"vectors[{i}].metadata")
             vecs = self._matrix([v.values for v in body.vectors], "vectors")
             r = await self.writer.upsert.remote(name, [v.id for v in body.vectors], vecs,
                                                 [v.metadata for v in body.vectors])
@@ -277,7 +550,7 @@ class Ingress:
 
     @api.post("/query")
     async def query(self, body: QueryBody, request: Request):
-        async def run():
+        async def run(grant):
             if not 1 <= body.top_k <= self.cfg.max_top_k:
                 raise ApiError(400, 3, f"topK must be between 1 and {self.cfg.max_top_k}, got {body.top_k}")
             if body.sparse_vector:
@@ -287,8 +560,10 @@ class Ingress:
                 raise ApiError(400, 3, f"query takes exactly one of vector, id, text or queries; got {given or 'none'}")
             if body.queries is not None and len(body.queries) > self.cfg.max_batch:
                 raise ApiError(400, 3, f"{len(body.queries)} queries in one request; the limit is {self.cfg.max_batch}")
-            name = self._namespace(body.namespace)
-            kw = dict(filter=body.filter, include_metadata=body.include_metadata,
+            name = self._scope(grant, self._namespace(body.namespace))
+            if body.id is not None:
+                self._id(body.id, "id")
+            kw = dict(filter=self._filter(body.filter), include_metadata=body.include_metadata,
                       include_vectors=body.include_values, params=body.params)
             encoder_lineage = None
             if body.text is not None:
@@ -307,6 +582,7 @@ class Ingress:
                 r = await self.aggregator.query.remote(name, self._matrix(body.queries, "queries"), body.top_k, **kw)
             else:
                 r = await self.aggregator.query.remote(name, self._matrix([body.vector], "vector"), body.top_k, **kw)
+            self._scope(grant, name, r["collection"])  # the alias may have moved since the check above
             model = (r["lineage"] or {}).get("model")
             if encoder_lineage is not None and model and model != encoder_lineage.get("model"):
                 raise ApiError(400, 3, f"collection {r['collection']!r} holds vectors of model {model!r}; "
@@ -336,37 +612,47 @@ class Ingress:
 
     @api.get("/vectors/fetch")
     async def fetch(self, request: Request, ids: list[str] = Query(default=[]), namespace: str = ""):
-        async def run():
+        async def run(grant):
             if not ids:
                 raise ApiError(400, 3, "fetch needs at least one id (?ids=a&ids=b)")
             if len(ids) > self.cfg.max_batch:
                 raise ApiError(400, 3, f"{len(ids)} ids in one fetch; the limit is {self.cfg.max_batch}")
-            r = await self.aggregator.fetch.remote(self._namespace(namespace), ids)
+            for i, rid in enumerate(ids):
+                self._id(rid, f"ids[{i}]")
+            name = self._scope(grant, self._namespace(namespace))
+            r = await self.aggregator.fetch.remote(name, ids)
+            self._scope(grant, name, r["collection"])
             vectors = {i: {"id": i, "values": v.tolist(), "metadata": m} for i, (v, m) in r["records"].items()}
             return {"vectors": vectors, "namespace": namespace, "collection": r["collection"]}
         return await self._guard(request, "fetch", False, run)
 
     @api.post("/vectors/update")
     async def update(self, body: UpdateBody, request: Request):
-        async def run():
+        async def run(grant):
             if body.sparse_values:
                 raise ApiError(400, 3, "sparse values are not supported")
             if body.dry_run:
                 raise ApiError(400, 3, "dryRun is not supported")
+            name = self._scope(grant, self._namespace(body.namespace))
+            if body.id is not None:
+                self._id(body.id, "id")
             values = None if body.values is None else self._matrix([body.values], "values")
-            r = await self.writer.update.remote(self._namespace(body.namespace), body.id, values,
-                                                body.set_metadata, body.filter)
+            r = await self.writer.update.remote(name, body.id, values,
+                                                self._metadata(body.set_metadata, "setMetadata"),
+                                                self._filter(body.filter))
             return {"matchedRecords": r["count"], "sequence": r["sequence"]}
         return await self._guard(request, "update", True, run)
 
     @api.post("/vectors/delete")
     async def delete(self, body: DeleteBody, request: Request):
-        async def run():
+        async def run(grant):
             if body.ids is not None and len(body.ids) > self.cfg.max_batch:
                 raise ApiError(400, 3, f"{len(body.ids)} ids in one delete; the limit is {self.cfg.max_batch}")
-            name = self._namespace(body.namespace)
+            for i, rid in enumerate(body.ids or ()):
+                self._id(rid, f"ids[{i}]")
+            name = self._scope(grant, self._namespace(body.namespace))
             try:
-                r = await self.writer.delete.remote(name, body.ids, body.filter, body.delete_all)
+                r = await self.writer.delete.remote(name, body.ids, self._filter(body.filter), body.delete_all)
             except BaseException as e:  # deleting from a namespace that does not exist is a no-op in Pinecone
                 if isinstance(_unwrap(e), CollectionNotFound):
                     return {}
@@ -374,13 +660,22 @@ class Ingress:
             return {"deletedCount": r["count"], "sequence": r["sequence"]}
         return await self._guard(request, "delete", True, run)
 
+    async def _listing(self, grant: Optional[KeyGrant]) -> dict:
+        """Collections and aliases, only those a scoped key may use (it learns no other name)."""
+        listing = await self.writer.list.remote()
+        if grant is None or not grant.scoped:
+            return listing
+        scope = grant.collections
+        aliases = {a: t for a, t in listing.get("aliases", {}).items() if a in scope and t in scope}
+        return {**listing, "collections": {n: c for n, c in listing["collections"].items() if n in scope},
+                "aliases": aliases}
+
     @api.post("/describe_index_stats")
     async def describe_index_stats(self, request: Request, body: Optional[StatsBody] = None):
-        async def run():
+        async def run(grant):
             if body is not None and body.filter:
                 raise ApiError(400, 3, "describe_index_stats does not take a filter")
-            listing = await self.writer.list.remote()
-            cols = listing["collections"]
+            cols = (await self._listing(grant))["collections"]
             namespaces = {("__default__" if n == "default" else n): {"vectorCount": c["records"]}
                           for n, c in cols.items()}
             first = cols.get("default") or next(iter(cols.values()), None)
@@ -392,37 +687,40 @@ class Ingress:
     # -- ours -------------------------------------------------------------------
     @api.get("/collections")
     async def list_collections(self, request: Request):
-        return await self._guard(request, "collections", False, lambda: self.writer.list.remote())
+        return await self._guard(request, "collections", False, self._listing)
 
     @api.post("/collections")
     async def create_collection(self, body: CreateBody, request: Request):
-        async def run():
+        async def run(grant):
             if not 1 <= body.dimension <= self.cfg.max_dim:
                 raise ApiError(400, 3, f"dimension must be between 1 and {self.cfg.max_dim}, got {body.dimension}")
+            if body.lineage is not None:
+                json_limits(body.lineage, "lineage", self.cfg.max_metadata_bytes, self.cfg.max_filter_depth,
+                            "max_metadata_bytes")
             return await self.writer.create.remote(check_name(body.name), body.dimension, body.metric, body.index,
                                                    body.lineage)
-        return await self._guard(request, "collections", True, run)
+        return await self._guard(request, "collections", True, run, admin=True)
 
     @api.delete("/collections/{name}")
     async def drop_collection(self, name: str, request: Request):
-        async def run():
+        async def run(grant):
             await self.writer.drop.remote(check_name(name))
             return {}
-        return await self._guard(request, "collections", True, run)
+        return await self._guard(request, "collections", True, run, admin=True)
 
     @api.put("/aliases/{alias}")
     async def set_alias(self, alias: str, body: AliasBody, request: Request):
-        async def run():
+        async def run(grant):
             await self.writer.set_alias.remote(check_name(alias, "alias"), check_name(body.collection))
             return {"alias": alias, "collection": body.collection}
-        return await self._guard(request, "aliases", True, run)
+        return await self._guard(request, "aliases", True, run, admin=True)
 
     @api.delete("/aliases/{alias}")
     async def drop_alias(self, alias: str, request: Request):
-        async def run():
+        async def run(grant):
             await self.writer.drop_alias.remote(check_name(alias, "alias"))
             return {}
-        return await self._guard(request, "aliases", True, run)
+        return await self._guard(request, "aliases", True, run, admin=True)
 
     @api.get("/healthz")
     async def healthz(self):

@@ -215,3 +215,81 @@ def test_search_threads_default_shares_the_cores_and_bad_values_are_refused(tmp_
             ServeConfig(data_dir=str(tmp_path), search_threads=bad)
     cfg = ServeConfig.load(None, env={"GPUSEARCH_SEARCH_THREADS": "2", "GPUSEARCH_DATA_DIR": str(tmp_path)})
     assert cfg.search_threads == 2
+
+
+def test_api_keys_scoped_to_collections_from_yaml_env_and_code(tmp_path):
+    """Old forms keep working; a key may be limited to some collections; bad forms are refused by name."""
+    from gpusearch.serve.config import KeyGrant
+
+    cfg = ServeConfig.load(None, env={"GPUSEARCH_API_KEYS": "a:rw, b:ro ,c,d:ro:docs|faq, e:rw:x.1|__default__"})
+    grants = cfg.key_grants()
+    assert grants["a"] == KeyGrant("rw") and grants["b"] == KeyGrant("ro") and grants["c"] == KeyGrant("rw")
+    assert grants["d"] == KeyGrant("ro", frozenset({"docs", "faq"})) and grants["d"].scoped
+    assert grants["e"].collections == {"x.1", "default"}  # Pinecone's default namespace is "default"
+    assert cfg.api_keys["a"] == "rw" and cfg.api_keys["d"] == {"role": "ro", "collections": ["docs", "faq"]}
+    # the normalized form travels to replicas (ServeConfig(**to_dict())) unchanged
+    assert ServeConfig(**cfg.to_dict()).key_grants() == grants
+    f = tmp_path / "keys.yaml"
+    f.write_text("api_keys:\n  s3cret: rw\n  reader: {role: ro, collections: [docs]}\n  bot: {collections: [faq]}\n")
+    grants = ServeConfig.load(f, env={}).key_grants()
+    assert grants == {"s3cret": KeyGrant("rw"), "reader": KeyGrant("ro", frozenset({"docs"})),
+                      "bot": KeyGrant("rw", frozenset({"faq"}))}
+    for keys, match in [({"k": {"role": "ro", "collections": []}}, "collections is empty"),
+                        ({"k": {"role": "ro", "collections": "docs"}}, "must be a list"),
+                        ({"k": {"role": "ro", "colections": ["docs"]}}, "unknown fields \\['colections'\\]"),
+                        ({"k": {"role": "admin"}}, "roles are 'rw' or 'ro'"),
+                        ({"k": {"role": "ro", "collections": ["bad name"]}}, "collection name must be"),
+                        ({"k": 3}, "expected 'rw', 'ro' or"),
+                        ({"k k": "rw"}, "no whitespace")]:
+        with pytest.raises(ValueError, match=match):
+            ServeConfig(data_dir=str(tmp_path), api_keys=keys)
+    for raw, match in [("k:ro:docs:x", "more ':'"), ("k:ro:|", "collections is empty"), (":rw", "no key"),
+                       ("k:rw,k:ro", "twice"), ("k:admin", "roles are")]:
+        with pytest.raises(ValueError, match=match):
+            ServeConfig.load(None, env={"GPUSEARCH_API_KEYS": raw, "GPUSEARCH_DATA_DIR": str(tmp_path)})
+
+
+def test_key_grant_is_constant_time_with_scoped_keys(monkeypatch):
+    """A scoped key is found like any other: every configured key through compare_digest."""
+    import hmac
+
+    from gpusearch.serve import http
+    from gpusearch.serve.config import KeyGrant
+
+    calls = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(http.hmac, "compare_digest", lambda a, b: calls.append(1) or real(a, b))
+    grants = {"k-rw": KeyGrant("rw"), "k-docs": KeyGrant("ro", frozenset({"docs"})), "k-x": KeyGrant("ro")}
+    assert http.key_grant(grants, "k-docs") == KeyGrant("ro", frozenset({"docs"})) and len(calls) == 3
+    assert http.key_grant(grants, "k-doc") is None and len(calls) == 6
+    assert http.key_role({"k-docs": {"role": "ro", "collections": ["docs"]}}, "k-docs") == "ro"
+
+
+def test_json_limits_name_the_limit():
+    from gpusearch.serve.http import ApiError, json_limits
+
+    json_limits({"a": [1, {"b": 2}]}, "filter", 100, 3, "max_filter_bytes")
+    with pytest.raises(ApiError, match="filter nests deeper than 2 levels"):
+        json_limits({"a": [1, {"b": 2}]}, "filter", 100, 2, "max_filter_bytes")
+    with pytest.raises(ApiError, match="metadata is 20 bytes as JSON; the limit is 10 bytes \\(max_metadata_bytes\\)"):
+        json_limits({"t": "é" * 6}, "metadata", 10, 3, "max_metadata_bytes")
+    deep = []
+    for _ in range(100000):  # far deeper than the stack: counted without recursion
+        deep = [deep]
+    with pytest.raises(ApiError, match="deeper than 16"):
+        json_limits(deep, "filter", 10**9, 16, "max_filter_bytes")
+
+
+def test_openapi_states_the_servers_limits(tmp_path):
+    from gpusearch.serve.http import openapi_with_limits
+
+    doc = openapi_with_limits(ServeConfig(data_dir=str(tmp_path), max_top_k=77, max_batch=9, max_dim=33,
+                                          api_keys={"k": "rw"}))
+    s = doc["components"]["schemas"]
+    assert s["QueryBody"]["properties"]["topK"]["maximum"] == 77
+    assert s["UpsertBody"]["properties"]["vectors"]["maxItems"] == 9
+    assert s["VectorIn"]["properties"]["values"]["maxItems"] == 33 and "sparseValues" not in s["VectorIn"]["properties"]
+    assert s["CreateBody"]["properties"]["dimension"]["maximum"] == 33
+    upsert = doc["paths"]["/vectors/upsert"]["post"]
+    assert "422" not in upsert["responses"] and upsert["responses"]["413"]["content"]
+    assert upsert["security"] == [{"ApiKey": []}]
