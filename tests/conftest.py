@@ -39,6 +39,10 @@ def rng(request):
 
 
 RW_KEY, RO_KEY = "test-rw-key", "test-ro-key"
+# Keys limited to some collections (tests/reliability/test_security.py owns the sec-* names).
+SCOPED_RW_KEY, SCOPED_RO_KEY = "test-scoped-rw-key", "test-scoped-ro-key"
+SCOPED_KEYS = {SCOPED_RW_KEY: {"role": "rw", "collections": ["sec-a", "sec-live"]},
+               SCOPED_RO_KEY: {"role": "ro", "collections": ["sec-a"]}}
 
 
 def _free_port() -> int:
@@ -65,7 +69,7 @@ def served(tmp_path_factory):
     from gpusearch.serve.config import ServeConfig
 
     cfg = ServeConfig(data_dir=str(tmp_path_factory.mktemp("served")), port=_free_port(), shards=2, replicas=2,
-                      api_keys={RW_KEY: "rw", RO_KEY: "ro"}, max_batch=500, shard_timeout_s=20.0,
+                      api_keys={RW_KEY: "rw", RO_KEY: "ro", **SCOPED_KEYS}, max_batch=500, shard_timeout_s=20.0,
                       fsync=True, device="cpu")
     ray.init(include_dashboard=False, num_cpus=2, log_to_driver=False,
              _temp_dir=tempfile.mkdtemp(prefix="gsray-", dir="/tmp"))
