@@ -161,6 +161,9 @@ class WALCorruptError(ValueError):
         self.path = Path(path)
         self.offset = offset
 
+    def __reduce__(self):  # pickles whole (Ray sends a deployment's exceptions to the caller)
+        return type(self), (self.args[0], self.path, self.offset)
+
 
 @dataclass(frozen=True)
 class WALDamage:

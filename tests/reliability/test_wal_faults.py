@@ -270,3 +270,18 @@ def test_c_a_stray_file_in_a_shard_wal(tmp_path):
         np.testing.assert_array_equal(col.fetch(["late"]).vectors, vectors(2, 1))
     finally:
         col.close()
+
+
+def test_the_errors_cross_process_boundaries_whole():
+    """Ray pickles a deployment's exception to send it to the caller: type, message and fields must survive."""
+    import errno
+    import pickle
+
+    from gpusearch.fileio import DiskFullError
+
+    e = pickle.loads(pickle.dumps(WALCorruptError("WAL x: CRC mismatch at offset 7", Path("/data/x"), 7)))
+    assert type(e) is WALCorruptError and str(e) == "WAL x: CRC mismatch at offset 7"
+    assert e.path == Path("/data/x") and e.offset == 7 and isinstance(e, ValueError)
+    d = pickle.loads(pickle.dumps(DiskFullError(errno.ENOSPC, "no space left on device: x (the disk is full)", "/d/f")))
+    assert type(d) is DiskFullError and d.errno == errno.ENOSPC and d.filename == "/d/f"
+    assert "the disk is full" in str(d)
