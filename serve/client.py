@@ -9,6 +9,10 @@ WriteResult(count=2, sequence=1)
 Results are the same objects the in-process :class:`gpusearch.Collection` returns
 (``SearchResult``, ``WriteResult``, ``FetchResult``), with the same answers as HTTP:
 both go through the same Aggregator and Writer deployments.
+
+A handle skips the HTTP ingress, so no API key, collection scope or request-size limit applies:
+whoever can submit a job to the Ray cluster is trusted with every collection. Keep the cluster's
+ports private and give outside clients HTTP with keys.
 """
 from __future__ import annotations
 
