@@ -184,8 +184,19 @@ class Server:
         return sorted(pid for pid, cmd in self.processes().items()
                       if cmd.split(" ")[0].startswith("ray::") and want == cmd.split(" ")[0][len("ray::"):])
 
-    def kill9(self, timeout: float = 30.0) -> dict[int, str]:
-        """SIGKILL to every process of this server, until a scan finds none; returns what was killed."""
+    def kill9(self, timeout: float = 30.0, first: dict[int, str] | None = None) -> dict[int, str]:
+        """SIGKILL to every process of this server, until a scan finds none; returns what was killed.
+
+        ``first`` (an earlier :meth:`processes`) is killed at once, before any scan, so that the
+        kill lands at a chosen instant rather than after the scan's fraction of a second.
+        """
+        for pid, cmd in (first or {}).items():
+            if self._same_process(pid, cmd):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    self.killed.setdefault(pid, cmd)
+                except ProcessLookupError:
+                    pass
         deadline = time.monotonic() + timeout
         while True:
             found = self.processes()
@@ -208,6 +219,12 @@ class Server:
         if self.proc is not None:
             self.proc.wait(timeout=10)
         return dict(self.killed)
+
+    @staticmethod
+    def _same_process(pid: int, cmd: str) -> bool:
+        """``pid`` still runs ``cmd`` (not a new process that reused the number)."""
+        now = _read(f"/proc/{pid}/cmdline").replace(b"\0", b" ").decode(errors="replace").strip()
+        return bool(now) and now == cmd
 
     def survivors(self) -> dict[int, str]:
         return self.processes()

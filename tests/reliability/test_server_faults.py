@@ -97,6 +97,7 @@ def test_kill9_whole_server_mid_stream_keeps_every_acknowledged_record(scenario_
     next_batch = [0]
     acked: dict[int, int] = {}  # batch -> size, for every 200 answer
     started: set[int] = set()
+    posting: set[int] = set()  # sent, answer not back yet
     errors_before_kill: list[str] = []
     killing = threading.Event()
 
@@ -115,7 +116,11 @@ def test_kill9_whole_server_mid_stream_keeps_every_acknowledged_record(scenario_
                     {"id": i, "values": X[j].tolist(), "metadata": {"b": b, "j": j}}
                     for j, i in enumerate(batch_ids(b, m))]}
                 try:
+                    with lock:
+                        posting.add(b)
                     r = c.post(server.url + "/vectors/upsert", json=body, headers=H)
+                    with lock:
+                        posting.discard(b)
                 except httpx.HTTPError as e:
                     if not killing.is_set():
                         errors_before_kill.append(f"batch {b}: {e!r}")
@@ -132,18 +137,21 @@ def test_kill9_whole_server_mid_stream_keeps_every_acknowledged_record(scenario_
     t0 = time.monotonic()
     for t in threads:
         t.start()
+    snapshot, t_snap = server.processes(), time.monotonic()
     while True:
+        if time.monotonic() - t_snap > 5:  # keep the list of pids to kill fresh
+            snapshot, t_snap = server.processes(), time.monotonic()
         with lock:
             done = sum(acked.values())
-            in_flight = started - set(acked)
-        if (done >= kill_at or time.monotonic() - t0 > cap_s) and in_flight:
+            posted = bool(posting)
+        if (done >= kill_at or time.monotonic() - t0 > cap_s) and posted:
             break
         assert not errors_before_kill, errors_before_kill[:3]
         assert any(t.is_alive() for t in threads), "the stream ended before the kill point"
-        time.sleep(0.01)
+        time.sleep(0.005)
     killing.set()
     stream_s = time.monotonic() - t0
-    killed = server.kill9()
+    killed = server.kill9(first=snapshot)
     for t in threads:
         t.join(timeout=60)
     assert not errors_before_kill, errors_before_kill[:3]
