@@ -64,6 +64,10 @@ def test_keys_401_and_403(sec):
     assert err["code"] == 16
     is_error(call(sec, "POST", "/vectors/upsert", body, key="not-a-key"), 401, "invalid API key")
     is_error(call(sec, "POST", "/vectors/upsert", body, key=RW_KEY + "x"), 401, "invalid API key")
+    for method, path, b in [("GET", "/collections", None), ("POST", "/describe_index_stats", {}),
+                            ("POST", "/query", {"namespace": "sec-a", "vector": [1.0] * DIM, "topK": 1}),
+                            ("DELETE", "/collections/sec-b", None)]:
+        is_error(call(sec, method, path, b, key=None), 401, "missing Api-Key")
     err = is_error(call(sec, "POST", "/vectors/upsert", body, key=RO_KEY), 403, "read-only")
     assert err["code"] == 7
     for method, path, b in [("POST", "/collections", {"name": "sec-ro", "dimension": 4}),
