@@ -159,6 +159,25 @@ def check_k(k: Any, *, max_k: int) -> int:
     return int(k)
 
 
+# A row's squared length may be at most a quarter of float32's range: then every score any
+# metric computes between two such rows (a squared L2 distance is at most (|a| + |b|)^2) stays
+# finite. Beyond it a cosine row would normalise to zeros and an L2 row would drop out of results.
+MAX_SQUARED_NORM = float(np.finfo(np.float32).max) / 4
+
+
+def _check_squared_norms(m, name: str) -> None:
+    if isinstance(m, np.ndarray):
+        sq = np.einsum("ij,ij->i", m, m, dtype=np.float64)
+    else:
+        sq = to_host((m.double() ** 2).sum(dim=1))
+    big = np.flatnonzero(~(sq <= MAX_SQUARED_NORM))
+    if len(big):
+        i = int(big[0])
+        raise ValueError(f"{name} row {i} has squared length {float(sq[i]):.3g}, beyond the limit "
+                         f"{MAX_SQUARED_NORM:.3g} (a quarter of float32's range, so scores stay finite); "
+                         f"scale the vector down")
+
+
 def prepare_vectors(x, *, name: str, dim: int, metric: str, device: str = "cpu"):
     """An (n, dim) float32 matrix on ``device``, unit length for ``metric="cosine"`` (all-zero rows refused)."""
     if (type(x) is np.ndarray and x.dtype == np.float32 and device == "cpu" and 1 <= x.ndim <= 2
@@ -167,15 +186,17 @@ def prepare_vectors(x, *, name: str, dim: int, metric: str, device: str = "cpu")
         # time): one pass gives the squared norms, and a finite sum of squares means every value is
         # finite. Anything else (NaN, Inf, overflow, zero rows) goes the general way for its error.
         m = x.reshape(1, -1) if x.ndim == 1 else x
-        sq = np.add.reduce(m * m, axis=1, keepdims=True)  # as np.linalg.norm computes it: the same bits
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow goes the general way, for its error
+            sq = np.add.reduce(m * m, axis=1, keepdims=True)  # as np.linalg.norm computes it: the same bits
         if m.shape[0] == 1:  # one row: scalar checks beat two more NumPy reductions
             s0 = float(sq[0, 0])
-            ok = math.isfinite(s0) and (metric != "cosine" or s0 > 0)
+            ok = s0 <= MAX_SQUARED_NORM and (metric != "cosine" or s0 > 0)
         else:
-            ok = np.isfinite(sq).all() and (metric != "cosine" or sq.all())
+            ok = bool((sq <= MAX_SQUARED_NORM).all()) and (metric != "cosine" or sq.all())
         if ok:
             return m / np.sqrt(sq) if metric == "cosine" else m
     m = as_matrix(x, name=name, dim=dim, device=device)
+    _check_squared_norms(m, name)
     if metric == "cosine":
         if isinstance(m, np.ndarray):
             norms = np.linalg.norm(m, axis=1, keepdims=True)

@@ -33,6 +33,9 @@ def unchanged(col, before):
         (np.array([[1, 1, 1, 1], [1, np.inf, 1, 1]], np.float32), ValueError, "finite.*row 1"),
         (np.ones((2, 4, 1), np.float32), ValueError, "2-D"),
         (np.zeros((2, 4), np.float32), ValueError, "all zeros; cosine"),
+        # finite values whose squared length overflows float32: cosine used to store zeros, l2 lost the row
+        (np.array([[1, 1, 1, 1], [3e38, 1, 1, 1]], np.float32), ValueError, "row 1 has squared length.*scale"),
+        (np.full((2, 4), 1e19, np.float32), ValueError, "row 0 has squared length"),
     ],
 )
 def test_bad_vectors(col, vectors, exc, match):
@@ -184,3 +187,21 @@ def test_closed_collection(col):
     col.close()
     with pytest.raises(ValueError, match="closed"):
         col.search(np.ones(4, np.float32))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+def test_huge_vectors_are_refused_for_every_metric(tmp_path, metric):
+    """A vector whose squared length is beyond a quarter of float32's range is refused on write and
+    on search, so every score stays finite (just under the limit is accepted and found)."""
+    c = gs.Collection.create(tmp_path / metric, dim=4, metric=metric, device="cpu", fsync=False)
+    big = np.array([[1e19, 0, 0, 0]], np.float32)  # squared length 1e38 > 8.5e37
+    with pytest.raises(ValueError, match="squared length"):
+        c.upsert(["big"], big)
+    with pytest.raises(ValueError, match="squared length"):
+        c.search(big[0], k=1)
+    ok = np.array([[4e18, 0, 0, 0], [0, 1, 0, 0]], np.float32)  # 1.6e37: accepted
+    c.upsert(["near", "unit"], ok)
+    r = c.search(np.array([0.5, 0, 0, 0], np.float32), k=2)
+    assert sorted(r.ids[0]) == ["near", "unit"] and np.isfinite(r.scores).all()
+    assert c.stats()["records"] == 2
+    c.close()
