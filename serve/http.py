@@ -39,6 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from gpusearch.catalog import CollectionNotFound, check_name, resolve_alias
+from gpusearch.fileio import is_disk_full
+from gpusearch.wal import WALCorruptError
 from gpusearch.collection import METRICS
 
 from .config import KeyGrant, ServeConfig, parse_key_grant
@@ -78,6 +80,16 @@ def error_response(e: BaseException) -> JSONResponse:
         return _error_json(e.status, e.code, e.message, e.details)
     if isinstance(e, CollectionNotFound):
         return _error_json(404, 5, str(e.args[0] if e.args else e))
+    if is_disk_full(e):
+        # The server's side, not the client's: say so without the server's paths, keep those in the log.
+        log.warning("write refused, disk full: %s", e)
+        return _error_json(507, 8, "the server's disk is full: this write was not applied (nothing of it was "
+                                   "kept) and earlier acknowledged writes are safe; retry once space is freed")
+    if isinstance(e, WALCorruptError):
+        log.error("a collection cannot be opened: %s", e)
+        return _error_json(503, 14, "this collection cannot be opened: its write-ahead log is damaged in a way "
+                                    "that would lose acknowledged records if cut; an operator must restore it "
+                                    "(the server log names the file)")
     if isinstance(e, (ValueError, TypeError)):
         return _error_json(400, 3, str(e))
     if isinstance(e, (TimeoutError, asyncio.TimeoutError)):

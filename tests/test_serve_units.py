@@ -293,3 +293,24 @@ def test_openapi_states_the_servers_limits(tmp_path):
     upsert = doc["paths"]["/vectors/upsert"]["post"]
     assert "422" not in upsert["responses"] and upsert["responses"]["413"]["content"]
     assert upsert["security"] == [{"ApiKey": []}]
+
+
+def test_disk_full_and_a_damaged_wal_are_server_side_errors():
+    """A full disk is a 507 that names no server path; a WAL that cannot be opened without losing
+    acknowledged records is a 503, not the client's 400; both say what the client can do."""
+    import errno
+    import json
+
+    from gpusearch.fileio import DiskFullError
+    from gpusearch.serve.http import error_response
+    from gpusearch.wal import WALCorruptError
+
+    full = error_response(DiskFullError(errno.ENOSPC, "no space left on device: appending failed", "/srv/d/wal.log"))
+    body = json.loads(full.body)
+    assert full.status_code == 507 and body["code"] == 8 and "disk is full" in body["message"]
+    assert "/srv/d" not in body["message"]
+    plain = error_response(OSError(errno.ENOSPC, "No space left on device"))
+    assert plain.status_code == 507
+    bad = error_response(WALCorruptError("WAL /srv/d/wal-1.log: bad magic at offset 0", "/srv/d/wal-1.log", 0))
+    assert bad.status_code == 503 and "/srv/d" not in json.loads(bad.body)["message"]
+    assert error_response(ValueError("k must be positive")).status_code == 400
