@@ -218,7 +218,10 @@ def _replica_log(pid: int) -> Path | None:
 
 def test_one_of_two_replicas_killed_under_load_fails_no_query(scenario_a, rng):
     server = scenario_a.server
-    if server.proc is None or server.proc.poll() is not None:  # test 1 did not leave a server up
+    if server.proc is None:  # test 1 did not run
+        server.start()
+    elif server.proc.poll() is not None:  # test 1 failed with its server down
+        server.stop()
         server = scenario_a.server = Server(scenario_a.data, shards=2, replicas=2, env=ENV_A).start()
     X = rng.standard_normal((400, DIM)).astype(np.float32)
     with httpx.Client(timeout=60) as c:
