@@ -397,8 +397,10 @@ def openapi_with_limits(cfg: ServeConfig) -> dict:
                     _non_null(p["schema"]).update(pattern=_NAME_PATTERN)
             responses = op.setdefault("responses", {})
             responses.pop("422", None)
-            if path not in ("/healthz", "/metrics"):
+            if path != "/healthz":
                 for status, text in _ERRORS.items():
+                    if path == "/metrics" and status not in ("401", "403"):
+                        continue
                     responses[status] = {"description": text, "content": {
                         "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
                 if cfg.api_keys:
@@ -739,15 +741,22 @@ class Ingress:
         return {"status": "ok"}
 
     @api.get("/metrics")
-    async def metrics(self):
-        from prometheus_client import generate_latest
+    async def metrics(self, request: Request):
+        """Prometheus text. Its labels name every collection, so with API keys configured it needs an
+        unscoped key (either role); a key limited to some collections gets 403."""
+        async def run(grant):
+            from prometheus_client import generate_latest
 
-        try:
-            stats = await asyncio.wait_for(self.aggregator.stats.remote(), timeout=self.cfg.shard_timeout_s)
-            for name, shards in stats.items():
-                for s, st in shards.items():
-                    self.metrics["vectors"].labels(name, str(s)).set(st["records"])
-        except Exception:  # noqa: BLE001 - the counters are still worth serving
-            log.warning("metrics: shard stats unavailable")
-        return PlainTextResponse(generate_latest(self.metrics["registry"]).decode(),
-                                 media_type="text/plain; version=0.0.4")
+            if grant is not None and grant.scoped:
+                raise ApiError(403, 7, "/metrics names every collection; it needs an API key that is not "
+                                       "limited to some collections")
+            try:
+                stats = await asyncio.wait_for(self.aggregator.stats.remote(), timeout=self.cfg.shard_timeout_s)
+                for name, shards in stats.items():
+                    for s, st in shards.items():
+                        self.metrics["vectors"].labels(name, str(s)).set(st["records"])
+            except Exception:  # noqa: BLE001 - the counters are still worth serving
+                log.warning("metrics: shard stats unavailable")
+            return PlainTextResponse(generate_latest(self.metrics["registry"]).decode(),
+                                     media_type="text/plain; version=0.0.4")
+        return await self._guard(request, "metrics", False, run)

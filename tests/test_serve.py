@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import RO_KEY, RW_KEY
+from conftest import RO_KEY, RW_KEY, SCOPED_RO_KEY
 from knn_check import brute_force
 
 pytest.importorskip("ray")
@@ -347,7 +347,11 @@ def test_collections_and_metrics(served, rng):
     upsert(served, "made", [str(i) for i in range(10)], X)
     r = post(served, "/query", {"namespace": "made", "vector": X[3].tolist(), "topK": 2})
     assert r.json()["matches"][0]["id"] == "3" and r.json()["matches"][0]["score"] == pytest.approx(0, abs=1e-5)
-    text = httpx.get(url(served, "/metrics")).text
+    # the labels name every collection: no key is 401, a key limited to some collections is 403
+    assert httpx.get(url(served, "/metrics")).status_code == 401
+    r = httpx.get(url(served, "/metrics"), headers={"Api-Key": SCOPED_RO_KEY})
+    assert r.status_code == 403 and "limited" in r.json()["message"]
+    text = httpx.get(url(served, "/metrics"), headers={"Api-Key": RO_KEY}).text
     assert "gpusearch_requests_total" in text and 'gpusearch_vectors{collection="made"' in text
     assert "gpusearch_shard_search_seconds" in text
     r = httpx.delete(url(served, "/collections/made"), headers={"Api-Key": RW_KEY})
