@@ -23,6 +23,10 @@ def cuda_available() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
+    # Tests on the session-wide `served` app run last: its local Ray lives until the session ends
+    # and its replicas hold that Ray's CPUs, so a test that starts Ray for itself (the joins) and
+    # ran after it would join that cluster and wait forever for CPUs. Order is otherwise kept.
+    items.sort(key=lambda item: "served" in getattr(item, "fixturenames", ()))
     if cuda_available():
         return
     skip = pytest.mark.skip(reason="no CUDA device visible (gpu marker, tests/conftest.py)")
