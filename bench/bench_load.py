@@ -3,8 +3,9 @@
     .venv/bin/python bench/bench_load.py [--minutes 10] [--rate 10] [--dim 384] [--pool 20000]
         [--shards 2] [--replicas 2] [--warmup-s 60] [--out bench/results/load-soak-cpu2.json]
 
-Starts the server as a user would (``gpusearch serve --no-demo`` in its own process session,
-local Ray, data in a temporary directory, API keys on), preloads ``--pool`` records, runs a
+Starts the server as a user would (``gpusearch serve --no-demo`` through
+tests/reliability/server_proc.py: its own process session, local Ray, data in a temporary
+directory, API keys on), preloads ``--pool`` records, runs a
 warm-up at the same rate, then the soak (bench/loadgen.py: open loop at ``--rate`` requests/s,
 70% query / 15% upsert / 10% fetch / 5% delete, every answer checked, read-your-writes by
 fetch). The server's whole process tree (the driver, Ray's GCS and raylet, every replica) is
@@ -19,10 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,56 +27,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests" / "reliability"))
 
 from loadgen import LoadSpec, preload, run_load, tree_rss_bytes  # noqa: E402
 from machine import machine_info, result_path  # noqa: E402
+from server_proc import Server  # noqa: E402
 
 KEY = "soak-rw-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(data_dir: str, port: int, shards: int, replicas: int, log_path: Path) -> subprocess.Popen:
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1", GPUSEARCH_API_KEYS=f"{KEY}:rw",
-               GPUSEARCH_ENCODER_ENABLED="false")
-    exe = Path(sys.executable).with_name("gpusearch")
-    cmd = [str(exe), "serve", "--no-demo", "--port", str(port), "--data-dir", data_dir, "--shards", str(shards),
-           "--replicas", str(replicas), "--device", "cpu"]
-    log = open(log_path, "w")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-
-def wait_healthy(base: str, proc: subprocess.Popen, timeout_s: float = 300) -> float:
-    import httpx
-
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < timeout_s:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode} before it was up")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                return time.perf_counter() - t0
-        except Exception:  # noqa: BLE001 - not up yet
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"the server was not healthy within {timeout_s} s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    """SIGINT (the CLI shuts Serve down), then SIGKILL to the whole session for what is left."""
-    try:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=60)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def memory_growth(samples: list, first_s: float, last_s: float) -> dict:
@@ -135,14 +89,15 @@ def plot(summary: dict, path: Path) -> None:
 async def main_async(args) -> dict:
     import httpx
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     work = Path(tempfile.mkdtemp(prefix="gs-soak-"))
-    log_path = work / "server.log"
-    proc = start_server(str(work / "data"), port, args.shards, args.replicas, log_path)
+    server = Server(work / "data", shards=args.shards, replicas=args.replicas,
+                    env={"GPUSEARCH_API_KEYS": f"{KEY}:rw"}, log_path=work / "server.log")
     try:
-        up = wait_healthy(base, proc)
-        print(f"server up in {up:.1f} s (pid {proc.pid}, log {log_path})", flush=True)
+        t0 = time.perf_counter()
+        server.start()
+        up = time.perf_counter() - t0
+        base, proc = server.url, server.proc
+        print(f"server up in {up:.1f} s (pid {proc.pid}, log {server.log_path})", flush=True)
         spec = LoadSpec(rate=args.rate, duration_s=args.warmup_s, dim=args.dim, pool=args.pool, seed=1,
                         max_in_flight=args.max_in_flight, window_s=args.window_s, namespace="soak")
         headers = {"Api-Key": KEY}
@@ -167,7 +122,7 @@ async def main_async(args) -> dict:
         summary["memory_growth"] = memory_growth(soak.memory, 60, 60)
         return summary
     finally:
-        stop_server(proc)
+        server.stop()
 
 
 def main(argv=None) -> int:

@@ -165,15 +165,21 @@ def check_k(k: Any, *, max_k: int) -> int:
 MAX_SQUARED_NORM = float(np.finfo(np.float32).max) / 4
 
 
-def _check_squared_norms(m, name: str) -> None:
+def first_overlong_row(m) -> tuple[int, float] | None:
+    """(row, squared length) of the first row of the (n, dim) matrix ``m`` (NumPy or torch) whose
+    squared length is beyond :data:`MAX_SQUARED_NORM`, or None when every row is within it."""
     if isinstance(m, np.ndarray):
         sq = np.einsum("ij,ij->i", m, m, dtype=np.float64)
     else:
         sq = to_host((m.double() ** 2).sum(dim=1))
     big = np.flatnonzero(~(sq <= MAX_SQUARED_NORM))
-    if len(big):
-        i = int(big[0])
-        raise ValueError(f"{name} row {i} has squared length {float(sq[i]):.3g}, beyond the limit "
+    return (int(big[0]), float(sq[big[0]])) if len(big) else None
+
+
+def _check_squared_norms(m, name: str) -> None:
+    bad = first_overlong_row(m)
+    if bad is not None:
+        raise ValueError(f"{name} row {bad[0]} has squared length {bad[1]:.3g}, beyond the limit "
                          f"{MAX_SQUARED_NORM:.3g} (a quarter of float32's range, so scores stay finite); "
                          f"scale the vector down")
 

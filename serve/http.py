@@ -38,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from gpusearch.arrays import MAX_SQUARED_NORM, first_overlong_row
 from gpusearch.catalog import CollectionNotFound, check_name, resolve_alias
 from gpusearch.fileio import is_disk_full
 from gpusearch.wal import WALCorruptError
@@ -334,7 +335,6 @@ def _non_null(schema: dict) -> dict:
 
 
 _F32_MAX = float(np.finfo(np.float32).max)
-_MAX_SQUARED_NORM = _F32_MAX / 4
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 _NAMESPACE_PATTERN = r"^$|^__default__$|^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 _ERRORS = {"400": "Invalid argument: the message says what was expected",
@@ -534,14 +534,12 @@ class Ingress:
         m = np.asarray(rows, dtype=np.float32)
         if not np.isfinite(m).all():
             raise ApiError(400, 3, f"{what} holds NaN or infinity (or a number beyond float32); expected finite numbers")
-        # Scores (dot products, squared L2 distances, norms) are float32 too: a vector whose squared
-        # length passes a quarter of float32's range would score as infinity or be stored as zeros.
-        sq = np.einsum("ij,ij->i", m.astype(np.float64), m.astype(np.float64))
-        too_long = np.flatnonzero(sq > _MAX_SQUARED_NORM)
-        if too_long.size:
-            i = int(too_long[0])
-            raise ApiError(400, 3, f"{what}[{i}] is too long: its squared length {sq[i]:.3g} is over "
-                                   f"{_MAX_SQUARED_NORM:.3g}, where float32 scores overflow; scale it down")
+        # The engine's rule (gpusearch.arrays), refused here to name the request's field.
+        bad = first_overlong_row(m)
+        if bad is not None:
+            i, sq = bad
+            raise ApiError(400, 3, f"{what}[{i}] is too long: its squared length {sq:.3g} is over "
+                                   f"{MAX_SQUARED_NORM:.3g}, where float32 scores overflow; scale it down")
         return m
 
     # -- Pinecone data plane ---------------------------------------------------

@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -39,6 +38,7 @@ import pytest
 
 import gpusearch as gs
 from gpusearch.fileio import DiskFullError
+from tmpfs import mounted_tmpfs  # tests/reliability is on sys.path under pytest
 
 CHUNK = 64 << 10
 
@@ -48,20 +48,8 @@ def small_disk(tmp_path):
     """A fresh tmpfs of 3 MiB, unmounted afterwards whatever happens."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (or CAP_SYS_ADMIN); running as uid %d" % os.geteuid())
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
-                              capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"cannot run mount here: {exc}")
-    if done.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here (needs CAP_SYS_ADMIN): {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(mnt, "3m"):
         yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)  # still busy: detach it
 
 
 def fill(path: Path) -> None:
@@ -121,6 +109,15 @@ def snapshot_files_ok(col_dir: Path) -> None:
         assert len(unnamed) <= 1 and all(n.startswith("seg-") and "-c" in n for n in unnamed), unnamed
 
 
+def check_reopened(col_dir: Path, expected: dict[str, np.ndarray]) -> None:
+    """Opened again, the collection holds exactly ``expected``."""
+    col = gs.Collection.open(col_dir, device="cpu")
+    try:
+        check_records(col, expected)
+    finally:
+        col.close()
+
+
 def crash_copy_opens(col_dir: Path, scratch: Path, expected: dict[str, np.ndarray]) -> None:
     """The directory as a crash at this moment leaves it opens with exactly the acknowledged records."""
     copy = scratch / uuid.uuid4().hex
@@ -178,11 +175,7 @@ def test_upsert_on_a_full_disk(small_disk, caplog):
     col.checkpoint()
     col.compact()
     col.close()
-    col = gs.Collection.open(col_dir, device="cpu")
-    try:
-        check_records(col, expected)
-    finally:
-        col.close()
+    check_reopened(col_dir, expected)
     snapshot_files_ok(col_dir)
 
 
@@ -240,8 +233,4 @@ def test_checkpoint_and_compaction_on_a_full_disk(small_disk, tmp_path, step):
         expected.update(zip(ids, x))
     finally:
         col.close()
-    col = gs.Collection.open(col_dir, device="cpu")
-    try:
-        check_records(col, expected)
-    finally:
-        col.close()
+    check_reopened(col_dir, expected)

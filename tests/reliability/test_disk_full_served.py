@@ -11,12 +11,12 @@ the mount is detached lazily after the collection is dropped.
 from __future__ import annotations
 
 import os
-import subprocess
 
 import numpy as np
 import pytest
 
 from conftest import RO_KEY, RW_KEY
+from tmpfs import mounted_tmpfs  # tests/reliability is on sys.path under pytest
 
 pytest.importorskip("ray")
 httpx = pytest.importorskip("httpx")
@@ -34,27 +34,18 @@ def small_disk_under_served(served):
 
     from gpusearch.catalog import _collection_dir
 
-    path = str(_collection_dir(Path(served.data_dir), NAME))
-    if os.geteuid() != 0:
-        pytest.skip(f"mounting a tmpfs needs root (or CAP_SYS_ADMIN); running as uid {os.geteuid()}")
-    os.makedirs(path, exist_ok=False)
+    path = _collection_dir(Path(served.data_dir), NAME)
+    path.mkdir(parents=True)
     try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", path],
-                              capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        os.rmdir(path)
-        pytest.skip(f"cannot run mount here: {e}")
-    if done.returncode != 0:
-        os.rmdir(path)
-        pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.strip()}")
-    try:
-        yield path
+        with mounted_tmpfs(path, "2m"):
+            try:
+                yield str(path)
+            finally:
+                httpx.delete(f"http://{served.host}:{served.port}/collections/{NAME}",
+                             headers={"Api-Key": RW_KEY}, timeout=60)
     finally:
-        httpx.delete(f"http://{served.host}:{served.port}/collections/{NAME}", headers={"Api-Key": RW_KEY},
-                     timeout=60)
-        subprocess.run(["umount", "-l", path], capture_output=True, timeout=30)
-        if os.path.isdir(path) and not os.listdir(path):
-            os.rmdir(path)
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
 
 
 def test_disk_full_is_a_507_and_loses_nothing(served, small_disk_under_served, rng):
