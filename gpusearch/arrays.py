@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from .errors import InvalidArgumentError, InvalidTypeError
 __all__ = ["as_matrix", "as_ids", "check_k", "to_host", "MAX_ID_LENGTH"]
 
 MAX_ID_LENGTH = 512
@@ -38,7 +39,7 @@ def as_matrix(x: Any, *, name: str, dim: int | None = None, device: str = "cpu")
     >>> as_matrix([[1, 0, 0]], name="vectors", dim=2)
     Traceback (most recent call last):
     ...
-    ValueError: vectors must have 2 columns (the collection's dim), got 3
+    gpusearch.errors.InvalidArgumentError: vectors must have 2 columns (the collection's dim), got 3
     """
     if _is_torch(x):
         return _torch_matrix(x, name=name, dim=dim, device=device)
@@ -48,28 +49,28 @@ def as_matrix(x: Any, *, name: str, dim: int | None = None, device: str = "cpu")
         try:
             t = torch.from_dlpack(x)
         except Exception as e:  # e.g. a CuPy array on a machine whose torch lacks CUDA
-            raise TypeError(f"{name} could not be read through DLPack ({e}); pass a NumPy array instead") from None
+            raise InvalidTypeError(f"{name} could not be read through DLPack ({e}); pass a NumPy array instead") from None
         return _torch_matrix(t, name=name, dim=dim, device=device)
     if isinstance(x, np.ndarray):
         arr = x
     else:
         if isinstance(x, (str, bytes)) or not isinstance(x, (Sequence, np.generic)) and not hasattr(x, "__array__"):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"{name} must be a 2-D array of floats (NumPy, torch, CuPy or a list of lists), got {type(x).__name__}"
             )
         try:
             arr = np.asarray(x)
         except ValueError as e:
-            raise ValueError(f"{name} must be a rectangular 2-D array of floats; {e}") from None
+            raise InvalidArgumentError(f"{name} must be a rectangular 2-D array of floats; {e}") from None
         if arr.dtype.kind in "iu" or arr.dtype == object and arr.size == 0:
             arr = arr.astype(np.float64)  # JSON-style lists of numbers
     if arr.dtype.kind not in "f":
-        raise TypeError(f"{name} must hold floating-point numbers (float16, float32 or float64), got {arr.dtype}")
+        raise InvalidTypeError(f"{name} must hold floating-point numbers (float16, float32 or float64), got {arr.dtype}")
     arr = _check_shape(arr, arr.shape, name=name, dim=dim)
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         bad = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
-        raise ValueError(f"{name} must be finite; row {bad} holds NaN or Inf")
+        raise InvalidArgumentError(f"{name} must be finite; row {bad} holds NaN or Inf")
     if device != "cpu":
         import torch
 
@@ -82,11 +83,11 @@ def _check_shape(x, shape, *, name: str, dim: int | None):
         x = x.reshape(1, -1)
         shape = tuple(x.shape)
     if len(shape) != 2:
-        raise ValueError(f"{name} must be a 2-D array (n, dim) or a single 1-D vector, got {len(shape)} dimensions {tuple(shape)}")
+        raise InvalidArgumentError(f"{name} must be a 2-D array (n, dim) or a single 1-D vector, got {len(shape)} dimensions {tuple(shape)}")
     if shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (0 rows); send at least one vector")
+        raise InvalidArgumentError(f"{name} is an empty batch (0 rows); send at least one vector")
     if dim is not None and shape[1] != dim:
-        raise ValueError(f"{name} must have {dim} columns (the collection's dim), got {shape[1]}")
+        raise InvalidArgumentError(f"{name} must have {dim} columns (the collection's dim), got {shape[1]}")
     return x
 
 
@@ -94,13 +95,13 @@ def _torch_matrix(t, *, name: str, dim: int | None, device: str):
     import torch
 
     if _dtype_name(t) not in _FLOAT_KINDS:
-        raise TypeError(f"{name} must hold floating-point numbers (float16, float32 or float64), got {_dtype_name(t)}")
+        raise InvalidTypeError(f"{name} must hold floating-point numbers (float16, float32 or float64), got {_dtype_name(t)}")
     t = _check_shape(t, tuple(t.shape), name=name, dim=dim)
     t = t.detach().to(device=device, dtype=torch.float32).contiguous()
     finite = torch.isfinite(t).all(dim=1)
     if not bool(finite.all()):
         bad = int(torch.nonzero(~finite)[0, 0])
-        raise ValueError(f"{name} must be finite; row {bad} holds NaN or Inf")
+        raise InvalidArgumentError(f"{name} must be finite; row {bad} holds NaN or Inf")
     if device == "cpu":
         return t.numpy()
     return t
@@ -120,7 +121,7 @@ def as_ids(ids: Any, *, name: str = "ids") -> list[str]:
     ['1', 'a']
     """
     if isinstance(ids, (str, bytes, int)) or ids is None:
-        raise TypeError(f"{name} must be a list of str or int, got a single {type(ids).__name__}; wrap it in a list")
+        raise InvalidTypeError(f"{name} must be a list of str or int, got a single {type(ids).__name__}; wrap it in a list")
     if isinstance(ids, np.ndarray):
         if ids.dtype.kind in "iu":
             return [str(int(i)) for i in ids.tolist()]
@@ -130,18 +131,18 @@ def as_ids(ids: Any, *, name: str = "ids") -> list[str]:
     try:
         items = list(ids)
     except TypeError:
-        raise TypeError(f"{name} must be a list of str or int, got {type(ids).__name__}") from None
+        raise InvalidTypeError(f"{name} must be a list of str or int, got {type(ids).__name__}") from None
     if not items:
-        raise ValueError(f"{name} is empty; send at least one id")
+        raise InvalidArgumentError(f"{name} is empty; send at least one id")
     out = []
     for i, v in enumerate(items):
         if isinstance(v, bool) or not isinstance(v, (str, int, np.integer)):
-            raise TypeError(f"{name}[{i}] must be str or int, got {type(v).__name__} ({v!r})")
+            raise InvalidTypeError(f"{name}[{i}] must be str or int, got {type(v).__name__} ({v!r})")
         s = v if isinstance(v, str) else str(int(v))
         if not s:
-            raise ValueError(f"{name}[{i}] is an empty string; ids must be non-empty")
+            raise InvalidArgumentError(f"{name}[{i}] is an empty string; ids must be non-empty")
         if len(s) > MAX_ID_LENGTH:
-            raise ValueError(f"{name}[{i}] is {len(s)} characters long; at most {MAX_ID_LENGTH} are allowed")
+            raise InvalidArgumentError(f"{name}[{i}] is {len(s)} characters long; at most {MAX_ID_LENGTH} are allowed")
         out.append(s)
     return out
 
@@ -153,9 +154,9 @@ def check_k(k: Any, *, max_k: int) -> int:
     10
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be an int between 1 and {max_k}, got {type(k).__name__} ({k!r})")
+        raise InvalidTypeError(f"k must be an int between 1 and {max_k}, got {type(k).__name__} ({k!r})")
     if not 1 <= int(k) <= max_k:
-        raise ValueError(f"k must be between 1 and {max_k}, got {int(k)}")
+        raise InvalidArgumentError(f"k must be between 1 and {max_k}, got {int(k)}")
     return int(k)
 
 
@@ -179,7 +180,7 @@ def first_overlong_row(m) -> tuple[int, float] | None:
 def _check_squared_norms(m, name: str) -> None:
     bad = first_overlong_row(m)
     if bad is not None:
-        raise ValueError(f"{name} row {bad[0]} has squared length {bad[1]:.3g}, beyond the limit "
+        raise InvalidArgumentError(f"{name} row {bad[0]} has squared length {bad[1]:.3g}, beyond the limit "
                          f"{MAX_SQUARED_NORM:.3g} (a quarter of float32's range, so scores stay finite); "
                          f"scale the vector down")
 
@@ -211,6 +212,6 @@ def prepare_vectors(x, *, name: str, dim: int, metric: str, device: str = "cpu")
             norms = m.norm(dim=1, keepdim=True)
             zero = np.flatnonzero(to_host(norms)[:, 0] == 0)
         if len(zero):
-            raise ValueError(f"{name} row {int(zero[0])} is all zeros; cosine similarity needs non-zero vectors")
+            raise InvalidArgumentError(f"{name} row {int(zero[0])} is all zeros; cosine similarity needs non-zero vectors")
         m = m / norms
     return m

@@ -29,18 +29,21 @@ import re
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .arrays import as_ids, as_matrix, check_k
-from .collection import MAX_TOP_K, METRICS, Collection
+from .arrays import as_ids, as_matrix
+from .collection import METRICS, Collection
+from .errors import AlreadyExistsError, CollectionNotFoundError, InvalidArgumentError, InvalidTypeError
 from .fileio import atomic_write_json, read_json
+from .request import MAX_TOP_K, SearchRequest, build_request
 from .results import WriteResult
 
-__all__ = ["Catalog", "ShardCatalog", "SearchRequest", "CollectionNotFound", "resolve_alias",
+__all__ = ["Catalog", "ShardCatalog", "CatalogReader", "CollectionInfo", "CollectionNotFound", "resolve_alias",
            "check_name", "DEFAULT_COLLECTION", "CATALOG_FORMAT_VERSION"]
 
 CATALOG_FORMAT_VERSION = 1
@@ -48,8 +51,8 @@ DEFAULT_COLLECTION = "default"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-class CollectionNotFound(LookupError):
-    """No collection or alias of that name (HTTP 404)."""
+#: No collection or alias of that name (HTTP 404); the name older code knows it by.
+CollectionNotFound = CollectionNotFoundError
 
 
 def check_name(name: Any, what: str = "collection name") -> str:
@@ -60,9 +63,9 @@ def check_name(name: Any, what: str = "collection name") -> str:
     if name is None or name in ("", "__default__"):
         return DEFAULT_COLLECTION
     if not isinstance(name, str):
-        raise TypeError(f"{what} must be a string, got {type(name).__name__}")
+        raise InvalidTypeError(f"{what} must be a string, got {type(name).__name__}")
     if not _NAME_RE.match(name):
-        raise ValueError(f"{what} must be 1-64 letters, digits, '_', '.' or '-' starting with a letter or digit, "
+        raise InvalidArgumentError(f"{what} must be 1-64 letters, digits, '_', '.' or '-' starting with a letter or digit, "
                          f"got {name!r}")
     return name
 
@@ -101,6 +104,75 @@ def resolve_alias(data_dir, name: str) -> str:
 
 def _collection_dir(data_dir: Path, name: str) -> Path:
     return data_dir / "collections" / name
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """A collection's settings as an edge needs them to check a request."""
+
+    name: str
+    dim: int
+    metric: str
+    index: str
+    family: str  # which typed search params its index takes: "flat", "ivf", "hnsw"
+    lineage: dict
+    shards: int
+
+
+class CatalogReader:
+    """What an edge (the serve aggregator) knows of a data directory without opening a collection:
+    aliases, each collection's settings and metadata fields. Each file is re-read only when it
+    changes (a ``stat`` per lookup), so a dropped and re-created collection is seen at once.
+    Thread-safe.
+    """
+
+    def __init__(self, data_dir):
+        self.data_dir = Path(data_dir).resolve()
+        self._aliases = _JsonFileCache(self.data_dir / "aliases.json", {})
+        self._configs: dict[str, _JsonFileCache] = {}
+        self._schemas: dict[str, _JsonFileCache] = {}
+        self._infos: dict[str, tuple[Any, CollectionInfo]] = {}
+
+    def resolve(self, name) -> str:
+        """The collection a name (or alias) means; ``""`` and ``"__default__"`` mean ``default``."""
+        name = check_name(name)
+        return self._aliases.get().get(name, name)
+
+    def info(self, name: str) -> CollectionInfo:
+        """Settings of collection ``name`` (already resolved); :class:`CollectionNotFound` if none."""
+        cache = self._configs.get(name)
+        if cache is None:
+            cache = self._configs.setdefault(name, _JsonFileCache(_collection_dir(self.data_dir, name) /
+                                                                  "collection.json", None))
+        config = cache.get()
+        if config is None:
+            raise CollectionNotFound(f"no collection or alias named {name!r}", name=name)
+        held = self._infos.get(name)
+        if held is None or held[0] is not config:
+            from .backends import index_family
+
+            info = CollectionInfo(name, int(config["dim"]), config["metric"], config["index"],
+                                  index_family(config["index"], int(config["dim"]), config["metric"]),
+                                  dict(config.get("lineage") or {}), int(config["shards"]))
+            self._infos[name] = held = (config, info)
+        return held[1]
+
+    def schema(self, name: str) -> dict[str, str]:
+        """The collection-wide metadata fields (the Writer publishes them before acknowledging a write
+        that adds one), so a filter on a field only some shards hold is valid everywhere."""
+        cache = self._schemas.get(name)
+        if cache is None:
+            cache = self._schemas.setdefault(name, _JsonFileCache(_collection_dir(self.data_dir, name) /
+                                                                  "schema.json", None))
+        return cache.get() or {}
+
+    def request(self, name: str, queries, k, *, filter=None, params=None, include_metadata: bool = False,
+                include_vectors: bool = False, limit: int = MAX_TOP_K) -> SearchRequest:
+        """Check a search of collection ``name`` (resolved) and build its request: the edge's one validation."""
+        info = self.info(name)
+        return build_request(queries, k, dim=info.dim, metric=info.metric, family=info.family,
+                             schema=self.schema(name), filter=filter, params=params,
+                             include_metadata=include_metadata, include_vectors=include_vectors, limit=limit)
 
 
 class Catalog:
@@ -152,9 +224,9 @@ class Catalog:
         alias, target = check_name(alias, "alias"), check_name(target)
         with self._lock:
             if target not in self.names():
-                raise CollectionNotFound(f"collection {target!r} does not exist; create it before pointing an alias at it")
+                raise CollectionNotFound(f"collection {target!r} does not exist; create it before pointing an alias at it", name=target)
             if alias in self.names():
-                raise ValueError(f"{alias!r} is a collection; an alias needs a name no collection has")
+                raise InvalidArgumentError(f"{alias!r} is a collection; an alias needs a name no collection has")
             aliases = self.aliases()
             aliases[alias] = target
             atomic_write_json(self._aliases_path, aliases)
@@ -164,7 +236,7 @@ class Catalog:
         with self._lock:
             aliases = self.aliases()
             if alias not in aliases:
-                raise CollectionNotFound(f"no alias {alias!r}")
+                raise CollectionNotFound(f"no alias {alias!r}", name=alias)
             del aliases[alias]
             atomic_write_json(self._aliases_path, aliases)
 
@@ -174,9 +246,9 @@ class Catalog:
         name = check_name(name)
         with self._lock:
             if name in self.aliases():
-                raise ValueError(f"{name!r} is an alias; pick another collection name")
+                raise AlreadyExistsError(f"{name!r} is an alias; pick another collection name")
             if name in self.names():
-                raise ValueError(f"collection {name!r} already exists")
+                raise AlreadyExistsError(f"collection {name!r} already exists")
             col = Collection.create(_collection_dir(self.data_dir, name), dim=dim, metric=metric or self.metric,
                                     index=index or self.index, shards=self.shards, device=self.device,
                                     lineage=lineage, fsync=self.fsync)
@@ -188,7 +260,7 @@ class Catalog:
         if col is None:
             path = _collection_dir(self.data_dir, name)
             if not (path / "collection.json").exists():
-                raise CollectionNotFound(f"no collection or alias named {name!r}")
+                raise CollectionNotFound(f"no collection or alias named {name!r}", name=name)
             col = self._open[name] = Collection.open(path, device=self.device, fsync=self.fsync)
         return col
 
@@ -203,7 +275,7 @@ class Catalog:
         with self._lock:
             pointing = sorted(a for a, t in self.aliases().items() if t == name)
             if pointing:
-                raise ValueError(f"alias {pointing[0]!r} points at {name!r}; switch or drop the alias first")
+                raise InvalidArgumentError(f"alias {pointing[0]!r} points at {name!r}; switch or drop the alias first")
             col = self._get(name)
             col.close()
             del self._open[name]
@@ -228,13 +300,13 @@ class Catalog:
         """Pinecone's update: one id (new values and/or merged metadata), or every record a filter passes."""
         col = self.get(name)
         if (record_id is None) == (filter is None):
-            raise ValueError("update takes exactly one of id or filter")
+            raise InvalidArgumentError("update takes exactly one of id or filter")
         if record_id is not None:
             return col.update(record_id, values=values, set_metadata=set_metadata)
         if values is not None:
-            raise ValueError("update by filter can only set metadata, not values")
+            raise InvalidArgumentError("update by filter can only set metadata, not values")
         if not isinstance(set_metadata, Mapping):
-            raise ValueError("update by filter needs setMetadata={...}")
+            raise InvalidArgumentError("update by filter needs setMetadata={...}")
         count, seq = 0, 0
         for rid in col.ids_matching(filter):
             r = col.update(rid, set_metadata=set_metadata)
@@ -253,26 +325,6 @@ class Catalog:
             for col in self._open.values():
                 col.close()
             self._open.clear()
-
-
-@dataclass
-class SearchRequest:
-    """One search for :meth:`ShardCatalog.search_batch` (the collection name already resolved)."""
-
-    collection: str
-    queries: np.ndarray
-    k: int
-    filter: Mapping | None = None
-    include_metadata: bool = False
-    include_vectors: bool = False
-    params: Mapping[str, int] | None = None
-    group: tuple = field(init=False, repr=False)
-
-    def __post_init__(self):
-        self.k = check_k(self.k, max_k=MAX_TOP_K)
-        self.group = (self.collection, json.dumps(self.filter, sort_keys=True, default=str),
-                      json.dumps(self.params, sort_keys=True, default=str), bool(self.include_metadata),
-                      bool(self.include_vectors))
 
 
 class ShardCatalog:
@@ -309,7 +361,7 @@ class ShardCatalog:
             if not (path / "collection.json").exists():
                 if f is not None:
                     self._followers.pop(name).close()
-                raise CollectionNotFound(f"no collection or alias named {name!r}")
+                raise CollectionNotFound(f"no collection or alias named {name!r}", name=name)
             if f is None:
                 f = self._followers[name] = self._Follower.open(path, self.shard, device=self.device)
         f.refresh()
@@ -324,27 +376,27 @@ class ShardCatalog:
                                                                   None))
         return cache.get()
 
-    def search_batch(self, requests: Sequence[SearchRequest]) -> list:
-        """Answer many searches, one engine call per group of alike requests (same collection, filter,
-        params and include flags) with their queries stacked: concurrent clients share one GEMM.
+    def search_batch(self, requests: Sequence[tuple[str, Any]]) -> list:
+        """Answer many ``(collection, SearchRequest)`` pairs, one engine call per group of alike
+        requests (same collection, filter, params and include flags) with their queries stacked:
+        concurrent clients share one GEMM.
 
-        Returns per request ``(ShardHits, info)`` (``info``: the collection's metric, dim, index,
-        lineage and this shard's applied sequence number), or the exception that request raised.
+        Returns per request ``(Hits, info)`` (the hits carry their ids; ``info``: the collection's
+        metric, dim, index, lineage and this shard's applied sequence number), or the exception
+        that request raised.
         """
         out: list = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
-        for pos, r in enumerate(requests):
-            groups.setdefault(r.group, []).append(pos)
-        for members in groups.values():
-            first = requests[members[0]]
+        for pos, (name, r) in enumerate(requests):
+            groups.setdefault((name, r.group), []).append(pos)
+        for (name, _), members in groups.items():
+            first = requests[members[0]][1]
             try:
-                f = self.follower(first.collection)
-                qs = [np.asarray(requests[p].queries, np.float32).reshape(-1, requests[p].queries.shape[-1])
-                      for p in members]
-                k = max(requests[p].k for p in members)
-                hits = f.search(np.concatenate(qs) if len(qs) > 1 else qs[0], k, filter=first.filter,
-                                include_metadata=first.include_metadata, include_vectors=first.include_vectors,
-                                params=first.params, schema=self.schema(first.collection))
+                f = self.follower(name)
+                qs = [requests[p][1].queries for p in members]
+                k = max(requests[p][1].k for p in members)
+                stacked = first.with_k(k) if len(qs) == 1 else dataclasses.replace(first, queries=np.concatenate(qs), k=k)
+                hits = f.search_request(stacked, schema=self.schema(name))
                 info = {"metric": f.metric, "dim": f.dim, "index": f.config["index"], "lineage": f.lineage,
                         "sequence": f.applied_seq}
             except Exception as e:  # noqa: BLE001 - handed back per request, raised by the caller
@@ -353,7 +405,7 @@ class ShardCatalog:
                 continue
             lo = 0
             for p, q in zip(members, qs):
-                out[p] = (_slice_hits(hits, lo, lo + q.shape[0], requests[p].k), info)
+                out[p] = (hits.slice(lo, lo + q.shape[0], requests[p][1].k), info)
                 lo += q.shape[0]
         return out
 
@@ -368,16 +420,3 @@ class ShardCatalog:
             for f in self._followers.values():
                 f.close()
             self._followers.clear()
-
-
-def _slice_hits(hits, lo: int, hi: int, k: int):
-    """Queries ``lo:hi`` of a ShardHits cut to their own ``k`` (a prefix of a longer best-first list)."""
-    from .shard import ShardHits
-
-    return ShardHits(
-        np.ascontiguousarray(hits.scores[lo:hi, :k]),
-        [row[:k] for row in hits.ids[lo:hi]],
-        None if hits.metadata is None else [row[:k] for row in hits.metadata[lo:hi]],
-        None if hits.vectors is None else [v[:k] for v in hits.vectors[lo:hi]],
-    )
-

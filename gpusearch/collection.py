@@ -30,13 +30,16 @@ import numpy as np
 
 from . import metadata as md
 from . import ops as ops_mod
-from .arrays import as_ids, check_k, prepare_vectors, to_host
+from .arrays import as_ids, prepare_vectors, to_host
 from .backends import check_index_spec
 from .devices import resolve_device
+from .errors import ClosedError, InvalidArgumentError, InvalidTypeError
 from .fileio import DiskFullError, atomic_write_json, read_json
 from .filters import compile_filter
-from .merge import merge_hits
+from .hits import Hits
+from .merge import merge
 from .progress import progress
+from .request import MAX_TOP_K, SearchParams, SearchRequest, build_request
 from .results import FetchResult, SearchResult, WriteResult
 from .shard import Shard
 from .wal import WALCorruptError, WriteAheadLog
@@ -48,8 +51,6 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 METRICS = ("cosine", "ip", "l2")
 DTYPES = ("float32", "float16")
-# One below the kernels' limit: exact search asks each shard for k + 1 to see ties at the k-th place.
-MAX_TOP_K = 1000
 MAX_SHARDS = 256
 CHECKPOINT_WAL_BYTES = 256 << 20
 # Below this many multiply-adds per search, shards are searched one after another in the caller's thread.
@@ -171,6 +172,7 @@ class Collection:
         self.metric: str = config["metric"]
         self.index: str = config["index"]
         self.dtype: str = config["dtype"]
+        self.family: str = shards[0].backend.family  # which typed search params the index takes
         self.lineage: dict = dict(config.get("lineage") or {})
         self.device = device
         self._shards = shards
@@ -214,17 +216,17 @@ class Collection:
         """
         path = Path(path)
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
-            raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+            raise InvalidTypeError(f"dim must be an int, got {type(dim).__name__}")
         if not 1 <= dim <= 65536:
-            raise ValueError(f"dim must be between 1 and 65536, got {dim}")
+            raise InvalidArgumentError(f"dim must be between 1 and 65536, got {dim}")
         if metric not in METRICS:
-            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+            raise InvalidArgumentError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
         if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+            raise InvalidArgumentError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or not 1 <= shards <= MAX_SHARDS:
-            raise ValueError(f"shards must be an int between 1 and {MAX_SHARDS}, got {shards!r}")
+            raise InvalidArgumentError(f"shards must be an int between 1 and {MAX_SHARDS}, got {shards!r}")
         if lineage is not None and not isinstance(lineage, Mapping):
-            raise TypeError(f"lineage must be a dict such as {{'model': ..., 'version': ...}}, got {type(lineage).__name__}")
+            raise InvalidTypeError(f"lineage must be a dict such as {{'model': ..., 'version': ...}}, got {type(lineage).__name__}")
         index = check_index_spec(index, int(dim), metric)
         resolve_device(device)  # fail before creating anything
         if (path / _MANIFEST).exists():
@@ -308,7 +310,7 @@ class Collection:
     # -- helpers -------------------------------------------------------------
     def _check_open(self) -> None:
         if self._closed:
-            raise ValueError(f"collection {self.path} is closed; open it again with Collection.open")
+            raise ClosedError(f"collection {self.path} is closed; open it again with Collection.open")
 
     def _prepare_vectors(self, x, name: str, device: str = "cpu"):
         return prepare_vectors(x, name=name, dim=self.dim, metric=self.metric, device=device)
@@ -369,9 +371,9 @@ class Collection:
         ids = as_ids(ids)
         vecs = self._prepare_vectors(vectors, "vectors")
         if len(ids) != vecs.shape[0]:
-            raise ValueError(f"ids and vectors must have the same length, got {len(ids)} ids and {vecs.shape[0]} vectors")
+            raise InvalidArgumentError(f"ids and vectors must have the same length, got {len(ids)} ids and {vecs.shape[0]} vectors")
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+            raise InvalidArgumentError(f"batch_size must be a positive int or None, got {batch_size!r}")
         last: dict[str, int] = {}
         for pos, i in enumerate(ids):
             last[i] = pos
@@ -419,12 +421,12 @@ class Collection:
         self._check_open()
         given = sum([ids is not None, filter is not None, bool(delete_all)])
         if given != 1:
-            raise ValueError("delete takes exactly one of ids=[...], filter={...} or delete_all=True")
+            raise InvalidArgumentError("delete takes exactly one of ids=[...], filter={...} or delete_all=True")
         compiled = None
         if filter is not None:
             compiled = compile_filter(filter, self.schema)
             if compiled is None:
-                raise ValueError("delete with an empty filter would delete everything; use delete_all=True for that")
+                raise InvalidArgumentError("delete with an empty filter would delete everything; use delete_all=True for that")
         id_list = as_ids(ids) if ids is not None else None
         with self._write_lock:
             groups: dict[int, list[str]] = {}
@@ -455,9 +457,9 @@ class Collection:
         self._check_open()
         rid = as_ids([record_id])[0]
         if values is None and set_metadata is None:
-            raise ValueError("update needs values=[...] and/or set_metadata={...}")
+            raise InvalidArgumentError("update needs values=[...] and/or set_metadata={...}")
         if set_metadata is not None and not isinstance(set_metadata, Mapping):
-            raise TypeError(f"set_metadata must be a dict, got {type(set_metadata).__name__}")
+            raise InvalidTypeError(f"set_metadata must be a dict, got {type(set_metadata).__name__}")
         new_vec = None if values is None else self._prepare_vectors(values, "values")
         with self._write_lock:
             shard = self._shards[shard_of(rid, len(self._shards))]
@@ -500,33 +502,63 @@ class Collection:
 
     # -- reads ---------------------------------------------------------------
     def search(self, queries, k: int = 10, *, filter: Mapping | None = None, include_metadata: bool = False,
-               include_vectors: bool = False, params: Mapping[str, int] | None = None) -> SearchResult:
+               include_vectors: bool = False, params: Mapping[str, int] | SearchParams | None = None) -> SearchResult:
         """The ``k`` best records for each query, best first; ties go to the smaller id.
 
         ``queries``: (nq, dim) or one (dim,) vector, NumPy / torch / CuPy / list.
+        ``k``: 1 to :data:`~gpusearch.request.MAX_TOP_K`.
         ``filter``: Pinecone-style, e.g. ``{"genre": {"$eq": "drama"}, "year": {"$gte": 2019}}``.
-        ``params``: FAISS search parameters, ``{"nprobe": 32}`` for IVF, ``{"efSearch": 128}`` for HNSW.
+        ``params``: search parameters of the index's family, ``{"nprobe": 32}`` (IVF) or
+        ``{"efSearch": 128}`` (HNSW), or an :class:`~gpusearch.request.IVFParams` /
+        :class:`~gpusearch.request.HNSWParams`.
         """
-        self._check_open()
-        k = check_k(k, max_k=MAX_TOP_K)
-        q = self._prepare_vectors(queries, "queries", device=self.device)
-        compiled = compile_filter(filter, self.schema)
-        if params is not None and not isinstance(params, Mapping):
-            raise TypeError(f"params must be a dict such as {{'nprobe': 32}}, got {type(params).__name__}")
-        schema = dict(self.schema)
-        def one(shard):
-            return shard.search(q, k, compiled_filter=compiled, schema=schema, params=dict(params or {}),
-                                include_metadata=include_metadata, include_vectors=include_vectors)
+        return self.search_request(self.request(queries, k, filter=filter, include_metadata=include_metadata,
+                                                include_vectors=include_vectors, params=params))
 
-        # Handing a shard to a thread costs ~0.1-1 ms; only worth it when each shard has real work.
-        work = q.shape[0] * sum(s.n_rows for s in self._shards) * self.dim
-        if len(self._shards) == 1 or work < PARALLEL_SEARCH_FLOPS:
-            results = [one(s) for s in self._shards]
+    def request(self, queries, k: int = 10, *, filter=None, include_metadata: bool = False,
+                include_vectors: bool = False, params=None) -> SearchRequest:
+        """Check a search against this collection and build its :class:`~gpusearch.request.SearchRequest`."""
+        self._check_open()
+        return build_request(queries, k, dim=self.dim, metric=self.metric, device=self.device, family=self.family,
+                             schema=self.schema, filter=filter, params=params, include_metadata=include_metadata,
+                             include_vectors=include_vectors)
+
+    def search_request(self, request: SearchRequest) -> SearchResult:
+        """Answer a request built by :meth:`request` (the edge: ids are looked up for the final k only)."""
+        hits, ids_lists = self.search_hits(request)
+        n = len(self._shards)
+        keys = hits.keys.tolist()
+        if n == 1:
+            table = ids_lists[0]
+            ids = [[table[r] for r in row if r >= 0] for row in keys]
         else:
-            results = list(self._pool.map(one, self._shards))
-        ids, scores, metas, vecs = merge_hits(results, k, metric=self.metric, dim=self.dim)
+            ids = [[ids_lists[g % n][g // n] for g in row if g >= 0] for row in keys]
+        scores = [hits.scores[q, : len(row)] for q, row in enumerate(ids)]
+        vecs = None if hits.vectors is None else [hits.vectors[q, : len(row)] for q, row in enumerate(ids)]
         info = {"sequence": self._seq, "index": self.index, "lineage": self.lineage}
-        return SearchResult(ids, scores, metas, vecs, info)
+        return SearchResult(ids, scores, hits.metadata, vecs, info)
+
+    def search_hits(self, request: SearchRequest) -> tuple[Hits, list[list[str]]]:
+        """Columnar hits of every shard merged: keys are ``row * shards + shard``.
+
+        Returns the hits and each shard's id list as the search saw it (``ids[shard][row]``).
+        """
+        shards = self._shards
+        schema = self.schema
+        if len(shards) == 1:
+            hits, ids = shards[0].search(request, schema)
+            return hits, [ids]
+        # Handing a shard to a thread costs ~0.1-1 ms; only worth it when each shard has real work.
+        work = request.nq * sum(s.n_rows for s in shards) * self.dim
+        if work < PARALLEL_SEARCH_FLOPS:
+            answers = [s.search(request, schema) for s in shards]
+        else:
+            answers = list(self._pool.map(lambda s: s.search(request, schema), shards))
+        lists = [ids for _, ids in answers]
+        hits, part = merge([h for h, _ in answers], request.k, largest=self.metric != "l2",
+                           ids_of=lambda p, rows: [lists[p][r] for r in rows.tolist()])
+        hits.keys = np.where(part >= 0, hits.keys * len(shards) + part, -1)
+        return hits, lists
 
     def fetch(self, ids) -> FetchResult:
         """Records by id, in the order asked (duplicates once); unknown ids are listed in ``missing``."""

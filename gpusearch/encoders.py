@@ -11,6 +11,7 @@ import os
 from typing import Sequence
 
 from .devices import resolve_device
+from .errors import InvalidArgumentError, InvalidTypeError
 
 __all__ = ["SentenceEncoder", "default_model_path", "DEFAULT_MODEL"]
 
@@ -64,13 +65,13 @@ class SentenceEncoder:
     def encode(self, texts: Sequence[str], *, show_progress: bool = False):
         """Unit-length float32 embeddings, a torch tensor on the encoder's device."""
         if isinstance(texts, str):
-            raise TypeError("texts must be a list of strings; wrap a single text in a list")
+            raise InvalidTypeError("texts must be a list of strings; wrap a single text in a list")
         texts = list(texts)
         if not texts:
-            raise ValueError("texts is empty; send at least one text")
+            raise InvalidArgumentError("texts is empty; send at least one text")
         for i, t in enumerate(texts):
             if not isinstance(t, str):
-                raise TypeError(f"texts[{i}] must be str, got {type(t).__name__}")
+                raise InvalidTypeError(f"texts[{i}] must be str, got {type(t).__name__}")
         return self.model.encode(
             texts, batch_size=self.batch_size, convert_to_tensor=True, normalize_embeddings=True,
             show_progress_bar=show_progress,

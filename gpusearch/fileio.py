@@ -29,6 +29,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .errors import DiskFullError
+
 __all__ = [
     "DiskFullError",
     "atomic_write",
@@ -46,22 +48,6 @@ logger = logging.getLogger(__name__)
 
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-(?P<rand>[0-9a-f]+)$")
 _FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e is not None)
-
-
-class DiskFullError(OSError):
-    """A write failed because the file system is full (``ENOSPC``) or over quota (``EDQUOT``).
-
-    An ``OSError`` whose ``errno`` is the original one and whose ``filename`` is
-    the file being written; the message says the disk is full and what became
-    of the write (nothing of it is kept). Free space and retry.
-
-    Examples
-    --------
-    >>> import errno
-    >>> e = DiskFullError(errno.ENOSPC, "no space left on device: writing failed", "/data/x")
-    >>> isinstance(e, OSError), e.errno == errno.ENOSPC, str(e)
-    (True, True, "[Errno 28] no space left on device: writing failed: '/data/x'")
-    """
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -58,6 +58,7 @@ column before it evaluates the expression. Use ``mask`` rather than handing
 """
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from typing import Any, Mapping
@@ -68,6 +69,7 @@ import pyarrow.acero as acero
 import pyarrow.compute as pc
 
 from ._show import show as _show
+from .errors import InvalidArgumentError, InvalidTypeError
 from .metadata import FIELD_TYPES, check_schema
 
 __all__ = ["CompiledFilter", "compile_filter", "FIELD_OPERATORS", "LOGICAL_OPERATORS", "MAX_DEPTH"]
@@ -132,17 +134,33 @@ class CompiledFilter:
         The metadata fields whose columns :meth:`mask` reads.
     """
 
-    __slots__ = ("expression", "fields", "_types", "_lists", "_constant")
+    __slots__ = ("expression", "fields", "key", "_types", "_lists", "_constant")
 
-    def __init__(self, expression, fields, types, lists, constant):
+    def __init__(self, expression, fields, types, lists, constant, key=None):
         self.expression = expression
         self.fields = fields
         self._types = types  # field -> pa.DataType from the schema at compile time
         self._lists = lists  # (derived column, field, value set, negate)
         self._constant = constant  # bool when the filter folded to a constant, else None
+        # The filter as canonical JSON and the types of the fields it reads: equal keys select the
+        # same rows, so a batcher may answer requests with equal keys in one search.
+        self.key = key if key is not None else (str(expression), ())
 
     def __repr__(self) -> str:
         return f"CompiledFilter({self.expression})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, CompiledFilter) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __getstate__(self):  # slots, no __dict__: pickled (to a shard replica) field by field
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __setstate__(self, state) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
 
     def mask(self, table: pa.Table | pa.RecordBatch) -> np.ndarray:
         """Evaluate the filter over every row of ``table``.
@@ -170,7 +188,7 @@ class CompiledFilter:
         if isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
         if not isinstance(table, pa.Table):
-            raise TypeError(f"table must be a pyarrow.Table or RecordBatch, got {type(table).__name__}")
+            raise InvalidTypeError(f"table must be a pyarrow.Table or RecordBatch, got {type(table).__name__}")
         n = table.num_rows
         if self._constant is not None:
             return np.full(n, self._constant, dtype=bool)
@@ -232,31 +250,31 @@ class _Compiler:
 
     def filter(self, flt: Any, depth: int, where: str) -> Any:
         if not isinstance(flt, Mapping):
-            raise TypeError(f"{where} must be a dict, got {type(flt).__name__} {_show(flt)}")
+            raise InvalidTypeError(f"{where} must be a dict, got {type(flt).__name__} {_show(flt)}")
         if depth > MAX_DEPTH:
-            raise ValueError(f"filter nests $and/$or deeper than {MAX_DEPTH} levels")
+            raise InvalidArgumentError(f"filter nests $and/$or deeper than {MAX_DEPTH} levels")
         parts = []
         for key, value in flt.items():
             if not isinstance(key, str):
-                raise TypeError(f"filter keys must be strings (field names or operators), got {type(key).__name__} {_show(key)}")
+                raise InvalidTypeError(f"filter keys must be strings (field names or operators), got {type(key).__name__} {_show(key)}")
             if key in LOGICAL_OPERATORS:
                 parts.append(self.logical(key, value, depth))
             elif key.startswith("$"):
                 if key in FIELD_OPERATORS:
-                    raise ValueError(
+                    raise InvalidArgumentError(
                         f"operator {key} must be applied to a field, as in {{'field': {{'{key}': ...}}}}; "
                         f"only $and and $or may stand at the top of a filter"
                     )
-                raise ValueError(f"unknown filter operator {key!r}; supported operators: {_SUPPORTED}")
+                raise InvalidArgumentError(f"unknown filter operator {key!r}; supported operators: {_SUPPORTED}")
             else:
                 parts.append(self.condition(key, value))
         return _and(parts)
 
     def logical(self, op: str, value: Any, depth: int) -> Any:
         if not isinstance(value, (list, tuple)):
-            raise TypeError(f"{op} needs a list of filters, got {type(value).__name__} {_show(value)}")
+            raise InvalidTypeError(f"{op} needs a list of filters, got {type(value).__name__} {_show(value)}")
         if not value:
-            raise ValueError(f"{op} needs a non-empty list of filters, got []")
+            raise InvalidArgumentError(f"{op} needs a non-empty list of filters, got []")
         parts = [self.filter(item, depth + 1, f"each item of {op}") for item in value]
         return _and(parts) if op == "$and" else _or(parts)
 
@@ -264,43 +282,43 @@ class _Compiler:
         if not isinstance(cond, Mapping):
             return self.leaf(field, "$eq", cond)
         if not cond:
-            raise ValueError(f"condition for field {field!r} is an empty object; expected operators such as {{'$eq': value}}")
+            raise InvalidArgumentError(f"condition for field {field!r} is an empty object; expected operators such as {{'$eq': value}}")
         keys = list(cond)
         ops = [k for k in keys if isinstance(k, str) and k.startswith("$")]
         if not ops:
-            raise TypeError(
+            raise InvalidTypeError(
                 f"field {field!r} must map to a value or an object of operators, got an object with keys "
                 f"{_show(keys)}; nested objects are not supported"
             )
         if len(ops) != len(keys):
             plain = [k for k in keys if k not in ops]
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"condition for field {field!r} mixes operators {ops} with other keys {_show(plain)}; "
                 "an object under a field holds operators only"
             )
         parts = []
         for op, operand in cond.items():
             if op in LOGICAL_OPERATORS:
-                raise ValueError(f"{op} cannot be used inside the condition for field {field!r}; put it at the top of a filter")
+                raise InvalidArgumentError(f"{op} cannot be used inside the condition for field {field!r}; put it at the top of a filter")
             if op not in FIELD_OPERATORS:
-                raise ValueError(f"unknown filter operator {op!r} for field {field!r}; supported operators: {_SUPPORTED}")
+                raise InvalidArgumentError(f"unknown filter operator {op!r} for field {field!r}; supported operators: {_SUPPORTED}")
             parts.append(self.leaf(field, op, operand))
         return _and(parts)
 
     def leaf(self, field: str, op: str, operand: Any) -> Any:
         if op == "$exists":
             if not isinstance(operand, (bool, np.bool_)):
-                raise TypeError(f"$exists for field {field!r} needs true or false, got {type(operand).__name__} {_show(operand)}")
+                raise InvalidTypeError(f"$exists for field {field!r} needs true or false, got {type(operand).__name__} {_show(operand)}")
             if field not in self.schema:
                 return not operand  # a field no record has
             ref = pc.field(field)
             return _Node(pc.is_valid(ref) if operand else pc.is_null(ref), frozenset([field]))
         if field not in self.schema:
             known = ", ".join(repr(f) for f in sorted(self.schema)) or "none yet"
-            raise ValueError(f"unknown metadata field {field!r} in filter; the collection's fields are: {known}")
+            raise InvalidArgumentError(f"unknown metadata field {field!r} in filter; the collection's fields are: {known}")
         ftype = self.schema[field]
         if op in _COMPARISONS and ftype in ("bool", "string_list"):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{op} is not supported on {ftype} field {field!r}; use $eq, $ne, $in, $nin or $exists"
             )
         if op in ("$in", "$nin"):
@@ -323,7 +341,7 @@ class _Compiler:
         kind = _operand_kind(value)
         if kind != want:
             hint = "; to match any of several values use $in" if isinstance(value, (list, tuple)) and op in ("$eq", "$ne") else ""
-            raise TypeError(
+            raise InvalidTypeError(
                 f"{op} on {ftype} field {field!r} needs {_KIND_NAMES[want]}, got {type(value).__name__} {_show(value)}{hint}"
             )
         if kind == "bool":
@@ -333,26 +351,26 @@ class _Compiler:
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
-                raise ValueError(f"{op} operand for field {field!r} is not valid UTF-8 text: {_show(value)}") from None
+                raise InvalidArgumentError(f"{op} operand for field {field!r} is not valid UTF-8 text: {_show(value)}") from None
             return value
         if isinstance(value, numbers.Integral):
             value = int(value)
             if not _INT64_MIN <= value <= _INT64_MAX:
-                raise ValueError(f"{op} operand for field {field!r} must fit in int64, got {_show(value)}")
+                raise InvalidArgumentError(f"{op} operand for field {field!r} must fit in int64, got {_show(value)}")
             return value
         value = float(value)
         if not math.isfinite(value):
-            raise ValueError(f"{op} operand for field {field!r} must be a finite number, got {value}")
+            raise InvalidArgumentError(f"{op} operand for field {field!r} must be a finite number, got {value}")
         return value
 
     def operand_list(self, field: str, ftype: str, op: str, values: Any) -> list:
         if not isinstance(values, (list, tuple)):
-            raise TypeError(f"{op} on field {field!r} needs a list of values, got {type(values).__name__} {_show(values)}")
+            raise InvalidTypeError(f"{op} on field {field!r} needs a list of values, got {type(values).__name__} {_show(values)}")
         if not values:
-            raise ValueError(f"{op} on field {field!r} needs a non-empty list of values, got []")
+            raise InvalidArgumentError(f"{op} on field {field!r} needs a non-empty list of values, got []")
         if len({_operand_kind(v) for v in values}) > 1:
             names = ", ".join(dict.fromkeys(type(v).__name__ for v in values))
-            raise TypeError(
+            raise InvalidTypeError(
                 f"{op} on field {field!r} needs values of one kind, got a mix of {names}: {_show(list(values))}"
             )
         return [self.operand(field, ftype, op, v) for v in values]
@@ -468,17 +486,20 @@ def compile_filter(filter: Any, schema: Mapping[str, str]) -> CompiledFilter | N
     >>> compile_filter({"year": {"$regex": "^19"}}, schema)
     Traceback (most recent call last):
     ...
-    ValueError: unknown filter operator '$regex' for field 'year'; supported operators: $eq, $ne, $gt, $gte, $lt, $lte, $in, $nin, $exists, $and, $or
+    gpusearch.errors.InvalidArgumentError: unknown filter operator '$regex' for field 'year'; supported operators: $eq, $ne, $gt, $gte, $lt, $lte, $in, $nin, $exists, $and, $or
     """
     if filter is None:
         return None
     if not isinstance(filter, Mapping):
-        raise TypeError(f"filter must be a dict, got {type(filter).__name__} {_show(filter)}")
+        raise InvalidTypeError(f"filter must be a dict, got {type(filter).__name__} {_show(filter)}")
     if not filter:
         return None
     schema = check_schema(schema)
     node = _Compiler(schema).filter(filter, 0, "filter")
+    text = json.dumps(filter, sort_keys=True, separators=(",", ":"))
     if isinstance(node, bool):
-        return CompiledFilter(pc.scalar(node), frozenset(), {}, (), node)
+        return CompiledFilter(pc.scalar(node), frozenset(), {}, (), node, key=(text, ()))
+    fields = sorted(node.fields | {f for _, f, _, _ in node.lists})
     types = {name: FIELD_TYPES[schema[name]] for name in sorted(node.fields)}
-    return CompiledFilter(node.expr, node.fields, types, node.lists, None)
+    return CompiledFilter(node.expr, node.fields, types, node.lists, None,
+                          key=(text, tuple((f, schema[f]) for f in fields)))

@@ -1,119 +1,157 @@
-"""Merging per-shard top-k lists into one top-k: used by ``Collection.search`` and the serve aggregator.
+"""The one merge of every tier: per-part :class:`~gpusearch.hits.Hits` into the ``k`` best, on integer keys.
+
+Collections merge their shards, the serve aggregator its shard deployments, the joins
+their partitions: all with :func:`merge`, which runs the kernels' k-way merge
+(:func:`gpusearch.kernels.merge_topk`) on each candidate's position and gathers keys
+and payloads by position. No string is compared unless scores tie: then, and only for
+the queries with a tie among their best ``k + 1``, the tied candidates are ordered by
+their ids (ties go to the smaller id, exactly, as each part already orders its own).
 
 >>> import numpy as np
->>> from gpusearch.shard import ShardHits
->>> a = ShardHits(np.array([[0.9, 0.5]], "float32"), [["x", "y"]])
->>> b = ShardHits(np.array([[0.7, 0.5]], "float32"), [["z", "w"]])
->>> merge_hits([a, b], 3, metric="ip", dim=2)[0]
-[['x', 'z', 'w']]
+>>> from gpusearch.hits import Hits
+>>> a = Hits(np.array([[0.9, 0.5]], "float32"), np.array([[4, 2]]), ids=np.array([["x", "y"]], object))
+>>> b = Hits(np.array([[0.7, 0.5]], "float32"), np.array([[0, 1]]), ids=np.array([["z", "w"]], object))
+>>> hits, part = merge([a, b], 3, largest=True)
+>>> hits.ids.tolist(), hits.keys.tolist(), part.tolist()
+([['x', 'z', 'w']], [[4, 0, 1]], [[0, 1, 1]])
 """
 from __future__ import annotations
+
+from typing import Callable, Sequence
 
 import numpy as np
 
 from . import kernels
+from .hits import Hits, sentinel
 
-__all__ = ["merge_hits", "rescore_exact", "candidates_per_shard", "merge_and_rerank"]
+__all__ = ["merge", "rescore_exact", "candidates_per_shard"]
 
 
-def merge_hits(results, k: int, *, metric: str, dim: int):
-    """Merge shard answers (``ShardHits``, each best first) into the ``k`` best per query.
+def merge(parts: Sequence[Hits], k: int, *, largest: bool,
+          ids_of: Callable[[int, np.ndarray], Sequence[str]] | None = None) -> tuple[Hits, np.ndarray]:
+    """The ``k`` best of several best-first answers to the same queries.
 
-    Returns ``(ids, scores, metadata, vectors)``: per query a list of ids, a float32
-    array of scores, and (when the shards returned them) metadata dicts and an
-    (n, dim) array of vectors. Ties go to the smaller id: the kernels' k-way merge
-    orders equal scores by the number passed with each candidate, so that number is
-    the candidate id's rank among all candidate ids in string order.
+    Parameters
+    ----------
+    parts : sequence of Hits
+        One answer per part (shard, replica, partition), each best first with ties
+        already ordered by id within it. Widths may differ.
+    k : int
+        How many to keep per query.
+    largest : bool
+        Whether larger scores are better.
+    ids_of : callable, optional
+        ``ids_of(part, keys) -> ids``: the string ids of some of a part's keys, asked
+        only for queries whose candidates tie. Parts that carry ``ids`` need none.
+        With neither, ties go to the earlier part.
+
+    Returns
+    -------
+    (Hits, part)
+        The merged answer, keys as each part gave them, payloads gathered; ``part``
+        (nq, k) int64 says which part each hit came from (``-1``: no hit).
     """
-    if not results:
-        raise ValueError("merge_hits needs at least one shard's answer")
-    nq = results[0].scores.shape[0]
-    want_meta = results[0].metadata is not None
-    want_vecs = results[0].vectors is not None
-    if len(results) == 1:
-        h = results[0]
-        scores = [np.asarray(h.scores[qi, : min(k, len(ids))], np.float32).copy() for qi, ids in enumerate(h.ids)]
-        ids = [row[:k] for row in h.ids]
-        metas = [row[:k] for row in h.metadata] if want_meta else None
-        vecs = [v[:k] for v in h.vectors] if want_vecs else None
-        return ids, scores, metas, vecs
-    flat_ids = [i for h in results for row in h.ids for i in row]
-    if not flat_ids:
-        empty = [[] for _ in range(nq)]
-        return (empty, [np.empty(0, np.float32) for _ in range(nq)], (empty if want_meta else None),
-                ([np.empty((0, dim), np.float32)] * nq if want_vecs else None))
-    uniq, inv = np.unique(np.array(flat_ids, dtype=object), return_inverse=True)
-    ranks, pos = [], 0
-    for h in results:
-        R = np.full(h.scores.shape, -1, dtype=np.int64)
-        for qi, row in enumerate(h.ids):
-            R[qi, : len(row)] = inv[pos : pos + len(row)]
-            pos += len(row)
-        ranks.append(R)
-    Dm, Rm = kernels.merge_topk([np.asarray(h.scores, np.float32) for h in results], ranks, k,
-                                largest=metric != "l2")
-    ids_out, scores_out = [], []
-    metas = [] if want_meta else None
-    vecs = [] if want_vecs else None
-    for qi in range(nq):
-        rr = Rm[qi, Rm[qi] >= 0]
-        ids_out.append(uniq[rr].tolist())
-        scores_out.append(np.asarray(Dm[qi, : len(rr)], dtype=np.float32))
-        if want_meta or want_vecs:
-            # where each winner sits: (shard, position in that shard's list for this query)
-            loc = {int(r): (s, j) for s, R in enumerate(ranks) for j, r in enumerate(R[qi].tolist()) if r >= 0}
-            src = np.array([loc[int(r)] for r in rr], dtype=np.int64).reshape(-1, 2)
-        if want_meta:
-            metas.append([results[s].metadata[qi][j] for s, j in src.tolist()])
-        if want_vecs:
-            vecs.append(np.stack([results[s].vectors[qi][j] for s, j in src.tolist()]) if len(rr)
-                        else np.empty((0, dim), np.float32))
-    return ids_out, scores_out, metas, vecs
+    if not parts:
+        raise ValueError("merge needs at least one part's answer")
+    if len(parts) == 1:
+        h = parts[0].slice(0, parts[0].nq, k)
+        return h, np.where(h.keys >= 0, 0, -1)
+    widths = [h.k for h in parts]
+    offsets = np.concatenate([[0], np.cumsum(widths)])
+    S = np.concatenate([np.asarray(h.scores, np.float32) for h in parts], axis=1)
+    K = np.concatenate([h.keys for h in parts], axis=1)
+    nq, width = K.shape
+    pos = np.where(K >= 0, np.arange(width, dtype=np.int64), -1)
+    kk = min(k + 1, width)  # one more: a tie at the k-th place shows as equal k-th and (k+1)-th scores
+    D, P = kernels.merge_topk([S], [pos], kk, largest=largest)
+    have_ids = ids_of is not None or all(h.ids is not None for h in parts)
+    if have_ids and kk > 1:
+        tied = np.flatnonzero(((P[:, 1:] >= 0) & (D[:, 1:] == D[:, :-1])).any(axis=1))
+        for q in tied.tolist():
+            D[q], P[q] = _by_score_then_id(S[q], K[q], offsets, parts, ids_of, q, kk, largest)
+    D, P = D[:, :k], P[:, :k]
+    if kk < k:  # fewer candidates than k in all: pad
+        pad = k - kk
+        D = np.concatenate([D, np.full((nq, pad), sentinel(largest), np.float32)], axis=1)
+        P = np.concatenate([P, np.full((nq, pad), -1, np.int64)], axis=1)
+    valid = P >= 0
+    at = np.maximum(P, 0)
+    part = np.where(valid, np.searchsorted(offsets, at, side="right") - 1, -1)
+    keys = np.where(valid, np.take_along_axis(K, at, axis=1), -1)
+    out = Hits(D, keys)
+    if all(h.ids is not None for h in parts):
+        ids = np.take_along_axis(np.concatenate([h.ids for h in parts], axis=1), at, axis=1)
+        ids[~valid] = None
+        out.ids = ids
+    if all(h.vectors is not None for h in parts):
+        V = np.concatenate([h.vectors for h in parts], axis=1)
+        out.vectors = np.take_along_axis(V, at[:, :, None], axis=1)
+        out.vectors[~valid] = 0
+    if all(h.metadata is not None for h in parts):
+        col = at - offsets[np.maximum(part, 0)]
+        out.metadata = [[parts[s].metadata[q][c] for s, c in zip(part[q].tolist(), col[q].tolist()) if s >= 0]
+                        for q in range(nq)]
+    return out, part
 
 
-def rescore_exact(queries, ids, vectors, metadata, k: int, *, metric: str):
-    """Re-rank merged candidates by their exact score in float64 and keep the ``k`` best.
+def _by_score_then_id(s: np.ndarray, keys: np.ndarray, offsets: np.ndarray, parts, ids_of, q: int, kk: int,
+                      largest: bool):
+    """Row ``q``'s best ``kk`` candidates, ordered by score and then by id (the exact tie rule)."""
+    cand = np.flatnonzero(keys >= 0)
+    owner = np.searchsorted(offsets, cand, side="right") - 1
+    ids: list[str] = [""] * len(cand)
+    for p in np.unique(owner).tolist():
+        sel = np.flatnonzero(owner == p)
+        if parts[p].ids is not None:
+            got = parts[p].ids[q, cand[sel] - offsets[p]].tolist()
+        else:
+            got = ids_of(p, keys[cand[sel]])
+        for j, i in zip(sel.tolist(), got):
+            ids[j] = i
+    sign = -1.0 if largest else 1.0
+    order = sorted(range(len(cand)), key=lambda j: (sign * float(s[cand[j]]), ids[j]))[:kk]
+    D = np.full(kk, sentinel(largest), np.float32)
+    P = np.full(kk, -1, np.int64)
+    P[: len(order)] = cand[order]
+    D[: len(order)] = s[cand[order]]
+    return D, P
 
-    The second stage after shards searched compressed codes (IVF-PQ, say) with
-    over-fetching: ``vectors`` are the candidates' full-precision stored vectors
-    (unit length for cosine). Ties go to the smaller id. Returns ``(ids, scores,
-    metadata, vectors)`` like :func:`merge_hits`.
+
+def rescore_exact(queries, hits: Hits, k: int, *, metric: str) -> Hits:
+    """Re-rank candidates by their exact score in float64 and keep the ``k`` best (ties to the smaller id).
+
+    The second stage after shards searched compressed codes (IVF-PQ, say) and
+    over-fetched: ``hits`` must carry the candidates' full-precision ``vectors``
+    (unit length for cosine) and their ``ids``; ``queries`` are the request's.
     """
     q = np.asarray(queries, dtype=np.float64)
-    if metric == "cosine":
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)
-    out_ids, out_scores = [], []
-    out_meta = [] if metadata is not None else None
-    out_vecs = []
-    for qi, row in enumerate(ids):
-        V = np.asarray(vectors[qi], dtype=np.float64).reshape(len(row), -1)
-        if metric == "l2":
-            s = ((V - q[qi]) ** 2).sum(axis=1)
-            order = sorted(range(len(row)), key=lambda j: (s[j], row[j]))[:k]
-        else:
-            s = V @ q[qi]
-            order = sorted(range(len(row)), key=lambda j: (-s[j], row[j]))[:k]
-        out_ids.append([row[j] for j in order])
-        out_scores.append(s[order].astype(np.float32))
-        if out_meta is not None:
-            out_meta.append([metadata[qi][j] for j in order])
-        out_vecs.append(np.asarray(vectors[qi])[order] if len(order) else np.asarray(vectors[qi])[:0])
-    return out_ids, out_scores, out_meta, out_vecs
+    largest = metric != "l2"
+    nq = hits.nq
+    kk = min(k, hits.k)
+    D = np.full((nq, k), sentinel(largest), np.float32)
+    order_all = np.full((nq, k), -1, np.int64)
+    for qi in range(nq):
+        n = int(np.count_nonzero(hits.keys[qi] >= 0))
+        V = np.asarray(hits.vectors[qi, :n], dtype=np.float64)
+        row = hits.ids[qi, :n].tolist()
+        s = ((V - q[qi]) ** 2).sum(axis=1) if metric == "l2" else V @ q[qi]
+        sign = 1.0 if metric == "l2" else -1.0
+        order = sorted(range(n), key=lambda j: (sign * s[j], row[j]))[:kk]
+        order_all[qi, : len(order)] = order
+        D[qi, : len(order)] = s[order].astype(np.float32)
+    valid = order_all >= 0
+    at = np.maximum(order_all, 0)
+    keys = np.where(valid, np.take_along_axis(hits.keys, at, axis=1), -1)
+    ids = np.take_along_axis(hits.ids, at, axis=1)
+    ids[~valid] = None
+    out = Hits(D, keys, ids)
+    out.vectors = np.take_along_axis(hits.vectors, at[:, :, None], axis=1)
+    out.vectors[~valid] = 0
+    if hits.metadata is not None:
+        out.metadata = [[hits.metadata[qi][j] for j in order_all[qi].tolist() if j >= 0] for qi in range(nq)]
+    return out
 
 
 def candidates_per_shard(k: int, *, rerank: str, overfetch: int, max_k: int) -> int:
     """How many candidates each shard returns: ``k``, or ``k * overfetch`` (at most ``max_k``) to rerank."""
     return min(k * overfetch, max_k) if rerank == "exact" else k
-
-
-def merge_and_rerank(results, queries, k: int, *, metric: str, dim: int, rerank: str = "none",
-                     include_vectors: bool = False):
-    """Merge shard answers (:func:`merge_hits`), then for ``rerank="exact"`` re-score the candidates
-    (which must carry their vectors) with :func:`rescore_exact` and keep ``k``."""
-    k_fetch = results[0].scores.shape[1] if rerank == "exact" else k  # everything the shards over-fetched
-    ids, scores, metas, vecs = merge_hits(results, k_fetch, metric=metric, dim=dim)
-    if rerank == "exact":
-        ids, scores, metas, vecs = rescore_exact(queries, ids, vecs, metas, k, metric=metric)
-        if not include_vectors:
-            vecs = None
-    return ids, scores, metas, vecs

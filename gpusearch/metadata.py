@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ._show import show
+from .errors import InvalidArgumentError, InvalidTypeError
 
 __all__ = [
     "FIELD_TYPES",
@@ -127,17 +128,17 @@ def check_schema(schema: Any) -> dict[str, str]:
     >>> check_schema({"year": "integer"})
     Traceback (most recent call last):
     ...
-    ValueError: schema field 'year' has unknown type 'integer'; expected one of 'string', 'int', 'float', 'bool', 'string_list'
+    gpusearch.errors.InvalidArgumentError: schema field 'year' has unknown type 'integer'; expected one of 'string', 'int', 'float', 'bool', 'string_list'
     """
     if not isinstance(schema, Mapping):
-        raise TypeError(f"schema must be a mapping of field name to type name, got {type(schema).__name__}")
+        raise InvalidTypeError(f"schema must be a mapping of field name to type name, got {type(schema).__name__}")
     out = {}
     for name, ftype in schema.items():
         if not isinstance(name, str):
-            raise TypeError(f"schema field names must be strings, got {type(name).__name__} {_show(name)}")
+            raise InvalidTypeError(f"schema field names must be strings, got {type(name).__name__} {_show(name)}")
         if not isinstance(ftype, str) or ftype not in FIELD_TYPES:  # `in` would hash a list
             expected = ", ".join(repr(t) for t in FIELD_TYPES)
-            raise ValueError(f"schema field {name!r} has unknown type {_show(ftype)}; expected one of {expected}")
+            raise InvalidArgumentError(f"schema field {name!r} has unknown type {_show(ftype)}; expected one of {expected}")
         out[name] = ftype
     return out
 
@@ -147,18 +148,18 @@ def _check_key(key: Any, records: list[dict]) -> None:
         return
     index = next(i for i, r in enumerate(records) if key in r)
     if not isinstance(key, str):
-        raise TypeError(f"metadata keys must be strings, got {type(key).__name__} {_show(key)} in record {index}")
+        raise InvalidTypeError(f"metadata keys must be strings, got {type(key).__name__} {_show(key)} in record {index}")
     if not key:
-        raise ValueError(f"metadata keys must be non-empty strings, got '' in record {index}")
+        raise InvalidArgumentError(f"metadata keys must be non-empty strings, got '' in record {index}")
     if key[0] == "$":
-        raise ValueError(
+        raise InvalidArgumentError(
             f"metadata keys must not start with '$' (reserved for filter operators), got {key!r} in record {index}"
         )
     if not key.isascii():
         try:
             key.encode("utf-8")
         except UnicodeEncodeError:
-            raise ValueError(f"metadata key {_show(key)} in record {index} is not valid UTF-8 text") from None
+            raise InvalidArgumentError(f"metadata key {_show(key)} in record {index} is not valid UTF-8 text") from None
 
 
 _EMPTY: dict = {}
@@ -177,7 +178,7 @@ def _as_dicts(metadata: Sequence) -> list[dict]:
         elif isinstance(record, Mapping):
             records[i] = dict(record)
         else:
-            raise TypeError(f"metadata record {i} must be a dict or None, got {type(record).__name__} {_show(record)}")
+            raise InvalidTypeError(f"metadata record {i} must be a dict or None, got {type(record).__name__} {_show(record)}")
     return records
 
 
@@ -207,7 +208,7 @@ def _check_no_none(records: list[dict], cols: dict[str, list], types: dict[str, 
     for i, record in enumerate(records):
         for key, value in record.items():
             if value is None:
-                raise TypeError(
+                raise InvalidTypeError(
                     f"metadata field {key!r} in record {i} is None; null values are not stored, omit the key instead"
                 )
 
@@ -226,14 +227,14 @@ def _column_kind(name: str, col: list, types: set, schema_type: str | None) -> s
         if k is None:
             i = _first_index(col, lambda v: type(v) is t)
             what = "nested objects are not supported" if isinstance(col[i], Mapping) else "expected str, bool, int, float or a list of str"
-            raise TypeError(f"metadata field {name!r} in record {i} has {_a(t.__name__)} value {_show(col[i])}; {what}")
+            raise InvalidTypeError(f"metadata field {name!r} in record {i} has {_a(t.__name__)} value {_show(col[i])}; {what}")
         kinds.setdefault(k, t)
     numeric = set(kinds) <= {"int", "float"}
     if len(kinds) > 1 and not numeric:
         first, second = sorted(kinds, key=lambda k: _first_index(col, lambda v: _kind(type(v)) == k))[:2]
         i = _first_index(col, lambda v: _kind(type(v)) == first)
         j = _first_index(col, lambda v: _kind(type(v)) == second)
-        raise ValueError(
+        raise InvalidArgumentError(
             f"metadata field {name!r} has type {first!r} in record {i} but record {j} has {_a(second)} value "
             f"{_show(col[j])}; a field must have one type"
         )
@@ -243,7 +244,7 @@ def _column_kind(name: str, col: list, types: set, schema_type: str | None) -> s
     if numeric and schema_type in ("int", "float"):
         return "float"
     i = _first_index(col, lambda v: _kind(type(v)) in kinds)
-    raise ValueError(
+    raise InvalidArgumentError(
         f"metadata field {name!r} has type {schema_type!r} in this collection, but record {i} has "
         f"{_a(_kind(type(col[i])))} value {_show(col[i])}"
     )
@@ -258,7 +259,7 @@ def _check_list_items(name: str, col: list) -> None:
             continue
         for x in v:
             if not isinstance(x, str):
-                raise TypeError(
+                raise InvalidTypeError(
                     f"metadata field {name!r} in record {i} is a list holding {type(x).__name__} {_show(x)}; "
                     "lists may only hold strings"
                 )
@@ -279,7 +280,7 @@ def _check_encodable(name: str, col: list) -> None:
             try:
                 s.encode("utf-8")
             except UnicodeEncodeError:
-                raise ValueError(f"metadata field {name!r} in record {i} holds text that is not valid UTF-8: {_show(s)}") from None
+                raise InvalidArgumentError(f"metadata field {name!r} in record {i} holds text that is not valid UTF-8: {_show(s)}") from None
 
 
 def _int_array(name: str, col: list) -> pa.Array:
@@ -287,7 +288,7 @@ def _int_array(name: str, col: list) -> pa.Array:
         return pa.array(col, type=pa.int64())
     except (OverflowError, pa.ArrowInvalid):
         i = _first_index(col, lambda v: not _INT64_MIN <= v <= _INT64_MAX)
-        raise ValueError(
+        raise InvalidArgumentError(
             f"metadata field {name!r} in record {i} holds {_show(col[i])}, outside the int64 range "
             f"[{_INT64_MIN}, {_INT64_MAX}]; ints must fit in int64"
         ) from None
@@ -300,7 +301,7 @@ def _float_array(name: str, col: list) -> pa.Array:
         # Ints beyond 2**53 are refused by Arrow's exact conversion; round them here.
         for i, v in enumerate(col):
             if isinstance(v, int) and not _INT64_MIN <= v <= _INT64_MAX:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"metadata field {name!r} in record {i} holds {_show(v)}, outside the int64 range "
                     f"[{_INT64_MIN}, {_INT64_MAX}]; ints must fit in int64"
                 ) from None
@@ -308,7 +309,7 @@ def _float_array(name: str, col: list) -> pa.Array:
     bad = pc.fill_null(pc.invert(pc.is_finite(arr)), False)
     if pc.any(bad).as_py():
         i = int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0])
-        raise ValueError(f"metadata field {name!r} in record {i} holds {_show(col[i])}; float values must be finite")
+        raise InvalidArgumentError(f"metadata field {name!r} in record {i} holds {_show(col[i])}; float values must be finite")
     return arr
 
 
@@ -367,7 +368,7 @@ def normalize_metadata(metadata: Any, n: int, schema: Mapping[str, str]) -> tupl
     >>> normalize_metadata([{"year": "2020"}], 1, {"year": "int"})
     Traceback (most recent call last):
     ...
-    ValueError: metadata field 'year' has type 'int' in this collection, but record 0 has a string value '2020'
+    gpusearch.errors.InvalidArgumentError: metadata field 'year' has type 'int' in this collection, but record 0 has a string value '2020'
     """
     schema = check_schema(schema)
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
@@ -378,11 +379,11 @@ def normalize_metadata(metadata: Any, n: int, schema: Mapping[str, str]) -> tupl
     if metadata is None:
         return empty_table(n), schema
     if isinstance(metadata, (str, bytes, Mapping)) or not isinstance(metadata, (Sequence, np.ndarray)):
-        raise TypeError(
+        raise InvalidTypeError(
             f"metadata must be a list with one dict (or None) per record, got {type(metadata).__name__}"
         )
     if len(metadata) != n:
-        raise ValueError(f"metadata must have one entry per record ({n}), got {len(metadata)}")
+        raise InvalidArgumentError(f"metadata must have one entry per record ({n}), got {len(metadata)}")
 
     records = _as_dicts(metadata)
     cols = _gather_columns(records)
@@ -408,7 +409,7 @@ def merge_schemas(a: Mapping[str, str], b: Mapping[str, str]) -> dict[str, str]:
     >>> merge_schemas({"year": "int"}, {"year": "string"})
     Traceback (most recent call last):
     ...
-    ValueError: metadata field 'year' has type 'int' in one schema and 'string' in the other
+    gpusearch.errors.InvalidArgumentError: metadata field 'year' has type 'int' in one schema and 'string' in the other
     """
     out = check_schema(a)
     for name, ftype in check_schema(b).items():
@@ -418,7 +419,7 @@ def merge_schemas(a: Mapping[str, str], b: Mapping[str, str]) -> dict[str, str]:
         elif {have, ftype} == {"int", "float"}:
             out[name] = "float"
         else:
-            raise ValueError(f"metadata field {name!r} has type {have!r} in one schema and {ftype!r} in the other")
+            raise InvalidArgumentError(f"metadata field {name!r} has type {have!r} in one schema and {ftype!r} in the other")
     return out
 
 

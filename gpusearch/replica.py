@@ -10,7 +10,7 @@ same file system; it never writes, locks or deletes anything there.
 >>> _ = col.upsert(["a"], np.array([[1, 0]], "float32"))
 >>> f = ShardFollower.open(col.path, 0, device="cpu")
 >>> _ = col.upsert(["b"], np.array([[0, 1]], "float32"))
->>> f.refresh() == col.stats()["sequence"], f.search([0, 1], k=1).ids
+>>> f.refresh() == col.stats()["sequence"], f.search([0, 1], k=1).ids.tolist()
 (True, [['b']])
 >>> f.close(); col.close()
 
@@ -58,12 +58,15 @@ import numpy as np
 
 from . import metadata as md
 from . import ops as ops_mod
-from .arrays import as_ids, check_k, prepare_vectors
-from .collection import MAX_TOP_K, read_config
+from .arrays import as_ids
+from .collection import read_config
 from .devices import resolve_device
+from .errors import ClosedError, InvalidTypeError
 from .fileio import read_json
 from .filters import compile_filter
-from .shard import SHARD_FORMAT_VERSION, Shard, ShardHits
+from .hits import Hits
+from .request import build_request
+from .shard import SHARD_FORMAT_VERSION, Shard
 from .wal import WALTail
 
 __all__ = ["ShardFollower"]
@@ -440,29 +443,30 @@ class ShardFollower:
     # -- reads ---------------------------------------------------------------
     def _check_open(self) -> None:
         if self._closed:
-            raise ValueError(f"follower of shard {self.number} of {self.path} is closed; open a new one")
+            raise ClosedError(f"follower of shard {self.number} of {self.path} is closed; open a new one")
 
     def _current(self) -> _State:
         st = self._state  # one read: a concurrent rebuild or close swaps the attribute, never mutates it
         if st is None:
-            raise ValueError(f"follower of shard {self.number} of {self.path} is closed; open a new one")
+            raise ClosedError(f"follower of shard {self.number} of {self.path} is closed; open a new one")
         return st
 
     def _schema_for(self, shard: Shard, schema: Mapping[str, str] | None) -> dict[str, str]:
         if schema is None:
             return dict(shard.schema)
         if not isinstance(schema, Mapping):
-            raise TypeError(f"schema must be a dict of field name to type such as {{'year': 'int'}}, "
+            raise InvalidTypeError(f"schema must be a dict of field name to type such as {{'year': 'int'}}, "
                             f"got {type(schema).__name__}")
         return md.merge_schemas(schema, shard.schema)
 
     def search(self, queries, k: int = 10, *, filter: Mapping | None = None, include_metadata: bool = False,
                include_vectors: bool = False, params: Mapping[str, int] | None = None,
-               schema: Mapping[str, str] | None = None) -> ShardHits:
+               schema: Mapping[str, str] | None = None) -> Hits:
         """This shard's ``k`` best records per query, best first; ties go to the smaller id.
 
-        Inputs are checked as ``Collection.search`` checks them, so bad input
-        raises the same ``ValueError`` / ``TypeError``.
+        Inputs are checked as ``Collection.search`` checks them (the same
+        :func:`~gpusearch.request.build_request`), so bad input raises the same
+        ``ValueError`` / ``TypeError``.
 
         Parameters
         ----------
@@ -475,7 +479,7 @@ class ShardFollower:
         include_metadata, include_vectors : bool, default False
             Also return each hit's metadata dict / stored vector.
         params : dict, optional
-            FAISS search parameters, e.g. ``{"nprobe": 32}``.
+            Search parameters of the index's family, e.g. ``{"nprobe": 32}``.
         schema : dict, optional
             The collection-wide field types (the union over shards). The filter is
             checked against it merged with this shard's own, so a field only other
@@ -483,22 +487,31 @@ class ShardFollower:
 
         Returns
         -------
-        ShardHits
-            ``scores`` (nq, k) padded with the worst sentinel, ``ids[q]`` the valid hits;
-            merge several shards' answers by score, then id.
+        Hits
+            Keys are this shard's rows; the hits carry their ``ids`` (and metadata or
+            vectors when asked), so they stay right after the follower moves on.
         """
         shard = self._current().shard
-        k = check_k(k, max_k=MAX_TOP_K)
-        q = prepare_vectors(queries, name="queries", dim=self.dim, metric=self.metric, device=self.device)
         sch = self._schema_for(shard, schema)
-        compiled = compile_filter(filter, sch)
-        if params is not None and not isinstance(params, Mapping):
-            raise TypeError(f"params must be a dict such as {{'nprobe': 32}}, got {type(params).__name__}")
+        request = build_request(queries, k, dim=self.dim, metric=self.metric, device=self.device,
+                                family=shard.backend.family, schema=sch, filter=filter, params=params,
+                                include_metadata=include_metadata, include_vectors=include_vectors)
+        return self.search_request(request, schema=None if schema is None else sch)
+
+    def search_request(self, request, schema: Mapping[str, str] | None = None) -> Hits:
+        """Answer a checked :class:`~gpusearch.request.SearchRequest` (built at an edge) with hits
+        that carry their ids. ``schema``: the collection-wide field types, for metadata."""
         # Without a caller's schema the shard reads its own under its lock, which stays right even
         # if a refresh adds a field between here and there.
-        return shard.search(q, k, compiled_filter=compiled, schema=None if schema is None else sch,
-                            params=dict(params or {}), include_metadata=include_metadata,
-                            include_vectors=include_vectors)
+        hits, ids = self._current().shard.search(request, None if schema is None else dict(schema))
+        keys = hits.keys
+        out = np.empty(keys.shape, dtype=object)
+        for q, row in enumerate(keys.tolist()):
+            for j, r in enumerate(row):
+                if r >= 0:
+                    out[q, j] = ids[r]
+        hits.ids = out
+        return hits
 
     def fetch(self, ids) -> list[tuple[str, np.ndarray, dict]]:
         """The records among ``ids`` that this shard holds, in the order asked (duplicates once).

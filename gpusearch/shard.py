@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ import pyarrow as pa
 from . import metadata as md
 from . import ops as ops_mod
 from .backends import make_backend
+from .hits import Hits
 from .fileio import atomic_write_bytes, atomic_write_json, fsync_dir, read_json, remove_stale_temp_files
 from .locks import RWLock
 from .progress import progress
@@ -33,7 +33,7 @@ from .segments import read_segment, write_segment
 from .vectors import VectorStore
 from .wal import WriteAheadLog
 
-__all__ = ["Shard", "ShardHits", "SHARD_FORMAT_VERSION"]
+__all__ = ["Shard", "SHARD_FORMAT_VERSION"]
 
 log = logging.getLogger(__name__)
 SHARD_FORMAT_VERSION = 1
@@ -199,39 +199,51 @@ class Shard:
             allow = m if allow is None else allow & m
         return allow
 
-    def search(self, queries, k: int, *, compiled_filter=None, schema=None, params=None,
-               include_metadata: bool = False, include_vectors: bool = False) -> "ShardHits":
-        """Top-k of this shard, ordered by score, then by id.
+    def search(self, request, schema: dict[str, str] | None = None) -> tuple[Hits, list[str]]:
+        """Top-k rows of this shard for a checked :class:`~gpusearch.request.SearchRequest`,
+        best first, ties to the smaller id.
 
-        For the exact index the order is exact even when tied scores straddle the
-        k-th place. Metadata and vectors are read under the same lock as the
-        search, so a concurrent compaction cannot mix up rows.
+        Returns the hits (keys are row numbers; metadata and vectors attached when the
+        request asks for them, read under the same lock as the search, so a concurrent
+        compaction cannot mix up rows) and the shard's id list as it was: a row's id is
+        ``ids[row]`` for as long as the caller holds that list (rows are only appended
+        to it; a compaction makes a new one). ``schema`` is the collection's field types
+        (for metadata of fields this shard never saw); default: the shard's own.
+
+        For the exact index the order is exact even when tied scores straddle the k-th place.
         """
         with self.lock.read():
-            nq = queries.shape[0]
-            allow = self.allow_mask(compiled_filter, schema) if self.n_rows else None
-            if self.n_rows == 0 or allow is not None and not allow.any():
-                sentinel = np.inf if self.metric == "l2" else -np.inf
-                D, I = np.full((nq, k), sentinel, np.float32), np.full((nq, k), -1, np.int64)
+            queries, k = request.queries, request.k
+            n = self.n_rows
+            allow = self.allow_mask(request.filter, schema) if n else None
+            if n == 0 or allow is not None and not allow.any():
+                hits = Hits.empty(queries.shape[0], k, self.metric != "l2")
             else:
                 exact = self.backend.kind == "exact"
-                D, I = self.backend.search(self.store, queries, k + 1 if exact else k, allow, params or {})
-                D, I = self._order_by_id(D, I)
+                hits = self.backend.search(self.store, queries, k + 1 if exact else k, allow, request.params)
+                D, I = self._order_by_id(hits.scores, hits.keys)
                 if exact:
                     tied = (I[:, k] >= 0) & (D[:, k] == D[:, k - 1])
                     for q in np.flatnonzero(tied):
                         D[q, :k], I[q, :k] = self._exact_row(queries, q, k, allow)
-                D, I = D[:, :k], I[:, :k]
-            rows = [[r for r in row if r >= 0] for row in I.tolist()]
-            hits = ShardHits(D, [[self.ids[r] for r in row] for row in rows])
-            if include_metadata:
-                flat = sorted({r for row in rows for r in row})
-                found = dict(zip(flat, self.metadata_of(flat, schema)))
-                hits.metadata = [[found[r] for r in row] for row in rows]
-            if include_vectors:
-                host = self.store.host
-                hits.vectors = [host[row].copy() for row in rows]
-            return hits
+                    D, I = D[:, :k], I[:, :k]
+                hits = Hits(D, I)
+            if request.include_metadata or request.include_vectors:
+                self._attach(hits, request, schema)
+            return hits, self.ids
+
+    def _attach(self, hits: Hits, request, schema) -> None:
+        """The metadata and vectors of the hits' rows (under the caller's read lock)."""
+        keys = hits.keys
+        if request.include_metadata:
+            rows = [[r for r in row if r >= 0] for row in keys.tolist()]
+            flat = sorted({r for row in rows for r in row})
+            found = dict(zip(flat, self.metadata_of(flat, schema)))
+            hits.metadata = [[found[r] for r in row] for row in rows]
+        if request.include_vectors:
+            vecs = self.store.host[np.maximum(keys, 0)]
+            vecs[keys < 0] = 0
+            hits.vectors = vecs
 
     def _order_by_id(self, D: np.ndarray, I: np.ndarray):
         """Within equal scores, put the smaller id first (kernels break ties by row number)."""
@@ -429,14 +441,3 @@ class Shard:
                 "wal_bytes": self.wal.size_bytes if self.wal else 0,
                 "memory_bytes": {**mem, "index": self.backend.memory_bytes()},
             }
-
-
-@dataclass
-class ShardHits:
-    """One shard's answer: ``scores`` (nq, k) padded with the sentinel, ``ids[q]`` the valid hits."""
-
-    scores: np.ndarray
-    ids: list[list[str]]
-    metadata: list[list[dict]] | None = None
-    vectors: list[np.ndarray] | None = None
-

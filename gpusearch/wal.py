@@ -103,6 +103,8 @@ from pathlib import Path
 
 from gpusearch.fileio import DiskFullError, atomic_write_json, fsync_dir, is_disk_full, read_json
 
+from .errors import ClosedError, CorruptLogError
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
@@ -142,7 +144,7 @@ class WALRecord:
     payload: bytes
 
 
-class WALCorruptError(ValueError):
+class WALCorruptError(CorruptLogError):
     """The log holds damage that is not a torn tail, so cutting it would lose acknowledged records.
 
     Raised by :meth:`WriteAheadLog.open` (and by ``Collection.open``) without
@@ -155,14 +157,6 @@ class WALCorruptError(ValueError):
     offset : int or None
         Byte offset of the first invalid record, when there is one.
     """
-
-    def __init__(self, message: str, path: Path, offset: int | None = None):
-        super().__init__(message)
-        self.path = Path(path)
-        self.offset = offset
-
-    def __reduce__(self):  # pickles whole (Ray sends a deployment's exceptions to the caller)
-        return type(self), (self.args[0], self.path, self.offset)
 
 
 @dataclass(frozen=True)
@@ -489,7 +483,7 @@ class WriteAheadLog:
         """Carry out recovery's cuts and deletions (a no-op when :meth:`open` did, or there are none)."""
         with self._lock:
             if self._closed:
-                raise ValueError(f"WAL {self._dir} is closed")
+                raise ClosedError(f"WAL {self._dir} is closed")
             if not self._plan:
                 return
             d = self._damage
@@ -531,7 +525,7 @@ class WriteAheadLog:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ValueError(f"WAL {self._dir} is closed")
+            raise ClosedError(f"WAL {self._dir} is closed")
         if self._plan:
             raise ValueError(f"WAL {self._dir} was opened with repair=False and its damaged tail is not cut yet; "
                              f"call repair() before writing")

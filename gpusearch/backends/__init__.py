@@ -7,16 +7,19 @@ returning ``(scores, rows)`` best first with ``-1`` padding, ``rebuild(store)``,
 """
 from __future__ import annotations
 
+import functools
+
+from ..errors import InvalidTypeError
 from .exact import ExactBackend
 from .faiss_backend import FaissBackend
 
-__all__ = ["ExactBackend", "FaissBackend", "make_backend", "check_index_spec"]
+__all__ = ["ExactBackend", "FaissBackend", "make_backend", "check_index_spec", "index_family"]
 
 
 def check_index_spec(spec: str, dim: int, metric: str) -> str:
     """Validate an index spec by building it once (FAISS parses factory strings)."""
     if not isinstance(spec, str) or not spec.strip():
-        raise TypeError(f"index must be a FAISS factory string such as 'Flat', 'IVF1024,Flat' or 'HNSW32', got {spec!r}")
+        raise InvalidTypeError(f"index must be a FAISS factory string such as 'Flat', 'IVF1024,Flat' or 'HNSW32', got {spec!r}")
     spec = spec.strip()
     if spec == "Flat":
         return spec
@@ -28,3 +31,11 @@ def make_backend(spec: str, *, dim: int, metric: str, device: str):
     if spec == "Flat":
         return ExactBackend(dim=dim, metric=metric, device=device)
     return FaissBackend(spec, dim=dim, metric=metric, device=device)
+
+
+@functools.lru_cache(maxsize=256)
+def index_family(spec: str, dim: int, metric: str) -> str:
+    """Which typed search parameters an index spec takes: "flat" (none), "ivf" or "hnsw"."""
+    if spec == "Flat":
+        return "flat"
+    return FaissBackend.family_of(FaissBackend.build_empty(spec, dim, metric))

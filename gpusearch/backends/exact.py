@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
+from ..hits import Hits
 
 __all__ = ["ExactBackend", "kernel_metric", "exact_search"]
 
@@ -48,6 +49,7 @@ class ExactBackend:
     """Brute force over every row: exact results, nothing to train or save."""
 
     kind = "exact"
+    family = "flat"
     needs_training = False
 
     def __init__(self, *, dim: int, metric: str, device: str):
@@ -66,10 +68,9 @@ class ExactBackend:
     def rebuild(self, store) -> None:
         return None
 
-    def search(self, store, queries, k: int, allow: np.ndarray | None, params: dict):
-        if params:
-            raise ValueError(f"the exact 'Flat' index takes no search params, got {sorted(params)}")
-        return exact_search(store, queries, k, self.metric, allow)
+    def search(self, store, queries, k: int, allow: np.ndarray | None, params=None) -> Hits:
+        """Exact top-k rows (the request's params were checked at its edge: Flat takes none)."""
+        return Hits(*exact_search(store, queries, k, self.metric, allow))
 
     def to_bytes(self) -> bytes | None:
         return None

@@ -18,6 +18,8 @@ import numpy as np
 from .. import kernels
 from ..devices import faiss_gpu_count, is_cuda
 from ..progress import progress
+from ..errors import InvalidArgumentError
+from ..hits import Hits
 from .exact import exact_search
 
 __all__ = ["FaissBackend", "train_size_for"]
@@ -57,7 +59,7 @@ class FaissBackend:
     def __init__(self, spec: str, *, dim: int, metric: str, device: str):
         self.spec, self.dim, self.metric, self.device = spec, dim, metric, device
         self.index = self.build_empty(spec, dim, metric)
-        self._param_names = self._param_names_of(self.index)
+        self.family = self.family_of(self.index)
         self.train_size = train_size_for(spec) if not self.index.is_trained else 0
         self.on_gpu = False
         self._params_cache: dict = {}
@@ -70,7 +72,7 @@ class FaissBackend:
             index = faiss.index_factory(dim, spec, fm)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[-1] if str(e).strip() else ""
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"index must be 'Flat' or a FAISS factory string such as 'IVF1024,Flat', 'IVF4096,PQ64' "
                 f"or 'HNSW32' for dim {dim}; FAISS could not build {spec!r}: {first}"
             ) from None
@@ -187,21 +189,17 @@ class FaissBackend:
 
     # -- search --------------------------------------------------------------
     @staticmethod
-    def _param_names_of(index) -> frozenset[str]:
+    def family_of(index) -> str:
+        """The search-parameter family of a FAISS index: "ivf", "hnsw", or "flat" (takes none)."""
         faiss = _faiss()
         inner = faiss.downcast_index(index)
         if isinstance(inner, faiss.IndexPreTransform):
             inner = faiss.downcast_index(inner.index)
-        names = set()
         if isinstance(inner, faiss.IndexIVF):
-            names.add("nprobe")
+            return "ivf"
         if isinstance(inner, faiss.IndexHNSW):
-            names.add("efSearch")
-        return frozenset(names)
-
-    def param_names(self) -> frozenset[str]:
-        """Search params this index takes (fixed by the spec, so worked out once)."""
-        return self._param_names
+            return "hnsw"
+        return "flat"
 
     def _hnsw(self):
         faiss = _faiss()
@@ -210,55 +208,45 @@ class FaissBackend:
             idx = faiss.downcast_index(idx.index)
         return idx if isinstance(idx, faiss.IndexHNSW) else None
 
-    def check_params(self, params: dict) -> dict:
-        allowed = self.param_names()
-        out = {}
-        for name, value in (params or {}).items():
-            if name not in allowed:
-                hint = ", ".join(sorted(allowed)) or "none"
-                raise ValueError(f"search param {name!r} does not apply to index {self.spec!r}; it takes: {hint}")
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"search param {name!r} must be a positive int, got {value!r}")
-            out[name] = int(value)
-        return out
-
-    def _search_parameters(self, sel, params: dict, k: int = 1):
-        """FAISS search parameters for ``params``; an HNSW search looks at no fewer than ``k`` candidates
-        (FAISS does not raise efSearch to k itself: with efSearch < k the k-th answers are poor)."""
+    def _search_parameters(self, sel, params, k: int = 1):
+        """FAISS search parameters for the typed ``params``; an HNSW search looks at no fewer than ``k``
+        candidates (FAISS does not raise efSearch to k itself: with efSearch < k the k-th answers are poor)."""
         faiss = _faiss()
         idx = faiss.downcast_index(self.index)
         wrap = None
         if isinstance(idx, faiss.IndexPreTransform):
             wrap, idx = idx, faiss.downcast_index(idx.index)
-        if "nprobe" in params or isinstance(idx, faiss.IndexIVF):
-            p = faiss.SearchParametersIVF(sel=sel, nprobe=params.get("nprobe", getattr(idx, "nprobe", 1)))
+        if isinstance(idx, faiss.IndexIVF):
+            nprobe = getattr(params, "nprobe", None) or idx.nprobe
+            p = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
         elif isinstance(idx, faiss.IndexHNSW):
-            p = faiss.SearchParametersHNSW(sel=sel, efSearch=max(k, params.get("efSearch", idx.hnsw.efSearch)))
+            ef = getattr(params, "ef_search", None) or idx.hnsw.efSearch
+            p = faiss.SearchParametersHNSW(sel=sel, efSearch=max(k, ef))
         else:
             p = faiss.SearchParameters(sel=sel)
         if wrap is not None:
             return faiss.SearchParametersPreTransform(index_params=p)
         return p
 
-    def search(self, store, queries, k: int, allow: np.ndarray | None, params: dict):
-        params = self.check_params(params)
+    def search(self, store, queries, k: int, allow: np.ndarray | None, params=None) -> Hits:
+        """Top-k rows; ``params`` are the request's typed parameters (checked at its edge)."""
         q = queries if isinstance(queries, np.ndarray) else queries.detach().cpu().numpy()
-        nq, n_idx = q.shape[0], self.n_indexed
+        n_idx = self.n_indexed
         allowed_idx = n_idx if allow is None else int(np.count_nonzero(allow[:n_idx]))
         if n_idx == 0 or allowed_idx <= EXACT_FALLBACK_ROWS and allow is not None:
-            return exact_search(store, queries, k, self.metric, allow)
+            return Hits(*exact_search(store, queries, k, self.metric, allow))
         D, I = self._faiss_search(q, k, allow, params)
         # FAISS may find fewer than k allowed rows (an IVF probe that misses them, a
         # sparse HNSW neighbourhood); answer those queries exactly instead. FAISS puts
         # its -1 padding last, so a short row has -1 at place min(k, allowed).
-        short = I[:, min(k, allowed_idx) - 1] < 0
-        if (short[0] if len(short) == 1 else short.any()):
-            rows = np.flatnonzero(short)
+        col = I[:, min(k, allowed_idx) - 1]
+        if (col[0] < 0) if col.shape[0] == 1 else (col < 0).any():
+            rows = np.flatnonzero(col < 0)
             D[rows], I[rows] = exact_search(store, queries[rows], k, self.metric, self._cut(allow, n_idx, len(store)))
         if n_idx < len(store):  # rows waiting for training: exact over them, then merge
             Dp, Ip = exact_search(store, queries, k, self.metric, allow, start=n_idx)
             D, I = kernels.merge_topk([D, Dp], [I, Ip], k, largest=self.metric != "l2")
-        return D, I
+        return Hits(D, I)
 
     @staticmethod
     def _cut(allow, n_idx, n):
@@ -290,15 +278,21 @@ class FaissBackend:
         if allow is not None:
             bits = np.packbits(np.ascontiguousarray(allow[:n_idx]), bitorder="little")
             sel = faiss.IDSelectorBitmap(bits)
-        if sel is None:
+            p = self._search_parameters(sel, params, k)
+        else:
             # Without a selector the parameters depend only on params and k: build each set once.
             # (Read into a local first: another thread may swap the cache for other params meanwhile.)
-            key, cache = (self.index, tuple(sorted(params.items())), k), self._params_cache
+            key, cache = (self.index, params, k), self._params_cache
             if cache.get("key") != key:
                 cache = self._params_cache = {"key": key, "p": self._search_parameters(None, params, k)}
-            D, I = self.index.search(q, k, params=cache["p"])
-        else:
-            D, I = self.index.search(q, k, params=self._search_parameters(sel, params, k))
-        if (I[0, -1] < 0 if I.shape[0] == 1 else I[:, -1].min() < 0):  # padding only ever sits at a row's end
-            D = np.where(I < 0, np.inf if self.metric == "l2" else -np.inf, D)
-        return D.astype(np.float32, copy=False), I.astype(np.int64, copy=False)
+            p = cache["p"]
+        q = np.ascontiguousarray(q, dtype=np.float32)  # the same array when it already is (it should be)
+        nq = q.shape[0]
+        D = np.empty((nq, k), dtype=np.float32)
+        I = np.empty((nq, k), dtype=np.int64)
+        # FAISS's C entry point: its Python wrapper's checks and copies were done at the request's edge.
+        self.index.search_c(nq, faiss.swig_ptr(q), k, faiss.swig_ptr(D), faiss.swig_ptr(I), p)
+        if (I[0, -1] < 0 if nq == 1 else I[:, -1].min() < 0):  # padding only ever sits at a row's end
+            D[I < 0] = np.inf if self.metric == "l2" else -np.inf
+        return D, I
+

@@ -1,0 +1,196 @@
+"""The typed search request: built and checked once at an edge, trusted by every tier below.
+
+Every edge (``Collection.search``, the HTTP ingress, a Python handle, a batch join)
+turns what its caller sent into a :class:`SearchRequest` with :func:`build_request`:
+
+- ``queries``: a float32 ``(nq, dim)`` matrix (NumPy, or a torch tensor on the
+  collection's device), unit length for ``cosine``, every value finite, no row too long;
+- ``k``: an int in ``1..limit``, where the limit is :data:`MAX_TOP_K` or a server's
+  lower ``max_top_k`` (one check, one message: :func:`check_top_k`);
+- ``params``: typed search parameters of the index's family (:class:`SearchParams`,
+  :class:`IVFParams`, :class:`HNSWParams`);
+- ``filter``: compiled once (:class:`gpusearch.filters.CompiledFilter`); hashable, so
+  a batcher groups alike requests by :attr:`SearchRequest.group`.
+
+Below the edge, shards, backends and kernels do not check these again.
+
+>>> import numpy as np
+>>> r = build_request(np.array([[3.0, 4.0]]), 2, dim=2, metric="cosine")
+>>> r.queries, r.k, r.params
+(array([[0.6, 0.8]], dtype=float32), 2, SearchParams())
+>>> check_top_k(1001)
+Traceback (most recent call last):
+...
+gpusearch.errors.LimitExceededError: k must be between 1 and 1000, got 1001
+>>> parse_params({"efSearch": 128}, "hnsw")
+HNSWParams(ef_search=128)
+"""
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+
+from . import kernels
+from .arrays import prepare_vectors
+from .errors import InvalidArgumentError, InvalidTypeError, LimitExceededError
+from .filters import CompiledFilter, compile_filter
+
+__all__ = [
+    "MAX_TOP_K",
+    "check_top_k",
+    "SearchParams",
+    "IVFParams",
+    "HNSWParams",
+    "PARAMS_BY_FAMILY",
+    "parse_params",
+    "SearchRequest",
+    "build_request",
+]
+
+#: The largest ``k`` anything in gpusearch answers: the engine, the kernels' callers, the joins and
+#: a server (whose ``max_top_k`` may be lower, never higher). The exact search asks a shard for
+#: ``k + 1`` rows to see a tie at the k-th place, so it stays below the kernels' own capacity.
+MAX_TOP_K = 1000
+if MAX_TOP_K + 1 > kernels.MAX_K:  # pragma: no cover - a constant pair edited apart
+    raise ImportError(f"MAX_TOP_K ({MAX_TOP_K}) + 1 must fit the kernels' MAX_K ({kernels.MAX_K})")
+
+
+def check_top_k(k: Any, limit: int = MAX_TOP_K) -> int:
+    """``k`` as an int after checking it is one in ``1..limit``: the one check of every edge.
+
+    ``limit`` is :data:`MAX_TOP_K` unless a server configured a lower ``max_top_k``.
+    """
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral):
+        raise InvalidTypeError(f"k must be an int between 1 and {limit}, got {type(k).__name__} ({k!r})", field="k")
+    k = int(k)
+    if not 1 <= k <= limit:
+        raise LimitExceededError(f"k must be between 1 and {limit}, got {k}", limit_name="MAX_TOP_K"
+                                 if limit == MAX_TOP_K else "max_top_k", limit=limit, value=k, field="k")
+    return k
+
+
+# -- typed search parameters -----------------------------------------------------------------
+@dataclass(frozen=True)
+class SearchParams:
+    """Search parameters of an index that takes none: the exact ``Flat`` index and FAISS
+    indexes other than IVF and HNSW. Subclasses hold those of one family each."""
+
+    family: ClassVar[str] = "flat"
+    #: HTTP (Pinecone-style) spelling -> field name
+    names: ClassVar[dict[str, str]] = {}
+
+    def as_dict(self) -> dict[str, int]:
+        """The set fields in their HTTP spelling, e.g. ``{"nprobe": 32}``."""
+        wire = {v: k for k, v in self.names.items()}
+        return {wire[f]: v for f, v in self.__dict__.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class IVFParams(SearchParams):
+    """IVF indexes (``"IVF1024,Flat"``, ``"IVF4096,PQ64"``): lists probed per query.
+    ``None``: the collection's default."""
+
+    nprobe: int | None = None
+    family: ClassVar[str] = "ivf"
+    names: ClassVar[dict[str, str]] = {"nprobe": "nprobe"}
+
+
+@dataclass(frozen=True)
+class HNSWParams(SearchParams):
+    """HNSW indexes (``"HNSW32"``): candidates kept during the search (never fewer than ``k``).
+    ``None``: the collection's default."""
+
+    ef_search: int | None = None
+    family: ClassVar[str] = "hnsw"
+    names: ClassVar[dict[str, str]] = {"efSearch": "ef_search", "ef_search": "ef_search"}
+
+
+PARAMS_BY_FAMILY: dict[str, type[SearchParams]] = {c.family: c for c in (SearchParams, IVFParams, HNSWParams)}
+_NO_PARAMS = SearchParams()
+_MAX_PARAM = 1 << 20
+
+
+def parse_params(params: Any, family: str) -> SearchParams:
+    """Typed parameters for an index of ``family`` from a dict (``{"nprobe": 32}``,
+    ``{"efSearch": 128}``), an instance, or ``None`` (the index's defaults)."""
+    cls = PARAMS_BY_FAMILY[family]
+    if params is None:
+        return cls() if cls is not SearchParams else _NO_PARAMS
+    if isinstance(params, SearchParams):
+        if type(params) is not cls:
+            raise InvalidTypeError(f"params must be {cls.__name__} for this {family} index, got "
+                                   f"{type(params).__name__}", field="params")
+        return params
+    if not isinstance(params, Mapping):
+        raise InvalidTypeError(f"params must be a dict such as {{'nprobe': 32}}, got {type(params).__name__}",
+                               field="params")
+    fields = {}
+    for name, value in params.items():
+        field = cls.names.get(name)
+        if field is None:
+            if not cls.names:
+                raise InvalidArgumentError(f"this {family} index takes no search params, got {name!r}",
+                                           field="params")
+            takes = ", ".join(sorted(n for n in cls.names if "_" not in n))
+            raise InvalidArgumentError(f"search param {name!r} does not apply to a {family} index; it takes: "
+                                       f"{takes}", field="params")
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= _MAX_PARAM:
+            raise InvalidArgumentError(f"search param {name!r} must be a positive int (at most {_MAX_PARAM}), "
+                                       f"got {value!r}", field="params")
+        fields[field] = int(value)
+    return cls(**fields)
+
+
+# -- the request -------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class SearchRequest:
+    """One checked search. Build it with :func:`build_request`; tiers below an edge trust it.
+
+    ``queries`` is a float32 ``(nq, dim)`` NumPy array (or a torch tensor on the
+    collection's device), normalised for cosine. ``group`` is equal for requests a
+    batcher may answer with one stacked search.
+    """
+
+    queries: Any
+    k: int
+    filter: CompiledFilter | None = None
+    params: SearchParams = _NO_PARAMS
+    include_metadata: bool = False
+    include_vectors: bool = False
+
+    @property
+    def nq(self) -> int:
+        return int(self.queries.shape[0])
+
+    @property
+    def group(self) -> tuple:
+        """Requests with equal groups can be stacked into one search (their ``k`` may differ)."""
+        return (self.filter, self.params, self.include_metadata, self.include_vectors)
+
+    def with_k(self, k: int) -> "SearchRequest":
+        """The same request asking for ``k`` (an over-fetch for re-ranking)."""
+        return SearchRequest(self.queries, k, self.filter, self.params, self.include_metadata, self.include_vectors)
+
+
+def build_request(queries, k: Any = 10, *, dim: int, metric: str, device: str = "cpu", family: str = "flat",
+                  schema: Mapping[str, str] | None = None, filter: Any = None, params: Any = None,
+                  include_metadata: bool = False, include_vectors: bool = False,
+                  limit: int = MAX_TOP_K) -> SearchRequest:
+    """Check what a caller sent and build the request: the one validation of every edge.
+
+    ``schema`` is the collection's metadata field types (for the filter); ``family``
+    the index's (``"flat"``, ``"ivf"``, ``"hnsw"``); ``limit`` the largest ``k``.
+    Raises :class:`~gpusearch.errors.InvalidArgumentError` (a ``ValueError``) or
+    :class:`~gpusearch.errors.InvalidTypeError` (a ``TypeError``) naming the problem.
+    """
+    k = check_top_k(k, limit)
+    typed = parse_params(params, family)
+    if filter is None or isinstance(filter, CompiledFilter):
+        compiled = filter
+    else:
+        compiled = compile_filter(filter, schema or {})
+    q = prepare_vectors(queries, name="queries", dim=dim, metric=metric, device=device)
+    return SearchRequest(q, k, compiled, typed, bool(include_metadata), bool(include_vectors))
