@@ -34,7 +34,6 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests" / "reliability"))
 from machine import machine_info, result_path  # noqa: E402
 from server_proc import Server  # noqa: E402
 

@@ -4,7 +4,7 @@
         [--shards 2] [--replicas 2] [--warmup-s 60] [--out bench/results/load-soak-cpu2.json]
 
 Starts the server as a user would (``gpusearch serve --no-demo`` through
-tests/reliability/server_proc.py: its own process session, local Ray, data in a temporary
+bench/server_proc.py: its own process session, local Ray, data in a temporary
 directory, API keys on), preloads ``--pool`` records, runs a
 warm-up at the same rate, then the soak (bench/loadgen.py: open loop at ``--rate`` requests/s,
 70% query / 15% upsert / 10% fetch / 5% delete, every answer checked, read-your-writes by
@@ -27,7 +27,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests" / "reliability"))
 
 from loadgen import LoadSpec, preload, run_load, tree_rss_bytes  # noqa: E402
 from machine import machine_info, result_path  # noqa: E402

@@ -50,7 +50,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -63,6 +62,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info, result_path  # noqa: E402
+from server_proc import free_port  # noqa: E402
 
 import gpusearch as gs  # noqa: E402
 
@@ -390,12 +390,6 @@ def bench_inprocess(cpath: Path, queries: np.ndarray, levels: list[int], repeats
 
 
 # -- served ---------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 _METRIC_RE = re.compile(r'^gpusearch_shard_search_seconds_(sum|count)\{shard="(\d+)"\} (\S+)$', re.M)
 
 

@@ -3,12 +3,23 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Tests may use bench/'s helpers (a real server in a subprocess, free ports, the load generator).
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+if str(BENCH) not in sys.path:
+    sys.path.append(str(BENCH))
+
+from server_proc import free_port  # noqa: E402  (bench/server_proc.py)
+
+_free_port = free_port  # the name tests/test_serve_cli.py imports
 
 
 @functools.lru_cache(maxsize=1)
@@ -49,14 +60,6 @@ SCOPED_KEYS = {SCOPED_RW_KEY: {"role": "rw", "collections": ["sec-a", "sec-live"
                SCOPED_RO_KEY: {"role": "ro", "collections": ["sec-a"]}}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def served(tmp_path_factory):
     """One local Ray + Serve for the whole test run: the gpusearch app with 2 shards x 2 replicas,
@@ -72,7 +75,7 @@ def served(tmp_path_factory):
     from gpusearch.serve.app import build_app
     from gpusearch.serve.config import ServeConfig
 
-    cfg = ServeConfig(data_dir=str(tmp_path_factory.mktemp("served")), port=_free_port(), shards=2, replicas=2,
+    cfg = ServeConfig(data_dir=str(tmp_path_factory.mktemp("served")), port=free_port(), shards=2, replicas=2,
                       api_keys={RW_KEY: "rw", RO_KEY: "ro", **SCOPED_KEYS}, max_batch=500, shard_timeout_s=20.0,
                       fsync=True, device="cpu")
     ray.init(include_dashboard=False, num_cpus=2, log_to_driver=False,

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from server_proc import free_port  # bench/server_proc.py (bench/ is on sys.path)
 
 from . import pad_ids
 from .systems import HNSW_EFS, IVF_NPROBES, child_pids
@@ -100,12 +100,6 @@ class GpusearchLocal:
             self._tmp = None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class GpusearchServed:
     """gpusearch served by Ray Serve on loopback, driven over HTTP as a user's client would.
 
@@ -148,7 +142,7 @@ class GpusearchServed:
         if self.spec.startswith("IVF") and "," not in self.spec:
             self.spec = f"IVF{ivf_nlist(n // self.shards)},Flat"
         self._tmp = tempfile.mkdtemp(prefix="ann-served-")
-        cfg = ServeConfig(data_dir=str(Path(self._tmp) / "data"), port=_free_port(), shards=self.shards,
+        cfg = ServeConfig(data_dir=str(Path(self._tmp) / "data"), port=free_port(), shards=self.shards,
                           replicas=self.replicas, device="cpu", encoder_enabled=False, index=self.spec)
         self._base = f"http://{cfg.host}:{cfg.port}"
         t = time.perf_counter()

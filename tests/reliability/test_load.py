@@ -5,21 +5,16 @@ after an acknowledged delete). Zero errors; latency is recorded, not asserted (n
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import RW_KEY
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))
-
 pytest.importorskip("ray")
 httpx = pytest.importorskip("httpx")
 
-from loadgen import LoadSpec, _check_fetch, _State, record_vector, run_load  # noqa: E402
+from loadgen import LoadSpec, _check_fetch, _State, record_vector, run_load  # noqa: E402  (bench/, on sys.path by conftest)
 
 
 def test_mixed_load_has_no_errors_and_reads_its_writes(served):

@@ -36,7 +36,7 @@ import pytest
 pytest.importorskip("ray")
 httpx = pytest.importorskip("httpx")
 
-from server_proc import Server  # noqa: E402  (tests/reliability is on sys.path under pytest)
+from server_proc import Server  # noqa: E402  (bench/server_proc.py; tests/conftest.py puts bench on sys.path)
 
 from gpusearch.collection import shard_of  # noqa: E402
 

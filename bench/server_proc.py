@@ -1,4 +1,5 @@
-"""A real ``gpusearch serve`` in a subprocess, for the fault tests: start it, find its processes, kill -9 them all.
+"""A real ``gpusearch serve`` in a subprocess, for the fault tests and the benchmarks: start it, find its
+processes, kill -9 them all. Also :func:`free_port`, the one free-port helper of tests/ and bench/.
 
 The server runs in its own session (``start_new_session``) with its local Ray's temp dir in a fresh
 short directory under /tmp. Ray's processes are not all in the driver's session or process group
@@ -26,12 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it; the one helper for this)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -112,6 +112,8 @@ class Server:
 
     # -- life cycle ------------------------------------------------------------------
     def start(self, timeout: float = 300.0, collection: str | None = None) -> "Server":
+        import httpx  # here, so that free_port() needs the standard library alone
+
         env = dict(os.environ)
         env.update({"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "GPUSEARCH_ENCODER_ENABLED": "0",
                     "GPUSEARCH_DEVICE": "cpu", "PYTHONUNBUFFERED": "1"})
@@ -153,6 +155,8 @@ class Server:
 
     def wait_serving(self, collection: str, timeout: float, dim: int | None = None) -> float:
         """Seconds until a query on ``collection`` answers 200 and not partial."""
+        import httpx
+
         t0 = time.monotonic()
         body = {"namespace": collection, "vector": [1.0] * (dim or 1), "topK": 1}
         with httpx.Client(timeout=30) as c:
