@@ -182,11 +182,15 @@ class Server:
             return {}
         return processes_of(self.proc.pid, self.ray_dir)
 
-    def replica_pids(self, deployment: str) -> list[int]:
-        """pids of the live replicas of ``deployment`` (e.g. "Shard0"); Ray titles them ``ray::ServeReplica:<app>:<name>``."""
-        want = f"ServeReplica:gpusearch:{deployment}"
+    def replica_pids(self, deployment: str, *, starting: bool = False) -> list[int]:
+        """pids of the live replicas of ``deployment`` (e.g. "Shard0"); Ray titles them ``ray::ServeReplica:<app>:<name>``.
+
+        With ``starting``, also those still in their constructor, which Ray titles
+        ``ray::ServeReplica:<app>:<name>.initialize_and_get_metadata`` until it returns.
+        """
+        want = f"ray::ServeReplica:gpusearch:{deployment}"
         return sorted(pid for pid, cmd in self.processes().items()
-                      if cmd.split(" ")[0].startswith("ray::") and want == cmd.split(" ")[0][len("ray::"):])
+                      if cmd.split(" ")[0] == want or (starting and cmd.split(" ")[0].startswith(want + ".")))
 
     def kill9(self, timeout: float = 30.0, first: dict[int, str] | None = None) -> dict[int, str]:
         """SIGKILL to every process of this server, until a scan finds none; returns what was killed.

@@ -118,6 +118,7 @@ def _set_search_threads(n: int) -> None:
 @serve.deployment(name="Shard")
 class ShardServer:
     def __init__(self, cfg: dict, shard: int):
+        from ._faults import hold_while_file_exists; hold_while_file_exists()  # noqa: E702 - test hook, see _faults.py
         self.cfg = ServeConfig(**cfg)
         self.shard = shard
         _set_search_threads(self.cfg.shard_search_threads())

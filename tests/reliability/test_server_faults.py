@@ -6,9 +6,11 @@
 2. kill -9 (after a 1 s freeze) of one of a shard's two replicas under steady query load: zero
    failed or partial queries, every answer right, and the load did reach the killed replica (its
    request log) before it died, and queries kept flowing until its replacement was up.
-3. kill -9 of the only replica of a shard: queries answer 200, ``partial`` naming that shard, within
-   the shard timeout plus a margin; writes keep being acknowledged; the shard comes back, catches up,
-   and every record (those written while it was down included) is found again.
+3. kill -9 of the only replica of a shard, its replacement held back at the start of its constructor
+   (``GPUSEARCH_FAULT_HOLD_SHARD_START``, serve/_faults.py) until the test has seen the outage:
+   queries answer 200, ``partial`` naming that shard, within the shard timeout plus a margin; writes
+   keep being acknowledged; once let go the shard comes back, catches up, and every record (those
+   written while it was down included) is found again.
 
 Two server processes in all: scenario A (2 shards x 2 replicas) serves tests 1 and 2 (test 1
 restarts it), scenario B (2 shards x 1 replica, shard timeout 3 s) serves test 3.
@@ -295,10 +297,15 @@ def test_one_of_two_replicas_killed_under_load_fails_no_query(scenario_a, rng):
 # -- scenario B: 2 shards x 1 replica, shard timeout 3 s ---------------------------
 TIMEOUT_S = 3.0
 MARGIN_S = 4.0  # a loaded 2-core machine (load 28) took up to 5.9 s with a 3 s timeout
+PARTIAL_ANSWERS = 3  # queries (each followed by a write) while shard 0 is held down
 
 
 def test_only_replica_killed_partial_then_catches_up(tmp_path, rng):
-    env = {"GPUSEARCH_API_KEYS": f"{RW}:rw", "GPUSEARCH_SHARD_TIMEOUT_S": str(TIMEOUT_S), "GPUSEARCH_METRIC": "l2"}
+    # While `hold` exists a shard replica waits at the start of its constructor (serve/_faults.py),
+    # so the outage lasts until this test removes it, however fast Serve starts the replacement.
+    hold = tmp_path / "hold-shard-start"
+    env = {"GPUSEARCH_API_KEYS": f"{RW}:rw", "GPUSEARCH_SHARD_TIMEOUT_S": str(TIMEOUT_S), "GPUSEARCH_METRIC": "l2",
+           "GPUSEARCH_FAULT_HOLD_SHARD_START": str(hold)}
     with Server(tmp_path / "data", shards=2, replicas=1, env=env) as server, httpx.Client(timeout=60) as c:
         server.start()
         vecs: dict[str, np.ndarray] = {}
@@ -314,31 +321,37 @@ def test_only_replica_killed_partial_then_catches_up(tmp_path, rng):
 
         upsert("p", 1000)
         probe = next(i for i in vecs if shard_of(i, 2) == 1)  # a record of the shard that stays up
-        partial, written_down, kills = [], [], 0
-        while not partial and kills < 3:
-            (victim,) = server.replica_pids("Shard0")
-            os.kill(victim, 9)
-            kills += 1
-            t_kill = time.monotonic()
-            while True:
-                t = time.monotonic()
-                r = c.post(server.url + "/query", headers=H,
-                           json={"namespace": "solo", "vector": vecs[probe].tolist(), "topK": 5})
-                took = time.monotonic() - t
-                assert r.status_code == 200, f"query during the outage: {r.status_code} {r.text[:300]}"
-                body = r.json()
-                if not body["partial"]:
-                    break
-                partial.append(took)
-                assert body["missingShards"] == [0], body
-                assert took <= TIMEOUT_S + MARGIN_S, f"a partial answer took {took:.1f} s (timeout {TIMEOUT_S} s)"
-                assert body["matches"][0]["id"] == probe
-                assert all(shard_of(m["id"], 2) == 1 for m in body["matches"]), body["matches"]
-                written_down += upsert("d", 50)  # the Writer still acknowledges while shard 0 is down
-                assert time.monotonic() - t_kill < 180, "shard 0 did not come back within 180 s"
-            back_s = time.monotonic() - t_kill
-        assert partial, f"no query saw the outage in {kills} kills (the replacement was always up first)"
-        assert written_down and any(shard_of(i, 2) == 0 for i in written_down)
+        (victim,) = server.replica_pids("Shard0")
+        hold.touch()
+        os.kill(victim, signal.SIGKILL)
+        t_kill = time.monotonic()
+        # Serve starts the replacement, which waits in the hook: from here on the outage is held open
+        # by the file alone, with the new replica's process already there.
+        while not (held := [pid for pid in server.replica_pids("Shard0", starting=True) if pid != victim]):
+            assert time.monotonic() - t_kill < 180, f"no replacement Shard0 process within 180 s: {server.processes()}"
+            time.sleep(0.2)
+        held_s = time.monotonic() - t_kill
+        partial, written_down = [], []
+        for _ in range(PARTIAL_ANSWERS):
+            t = time.monotonic()
+            r = c.post(server.url + "/query", headers=H,
+                       json={"namespace": "solo", "vector": vecs[probe].tolist(), "topK": 5})
+            took = time.monotonic() - t
+            assert r.status_code == 200, f"query during the outage: {r.status_code} {r.text[:300]}"
+            body = r.json()
+            assert body["partial"] is True, f"a whole answer while shard 0 was held down: {body}"
+            assert body["missingShards"] == [0], body
+            assert took <= TIMEOUT_S + MARGIN_S, f"a partial answer took {took:.1f} s (timeout {TIMEOUT_S} s)"
+            assert body["matches"][0]["id"] == probe
+            assert all(shard_of(m["id"], 2) == 1 for m in body["matches"]), body["matches"]
+            partial.append(took)
+            written_down += upsert("d", 50)  # the Writer still acknowledges while shard 0 is down
+        assert any(shard_of(i, 2) == 0 for i in written_down)
+        hold.unlink()
+        t_release = time.monotonic()
+        server.wait_serving("solo", timeout=180, dim=DIM)
+        back_s = time.monotonic() - t_release
+        assert server.replica_pids("Shard0") == held, "the held replacement is not the replica that came back"
         # Back and caught up: every record found, exactly, by fetch and by search.
         got = {}
         for lo in range(0, len(vecs), 200):
@@ -357,6 +370,6 @@ def test_only_replica_killed_partial_then_catches_up(tmp_path, rng):
             body = r.json()
             assert body["partial"] is False
             assert [res["matches"][0]["id"] for res in body["results"]] == part
-        print(f"\n{kills} kill(s); {len(partial)} partial answers in {min(partial):.2f}-{max(partial):.2f} s "
-              f"(timeout {TIMEOUT_S} s); {len(written_down)} records written while shard 0 was down; "
-              f"whole again {back_s:.1f} s after the kill")
+        print(f"\nreplacement process held {held_s:.1f} s after the kill; {len(partial)} partial answers in "
+              f"{min(partial):.2f}-{max(partial):.2f} s (timeout {TIMEOUT_S} s); {len(written_down)} records written "
+              f"while shard 0 was down ({t_release - t_kill:.1f} s); whole again {back_s:.1f} s after the hold ended")
