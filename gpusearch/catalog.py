@@ -183,8 +183,9 @@ class Catalog:
     """
 
     def __init__(self, data_dir, *, shards: int = 2, metric: str = "cosine", index: str = "Flat",
-                 device: str = "auto", fsync: bool = True):
+                 device: str = "auto", fsync: bool = True, index_options: Mapping | None = None):
         self.data_dir = Path(data_dir)
+        self.index_options = dict(index_options) if index_options else None  # for collections of `index`
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
         self.metric, self.index, self.device, self.fsync = metric, index, device, fsync
@@ -242,7 +243,7 @@ class Catalog:
 
     # -- collections ---------------------------------------------------------
     def create(self, name, *, dim: int, metric: str | None = None, index: str | None = None,
-               lineage: Mapping | None = None) -> Collection:
+               lineage: Mapping | None = None, index_options: Mapping | None = None) -> Collection:
         name = check_name(name)
         with self._lock:
             if name in self.aliases():
@@ -251,7 +252,9 @@ class Catalog:
                 raise AlreadyExistsError(f"collection {name!r} already exists")
             col = Collection.create(_collection_dir(self.data_dir, name), dim=dim, metric=metric or self.metric,
                                     index=index or self.index, shards=self.shards, device=self.device,
-                                    lineage=lineage, fsync=self.fsync)
+                                    lineage=lineage, fsync=self.fsync,
+                                    index_options=index_options if index_options is not None else
+                                    (self.index_options if not index else None))
             self._open[name] = col
             return col
 

@@ -31,7 +31,8 @@ import numpy as np
 from . import metadata as md
 from . import ops as ops_mod
 from .arrays import as_ids, prepare_vectors, to_host
-from .backends import check_index_spec
+from .backends import check_index_options, check_index_spec
+from .backends.options import LEGACY_OPTIONS
 from .devices import resolve_device
 from .errors import ClosedError, InvalidArgumentError, InvalidTypeError
 from .fileio import DiskFullError, atomic_write_json, read_json
@@ -139,6 +140,18 @@ def _check_committed_parts(path: Path, committed: dict, shards: list[Shard], pen
             f"{culprit} from a backup or a copy of the collection", culprit, offset)
 
 
+def index_options_of(config: dict) -> dict:
+    """A collection's index options: as stored, or what a collection made before options existed
+    was built with."""
+    if "index_options" in config:
+        return dict(config["index_options"])
+    from .backends import index_family
+
+    family = index_family(config["index"], int(config["dim"]), config["metric"])
+    return check_index_options(config["index"], int(config["dim"]), config["metric"],
+                               LEGACY_OPTIONS.get(family), family=family)
+
+
 def read_config(path) -> dict:
     """The ``collection.json`` of the collection at ``path``, checked to be one this release can read."""
     path = Path(path)
@@ -198,7 +211,7 @@ class Collection:
     @classmethod
     def create(cls, path, *, dim: int, metric: str = "cosine", index: str = "Flat", shards: int = 1,
                device: str = "auto", dtype: str = "float32", lineage: Mapping[str, Any] | None = None,
-               fsync: bool = True) -> "Collection":
+               fsync: bool = True, index_options: Mapping[str, int] | None = None) -> "Collection":
         """Create an empty collection at ``path`` (a directory that must not hold one yet).
 
         Parameters
@@ -212,6 +225,9 @@ class Collection:
         device : ``"auto"`` (a GPU when torch sees one), ``"cpu"`` or ``"cuda:N"``.
         dtype : ``"float32"``, or ``"float16"`` for the copy held in GPU memory.
         lineage : which embedding model made the vectors, e.g. ``{"model": "all-MiniLM-L6-v2", "version": "1"}``.
+        index_options : the index's build and default-search settings, e.g. ``{"efConstruction": 200,
+            "efSearch": 64}`` (HNSW) or ``{"nprobe": 16}`` (IVF); see :mod:`gpusearch.backends.options`
+            for the defaults. ``M`` and ``nlist`` are in the index string (``"HNSW32"``, ``"IVF1024,Flat"``).
         fsync : keep True; False trades the durability guarantee for speed (tests, bulk loads).
         """
         path = Path(path)
@@ -228,6 +244,7 @@ class Collection:
         if lineage is not None and not isinstance(lineage, Mapping):
             raise InvalidTypeError(f"lineage must be a dict such as {{'model': ..., 'version': ...}}, got {type(lineage).__name__}")
         index = check_index_spec(index, int(dim), metric)
+        options = check_index_options(index, int(dim), metric, index_options)
         resolve_device(device)  # fail before creating anything
         if (path / _MANIFEST).exists():
             raise ValueError(f"{path} already holds a collection; use Collection.open({str(path)!r})")
@@ -241,6 +258,7 @@ class Collection:
             "dim": int(dim),
             "metric": metric,
             "index": index,
+            "index_options": options,
             "shards": int(shards),
             "dtype": dtype,
             "lineage": json.loads(json.dumps(dict(lineage or {}))),
@@ -280,6 +298,7 @@ class Collection:
                 shard, records = Shard.open(
                     path / f"shard-{i:03d}", number=i, dim=config["dim"], metric=config["metric"],
                     index=config["index"], device=device, dtype=config["dtype"], fsync=fsync, repair=False,
+                    index_options=index_options_of(config),
                 )
                 shards.append(shard)
                 pending.append([(r.seq, _replayed_op(r, shard, config["dim"])) for r in records])
@@ -591,6 +610,7 @@ class Collection:
             "dim": self.dim,
             "metric": self.metric,
             "index": self.index,
+            "index_options": index_options_of(self._config),
             "dtype": self.dtype,
             "device": self.device,
             "lineage": self.lineage,

@@ -29,7 +29,7 @@ class RWLock:
     def _release_read(self) -> None:
         with self._cond:
             self._readers -= 1
-            if self._readers == 0:
+            if self._readers == 0 and self._writers_waiting:  # only a writer waits for the readers to go
                 self._cond.notify_all()
 
     @contextlib.contextmanager

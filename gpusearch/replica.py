@@ -59,7 +59,7 @@ import numpy as np
 from . import metadata as md
 from . import ops as ops_mod
 from .arrays import as_ids
-from .collection import read_config
+from .collection import index_options_of, read_config
 from .devices import resolve_device
 from .errors import ClosedError, InvalidTypeError
 from .fileio import read_json
@@ -217,7 +217,8 @@ class ShardFollower:
                     last_error = e
                     continue
             shard = Shard(self._shard_dir, number=self.number, dim=self.dim, metric=self.metric,
-                          index=self._config["index"], device=self.device, dtype=self._config["dtype"], fsync=False)
+                          index=self._config["index"], device=self.device, dtype=self._config["dtype"], fsync=False,
+                          index_options=index_options_of(self._config))
             seq, segments, trained, rows = 0, [], False, 0
             if m is not None:
                 version = m.get("format_version")

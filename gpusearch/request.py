@@ -27,6 +27,7 @@ HNSWParams(ef_search=128)
 """
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
@@ -34,7 +35,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from . import kernels
-from .arrays import prepare_vectors
+from .arrays import MAX_SQUARED_NORM, prepare_vectors
 from .errors import InvalidArgumentError, InvalidTypeError, LimitExceededError
 from .filters import CompiledFilter, compile_filter
 
@@ -63,6 +64,8 @@ def check_top_k(k: Any, limit: int = MAX_TOP_K) -> int:
 
     ``limit`` is :data:`MAX_TOP_K` unless a server configured a lower ``max_top_k``.
     """
+    if type(k) is int and 1 <= k <= limit:  # the common case, without the ABC checks below
+        return k
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral):
         raise InvalidTypeError(f"k must be an int between 1 and {limit}, got {type(k).__name__} ({k!r})", field="k")
     k = int(k)
@@ -110,15 +113,25 @@ class HNSWParams(SearchParams):
 
 PARAMS_BY_FAMILY: dict[str, type[SearchParams]] = {c.family: c for c in (SearchParams, IVFParams, HNSWParams)}
 _NO_PARAMS = SearchParams()
+_DEFAULTS = {family: cls() for family, cls in PARAMS_BY_FAMILY.items()}
 _MAX_PARAM = 1 << 20
+# Parsed dicts, by (family, items): a search loop sends the same few dicts again and again.
+_PARSED: dict[tuple, SearchParams] = {}
+_PARSED_MAX = 512
 
 
 def parse_params(params: Any, family: str) -> SearchParams:
     """Typed parameters for an index of ``family`` from a dict (``{"nprobe": 32}``,
     ``{"efSearch": 128}``), an instance, or ``None`` (the index's defaults)."""
-    cls = PARAMS_BY_FAMILY[family]
     if params is None:
-        return cls() if cls is not SearchParams else _NO_PARAMS
+        return _DEFAULTS[family]
+    if type(params) is dict:
+        try:
+            key = (family, *params.items())
+            return _PARSED[key]
+        except (KeyError, TypeError):  # not seen yet, or unhashable values (refused below)
+            pass
+    cls = PARAMS_BY_FAMILY[family]
     if isinstance(params, SearchParams):
         if type(params) is not cls:
             raise InvalidTypeError(f"params must be {cls.__name__} for this {family} index, got "
@@ -141,7 +154,12 @@ def parse_params(params: Any, family: str) -> SearchParams:
             raise InvalidArgumentError(f"search param {name!r} must be a positive int (at most {_MAX_PARAM}), "
                                        f"got {value!r}", field="params")
         fields[field] = int(value)
-    return cls(**fields)
+    typed = cls(**fields)
+    if type(params) is dict:
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[(family, *params.items())] = typed
+    return typed
 
 
 # -- the request -------------------------------------------------------------------------------
@@ -192,5 +210,21 @@ def build_request(queries, k: Any = 10, *, dim: int, metric: str, device: str = 
         compiled = filter
     else:
         compiled = compile_filter(filter, schema or {})
-    q = prepare_vectors(queries, name="queries", dim=dim, metric=metric, device=device)
+    q = _one_query(queries, dim, metric) if device == "cpu" else None
+    if q is None:
+        q = prepare_vectors(queries, name="queries", dim=dim, metric=metric, device=device)
     return SearchRequest(q, k, compiled, typed, bool(include_metadata), bool(include_vectors))
+
+
+def _one_query(x, dim: int, metric: str):
+    """The common case of a search, one float32 NumPy query, checked and normalised with one BLAS dot;
+    ``None`` for anything else (or anything wrong: the general path finds it and says what)."""
+    if type(x) is not np.ndarray or x.dtype != np.float32 or x.size != dim or not x.flags.c_contiguous:
+        return None
+    if x.ndim != 1 and x.shape != (1, dim):
+        return None
+    s = float(np.dot(x.reshape(-1), x.reshape(-1)))  # inf or nan when a value is: refused below
+    if not s <= MAX_SQUARED_NORM or metric == "cosine" and not s > 0:
+        return None
+    q = x.reshape(1, dim)
+    return q * np.float32(1.0 / math.sqrt(s)) if metric == "cosine" else q

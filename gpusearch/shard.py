@@ -42,11 +42,11 @@ _META_CHUNKS_BEFORE_MERGE = 32
 
 class Shard:
     def __init__(self, path: Path, *, number: int, dim: int, metric: str, index: str, device: str,
-                 dtype: str = "float32", fsync: bool = True):
+                 dtype: str = "float32", fsync: bool = True, index_options: dict | None = None):
         self.path, self.number = Path(path), number
         self.dim, self.metric, self.index_spec, self.device = dim, metric, index, device
         self.store = VectorStore(dim, device=device, dtype=dtype)
-        self.backend = make_backend(index, dim=dim, metric=metric, device=device)
+        self.backend = make_backend(index, dim=dim, metric=metric, device=device, options=index_options)
         self.ids: list[str] = []
         self.id_to_row: dict[str, int] = {}
         self._alive = np.zeros(1024, dtype=bool)
@@ -248,7 +248,10 @@ class Shard:
     def _order_by_id(self, D: np.ndarray, I: np.ndarray):
         """Within equal scores, put the smaller id first (kernels break ties by row number)."""
         if D.shape[0] == 1:  # one query: plain Python over k values beats three NumPy passes
-            d, i = D[0].tolist(), I[0].tolist()
+            d = D[0].tolist()
+            if len(set(d)) == len(d):  # no two scores equal: no tie (the common case)
+                return D, I
+            i = I[0].tolist()
             if not any(d[j] == d[j + 1] and i[j + 1] >= 0 for j in range(len(d) - 1)):
                 return D, I
             tied_rows = [0]

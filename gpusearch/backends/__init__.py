@@ -12,8 +12,10 @@ import functools
 from ..errors import InvalidTypeError
 from .exact import ExactBackend
 from .faiss_backend import FaissBackend
+from .options import DEFAULT_EF_CONSTRUCTION, check_index_options
 
-__all__ = ["ExactBackend", "FaissBackend", "make_backend", "check_index_spec", "index_family"]
+__all__ = ["ExactBackend", "FaissBackend", "make_backend", "check_index_spec", "check_index_options",
+           "index_family", "DEFAULT_EF_CONSTRUCTION"]
 
 
 def check_index_spec(spec: str, dim: int, metric: str) -> str:
@@ -27,10 +29,11 @@ def check_index_spec(spec: str, dim: int, metric: str) -> str:
     return spec
 
 
-def make_backend(spec: str, *, dim: int, metric: str, device: str):
+def make_backend(spec: str, *, dim: int, metric: str, device: str, options: dict | None = None):
+    """The backend for an index spec; ``options`` are its checked index options (see .options)."""
     if spec == "Flat":
         return ExactBackend(dim=dim, metric=metric, device=device)
-    return FaissBackend(spec, dim=dim, metric=metric, device=device)
+    return FaissBackend(spec, dim=dim, metric=metric, device=device, options=options)
 
 
 @functools.lru_cache(maxsize=256)

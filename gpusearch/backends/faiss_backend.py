@@ -21,6 +21,7 @@ from ..progress import progress
 from ..errors import InvalidArgumentError
 from ..hits import Hits
 from .exact import exact_search
+from .options import check_index_options
 
 __all__ = ["FaissBackend", "train_size_for"]
 
@@ -56,16 +57,18 @@ def train_size_for(spec: str) -> int:
 class FaissBackend:
     kind = "faiss"
 
-    def __init__(self, spec: str, *, dim: int, metric: str, device: str):
+    def __init__(self, spec: str, *, dim: int, metric: str, device: str, options: dict | None = None):
         self.spec, self.dim, self.metric, self.device = spec, dim, metric, device
-        self.index = self.build_empty(spec, dim, metric)
+        self.options = dict(options) if options is not None else None
+        self.index = self.build_empty(spec, dim, metric, self.options)
         self.family = self.family_of(self.index)
         self.train_size = train_size_for(spec) if not self.index.is_trained else 0
         self.on_gpu = False
         self._params_cache: dict = {}
 
     @staticmethod
-    def build_empty(spec: str, dim: int, metric: str):
+    def build_empty(spec: str, dim: int, metric: str, options: dict | None = None):
+        """An empty FAISS index for ``spec`` with the collection's ``options`` (defaults when None)."""
         faiss = _faiss()
         fm = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
         try:
@@ -83,13 +86,23 @@ class FaissBackend:
         # and serves only polysemous search, which we do not use.
         if hasattr(inner, "do_polysemous_training"):
             inner.do_polysemous_training = False
-        # FAISS defaults (nprobe=1, efSearch=16) trade away most of the recall; these are the
-        # defaults a query gets without params.
-        if isinstance(inner, faiss.IndexIVF):
-            inner.nprobe = min(inner.nlist, max(8, inner.nlist // 16))
-        if isinstance(inner, faiss.IndexHNSW):
-            inner.hnsw.efSearch = 64
+        FaissBackend._apply_options(index, spec, dim, metric, options)
         return index
+
+    @staticmethod
+    def _apply_options(index, spec: str, dim: int, metric: str, options: dict | None) -> None:
+        """Set the build and default-search settings (gpusearch.backends.options) on ``index``: FAISS's
+        own defaults (efConstruction 40, efSearch 16, nprobe 1) trade away most of the recall."""
+        faiss = _faiss()
+        inner = faiss.downcast_index(index)
+        if isinstance(inner, faiss.IndexPreTransform):
+            inner = faiss.downcast_index(inner.index)
+        opts = check_index_options(spec, dim, metric, options, family=FaissBackend.family_of(index))
+        if isinstance(inner, faiss.IndexIVF):
+            inner.nprobe = opts["nprobe"]
+        if isinstance(inner, faiss.IndexHNSW):
+            inner.hnsw.efConstruction = opts["efConstruction"]
+            inner.hnsw.efSearch = opts["efSearch"]
 
     # -- state ---------------------------------------------------------------
     @property
@@ -151,7 +164,7 @@ class FaissBackend:
         else:
             # Nothing trained to keep, or an HNSW graph, which cannot be emptied in place: start
             # afresh, and retrain now on the rows kept if the old index had been trained.
-            self.index = self.build_empty(self.spec, self.dim, self.metric)
+            self.index = self.build_empty(self.spec, self.dim, self.metric, self.options)
             if was_trained and not self.index.is_trained and len(store):
                 self.train(store.host)
         self.add(store, range(0, len(store)))
@@ -183,6 +196,7 @@ class FaissBackend:
                 f"saved FAISS index holds {index.ntotal} vectors of dim {index.d}, "
                 f"the manifest expects {n_indexed} of dim {self.dim}"
             )
+        self._apply_options(index, self.spec, self.dim, self.metric, self.options)
         self.index = index
         self.on_gpu = False
         self._maybe_to_gpu()
