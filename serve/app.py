@@ -2,25 +2,32 @@
 
 :func:`build_app` returns the Serve application (for ``serve run`` / ``serve deploy``
 through ``gpusearch.serve.app:app_builder``); :func:`start` runs it on a local Ray
-started in-process (the embedded default behind ``gpusearch serve``).
+started in-process (the embedded default behind ``gpusearch serve``);
+:func:`load_demo` fills the ``default`` collection with the demo corpus through it.
 
 Deployment graph (shards are separate deployments, ``Shard0`` .. ``Shard<N-1>``, so
 each shard number has its own replica set, placement and scaling)::
 
-    HTTP -> Ingress -> Encoder (text only)
-                    -> Aggregator -> Shard0 .. Shard<N-1>   (reads, each with R replicas)
-                    -> Writer                                 (writes; one replica)
+    HTTP -> Serve's proxy -> Aggregator (FastAPI ingress: limits, auth, text -> vector,
+                                         one validation, fan-out, merge, rerank)
+                               -> Shard0 .. Shard<N-1>   (reads, each with R replicas)
+                               -> Writer                 (writes; one replica)
+    Python handle (connect) -> Aggregator / Writer       (NumPy in, result objects out)
+
+A query crosses two process hops (proxy -> Aggregator -> shards); text is embedded in
+the Aggregator's own process, which takes a share of the GPUs when the encoder is on.
 """
 from __future__ import annotations
 
 import logging
 import os
 import tempfile
+import time
 from typing import Any
 
 from .config import ServeConfig, is_loopback
 
-__all__ = ["build_app", "app_builder", "start", "gpus_per_shard_replica"]
+__all__ = ["build_app", "app_builder", "start", "load_demo", "gpus_per_shard_replica"]
 
 log = logging.getLogger("gpusearch.serve")
 
@@ -34,7 +41,7 @@ SHARD_HEALTH_CHECK_PERIOD_S = 1.0
 
 def gpus_per_shard_replica(cfg: ServeConfig, gpus_in_cluster: float) -> float:
     """GPUs each shard replica reserves: ``cfg.num_gpus_shard``, or the cluster's GPUs shared
-    evenly among all shard replicas plus the encoder (at most one each)."""
+    evenly among all shard replicas plus the Aggregator when it runs the encoder (at most one each)."""
     if cfg.num_gpus_shard is not None:
         return float(cfg.num_gpus_shard)
     if gpus_in_cluster <= 0:
@@ -60,8 +67,8 @@ def _cluster_gpus() -> float:
 
 
 def build_app(cfg: ServeConfig):
-    """The deployment graph for ``cfg``: Ingress over Encoder, Aggregator, Shard<i> and Writer."""
-    from .deployments import Aggregator, EncoderServer, ShardServer, Writer
+    """The deployment graph for ``cfg``: the Aggregator (HTTP ingress) over Shard<i> and the Writer."""
+    from .deployments import Aggregator, ShardServer, Writer
 
     if not cfg.api_keys and not is_loopback(cfg.host):
         raise ValueError(f"no API key is configured, so the server only listens on loopback; got host {cfg.host!r}. "
@@ -71,22 +78,18 @@ def build_app(cfg: ServeConfig):
     shard_opts: dict[str, Any] = {"num_cpus": cfg.num_cpus_shard}
     if gpus:
         shard_opts["num_gpus"] = gpus
-    other = {"num_cpus": cfg.num_cpus_other}
     shards = [
         ShardServer.options(name=f"Shard{i}", num_replicas=cfg.replicas, ray_actor_options=shard_opts,
                             max_ongoing_requests=256,
                             health_check_period_s=SHARD_HEALTH_CHECK_PERIOD_S).bind(d, i)
         for i in range(cfg.shards)
     ]
-    aggregator = Aggregator.options(ray_actor_options=other, max_ongoing_requests=256).bind(d, *shards)
-    writer = Writer.options(ray_actor_options=other).bind(d)
-    encoder = None
-    if cfg.encoder_enabled:
-        enc_opts = dict(shard_opts) if gpus else {"num_cpus": cfg.num_cpus_shard}
-        encoder = EncoderServer.options(ray_actor_options=enc_opts).bind(d)
-    from .http import Ingress
-
-    return Ingress.options(ray_actor_options=other, max_ongoing_requests=256).bind(d, aggregator, writer, encoder)
+    writer = Writer.options(ray_actor_options={"num_cpus": cfg.num_cpus_other}).bind(d)
+    # The encoder runs in the Aggregator's process: on the GPUs' share when there are GPUs.
+    agg_opts: dict[str, Any] = {"num_cpus": cfg.num_cpus_other}
+    if gpus and cfg.encoder_enabled:
+        agg_opts["num_gpus"] = gpus
+    return Aggregator.options(ray_actor_options=agg_opts, max_ongoing_requests=256).bind(d, writer, *shards)
 
 
 def app_builder(args: dict[str, Any]):
@@ -100,7 +103,7 @@ def start(cfg: ServeConfig, *, ray_temp_dir: str | None = None, num_cpus: int | 
     """Start local Ray (dashboard off), Serve's HTTP proxy on ``cfg.host:cfg.port``, and the app.
 
     Refuses to listen beyond loopback with no API key configured. Returns the
-    Ingress handle once every replica is up (each shard replica has replayed its WAL).
+    Aggregator's handle once every replica is up (each shard replica has replayed its WAL).
     """
     build_app(cfg)  # refuses a bad config before Ray starts
     import ray
@@ -113,3 +116,33 @@ def start(cfg: ServeConfig, *, ray_temp_dir: str | None = None, num_cpus: int | 
                  _temp_dir=ray_temp_dir or tempfile.mkdtemp(prefix="gsray-"))
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     return serve.run(build_app(cfg), name=cfg.app_name, route_prefix="/")
+
+
+def load_demo(cfg: ServeConfig) -> None:
+    """Fill the ``default`` collection of the running app with standard-library docstrings embedded
+    by the Aggregator's encoder (once), then run one text query and print its answer."""
+    from ray import serve
+
+    from gpusearch.demo import stdlib_docs
+
+    writer = serve.get_deployment_handle("Writer", app_name=cfg.app_name)
+    aggregator = serve.get_deployment_handle("Aggregator", app_name=cfg.app_name)
+    have = writer.list.remote().result()["collections"].get("default")
+    if have is None or have["records"] == 0:
+        docs = stdlib_docs()
+        print(f"loading the demo corpus into 'default': {len(docs)} standard-library docstrings ...", flush=True)
+        t0 = time.perf_counter()
+        if have is None:
+            lineage = aggregator.encoder_lineage.remote().result()
+            writer.create.remote("default", lineage["dim"], "cosine", None, lineage).result()
+        for lo in range(0, len(docs), 256):
+            part = docs[lo : lo + 256]
+            vecs = aggregator.encode.remote([d["text"] for d in part]).result()
+            writer.upsert.remote("default", [d["id"] for d in part], vecs,
+                                 [{"module": d["module"], "kind": d["kind"]} for d in part]).result()
+        print(f"loaded in {time.perf_counter() - t0:.1f} s", flush=True)
+    text = "run an external program and capture its output"
+    r = aggregator.query_text.remote("default", [text], 3).result()
+    print(f"query {text!r} ->")
+    for rid, score in zip(r.ids[0], r.scores[0]):
+        print(f"  {score:.3f}  {rid}", flush=True)

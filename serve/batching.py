@@ -21,7 +21,7 @@ class GreedyBatcher:
     ``handler`` is an async callable returning one result per item; a result that is
     an exception is raised to that item's caller. ``wait_s`` > 0 waits that long for
     company when a batch would hold one item (latency for throughput at low load).
-    Create it inside the event loop that will call ``submit``.
+    Its queue and worker live in the event loop of the first ``submit`` (a new loop gets new ones).
     """
 
     def __init__(self, handler: Callable[[list], Awaitable[Sequence[Any]]], *, max_size: int = 64,
@@ -30,15 +30,18 @@ class GreedyBatcher:
             raise ValueError(f"max_size must be at least 1, got {max_size}")
         self.handler, self.max_size, self.wait_s = handler, max_size, wait_s
         self._queue: asyncio.Queue | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: asyncio.Task | None = None
         self.batches = 0
         self.items = 0
 
     async def submit(self, item):
-        if self._worker is None or self._worker.done():
-            self._queue = self._queue or asyncio.Queue()
-            self._worker = asyncio.get_running_loop().create_task(self._run())
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if self._worker is None or self._worker.done() or self._loop is not loop:
+            if self._loop is not loop:  # a queue belongs to one event loop
+                self._queue, self._loop = asyncio.Queue(), loop
+            self._worker = loop.create_task(self._run())
+        fut = loop.create_future()
         self._queue.put_nowait((item, fut))
         return await fut
 

@@ -3,12 +3,16 @@
 >>> cfg = ServeConfig.load(None, env={"GPUSEARCH_API_KEYS": "s3cret:rw,viewer:ro,docs-bot:rw:docs|faq"})
 >>> cfg.api_keys
 {'s3cret': 'rw', 'viewer': 'ro', 'docs-bot': {'role': 'rw', 'collections': ['docs', 'faq']}}
->>> cfg.key_grants()['docs-bot']
-KeyGrant(role='rw', collections=frozenset({'docs', 'faq'}))
+>>> cfg.key_grants()['docs-bot'] == KeyGrant("rw", frozenset({"docs", "faq"}))
+True
 >>> ServeConfig(shards=0)
 Traceback (most recent call last):
 ...
 ValueError: shards must be an int between 1 and 256, got 0
+>>> ServeConfig(max_top_k=2000)
+Traceback (most recent call last):
+...
+ValueError: max_top_k 2000 is above the engine's limit MAX_TOP_K 1000; set max_top_k to at most 1000
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from gpusearch.request import MAX_TOP_K
 
 __all__ = ["ServeConfig", "KeyGrant", "is_loopback", "parse_key_grant"]
 
@@ -97,7 +103,7 @@ class ServeConfig:
     # Request limits; each refusal is a 4xx naming the limit.
     max_body_bytes: int = 64 << 20      # HTTP request body, declared or streamed (413)
     max_batch: int = 1000               # vectors per upsert, queries per request, ids per fetch/delete
-    max_top_k: int = 1000
+    max_top_k: int = MAX_TOP_K          # topK / k on every edge; at most the engine's MAX_TOP_K
     max_dim: int = 4096
     max_id_length: int = 512            # characters in a record id
     max_metadata_bytes: int = 40960     # one record's metadata as compact JSON (Pinecone's 40 KB)
@@ -142,6 +148,9 @@ class ServeConfig:
                      "max_filter_bytes", "max_filter_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_top_k > MAX_TOP_K:
+            raise ValueError(f"max_top_k {self.max_top_k} is above the engine's limit MAX_TOP_K {MAX_TOP_K}; "
+                             f"set max_top_k to at most {MAX_TOP_K}")
         if not 1 <= self.shards <= 256:
             raise ValueError(f"shards must be an int between 1 and 256, got {self.shards}")
         if not 1 <= self.replicas <= 64:

@@ -1,40 +1,55 @@
-"""The Ray Serve deployments: Writer, Shard<i>, Aggregator and Encoder. Thin wrappers over gpusearch.
+"""The Ray Serve deployments: Writer, Shard<i> and the Aggregator (also the HTTP ingress). Thin wrappers over gpusearch.
 
+- **Aggregator** (the FastAPI ingress, :mod:`gpusearch.serve.http`, and the target of
+  Python handles): the one edge of a query. It authenticates an HTTP request, resolves an
+  alias once, embeds text in its own process (the sentence-transformers model on the
+  configured device, concurrent texts batched into one encode), builds the typed search
+  request once (:meth:`gpusearch.catalog.CatalogReader.request`: the engine's one
+  validation), fans it out to every shard deployment, retries a request whose replica
+  died, merges the shards' columnar hits (:func:`gpusearch.merge.merge`), optionally
+  re-scores exactly, and answers with a :class:`~gpusearch.results.SearchResult` (JSON
+  over HTTP); ``partial`` names the shards that did not answer within
+  ``shard_timeout_s``. Writes go one hop on, to the Writer.
 - **Writer** (one replica): the writable :class:`gpusearch.catalog.Catalog`. Appends each
   write to the shard WALs, fsyncs, commits, and acknowledges with the sequence number.
 - **Shard<i>** (one deployment per shard number, ``replicas`` replicas each): shard ``i``
-  of every collection, read-only (:class:`gpusearch.catalog.ShardCatalog`). Before each
-  batch it catches up with what the Writer made durable, so a query sent after an
-  acknowledged write sees it; a replica loads and replays everything in its constructor,
-  so Serve routes it queries only once it is caught up. Concurrent queries are batched
-  into one engine search (:class:`~gpusearch.serve.batching.GreedyBatcher`).
-- **Aggregator**: resolves an alias once per query, fans the query out to every shard
-  deployment, retries a request whose replica died, merges with the kernels' k-way
-  merge (:func:`gpusearch.merge.merge_hits`), optionally re-scores exactly, and says
-  ``partial`` (naming the shards) when a shard did not answer within ``shard_timeout_s``.
-- **Encoder**: the sentence-transformers model, batched with ``@serve.batch``.
+  of every collection, read-only (:class:`gpusearch.catalog.ShardCatalog`). It trusts
+  the request it is given (checked at the edge) and answers with
+  :class:`~gpusearch.hits.Hits` carrying their ids. Before each batch it catches up with
+  what the Writer made durable, so a query sent after an acknowledged write sees it; a
+  replica loads and replays everything in its constructor, so Serve routes it queries
+  only once it is caught up. Concurrent queries are batched into one engine search
+  (:class:`~gpusearch.serve.batching.GreedyBatcher`).
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
 import time
-from typing import Any
+from typing import Sequence
 
 import numpy as np
 from ray import serve
 
-from gpusearch.catalog import (Catalog, CollectionNotFound, SearchRequest, ShardCatalog, check_name,
-                               resolve_alias)
+from gpusearch.arrays import as_ids
+from gpusearch.catalog import Catalog, CatalogReader, ShardCatalog
 from gpusearch.collection import shard_of
-from gpusearch.merge import candidates_per_shard, merge_and_rerank
+from gpusearch.errors import DeadlineExceededError, InvalidArgumentError, InvalidTypeError, NotFoundError
+from gpusearch.merge import candidates_per_shard, merge, rescore_exact
+from gpusearch.request import SearchRequest
+from gpusearch.results import FetchResult, SearchResult
 
+from . import _limits
+from . import http as _http
+from ._errors import unwrap
+from ._metrics import Metrics
 from .batching import GreedyBatcher
 from .config import ServeConfig
 
-__all__ = ["Writer", "ShardServer", "Aggregator", "EncoderServer", "RETRYABLE"]
+__all__ = ["Writer", "ShardServer", "Aggregator", "AggregatorServer", "RETRYABLE"]
 
 log = logging.getLogger("gpusearch.serve")
 
@@ -128,10 +143,10 @@ class ShardServer:
         self.batcher = GreedyBatcher(self._search_batch, max_size=self.cfg.batch_max_size,
                                      wait_s=self.cfg.batch_wait_s)
 
-    async def search(self, request: SearchRequest):
-        return await self.batcher.submit(request)
+    async def search(self, collection: str, request: SearchRequest):
+        return await self.batcher.submit((collection, request))
 
-    async def _search_batch(self, requests: list[SearchRequest]) -> list:
+    async def _search_batch(self, requests: list[tuple[str, SearchRequest]]) -> list:
         t0 = time.perf_counter()
         out = await asyncio.to_thread(self.catalog.search_batch, requests)
         seconds = time.perf_counter() - t0
@@ -148,12 +163,35 @@ class ShardServer:
             raise RuntimeError(f"data directory {self.cfg.data_dir} is gone")
 
 
-@serve.deployment(name="Aggregator")
-class Aggregator:
-    def __init__(self, cfg: dict, *shards):
-        self.cfg = ServeConfig(**cfg)
-        self.shards = list(shards)
+class AggregatorServer(_http.HttpRoutes):
+    """The Aggregator's class: :class:`~gpusearch.serve.http.HttpRoutes` for HTTP, and the Python
+    methods a handle calls (:meth:`query`, :meth:`query_text`, :meth:`fetch`, :meth:`encode`,
+    :meth:`encoder_lineage`, :meth:`stats`), both over the same :meth:`_search`.
 
+    ``writer`` is the Writer's handle and ``shards`` one handle per shard deployment (any objects
+    with ``.search/.fetch/.stats.remote(...)`` returning awaitables: unit tests pass stand-ins).
+    """
+
+    def __init__(self, cfg: dict, writer=None, *shards):
+        self.cfg = ServeConfig(**cfg)
+        self.writer = writer
+        self.shards = list(shards)
+        self.reader = CatalogReader(self.cfg.data_dir)
+        self.grants = self.cfg.key_grants()
+        self.metrics = Metrics()
+        _limits.BODY_LIMIT["bytes"] = self.cfg.max_body_bytes
+        _http.OPENAPI.clear()
+        _http.OPENAPI["cfg"] = self.cfg  # /openapi.json and /docs state this server's limits
+        self.encoder, self._encoder_lineage = None, None
+        if self.cfg.encoder_enabled:
+            from gpusearch.encoders import SentenceEncoder
+
+            self.encoder = SentenceEncoder(self.cfg.encoder, device=self.cfg.device)
+            self._encoder_lineage = self.encoder.lineage
+        # Concurrent text queries share one forward pass of the model (see serve/batching.py).
+        self.texts = GreedyBatcher(self._encode_batch, max_size=self.cfg.batch_max_size)
+
+    # -- the shards ------------------------------------------------------------
     async def _ask(self, i: int, method: str, *args):
         """One shard's answer; a request whose replica died is sent again (Serve picks a live one)."""
         deadline = time.monotonic() + self.cfg.shard_timeout_s
@@ -173,56 +211,139 @@ class Aggregator:
                 log.warning("shard %d: replica failed (%s); retrying (attempt %d)", i, type(e).__name__, attempt)
                 await asyncio.sleep(min(0.05 * attempt, 0.5))
 
-    def resolve(self, collection) -> str:
-        return resolve_alias(self.cfg.data_dir, check_name(collection))
-
-    async def fetch(self, collection, ids: list[str]) -> dict:
-        """Records by id from their owner shards: {id: (vector, metadata)} plus the resolved name."""
-        name = self.resolve(collection)
+    async def _fetch_records(self, name: str, ids) -> dict:
+        """Records of collection ``name`` (resolved) by id, from their owner shards: {id: (vector, metadata)}."""
         by_shard: dict[int, list[str]] = {}
-        for i in dict.fromkeys(ids):
+        for i in dict.fromkeys(as_ids(ids)):
             by_shard.setdefault(shard_of(i, len(self.shards)), []).append(i)
         parts = await asyncio.gather(*(self._ask(s, "fetch", name, part) for s, part in by_shard.items()))
-        found = {rid: (vec, meta) for part in parts for rid, vec, meta in part}
-        return {"collection": name, "records": {i: found[i] for i in ids if i in found}}
+        return {rid: (vec, meta) for part in parts for rid, vec, meta in part}
 
-    async def query(self, collection, queries=None, k: int = 10, *, id: str | None = None, filter=None,
-                    include_metadata: bool = False, include_vectors: bool = False, params=None) -> dict:
-        """Search every shard and merge. ``queries``: (nq, dim) float32, or ``id`` of a stored record."""
-        name = self.resolve(collection)
-        if id is not None:
-            rec = (await self.fetch(name, [id]))["records"].get(id)
-            if rec is None:
-                raise ValueError(f"query by id: no record {id!r} in {name!r}")
-            queries = rec[0][None, :]
-        queries = np.asarray(queries, dtype=np.float32)
-        if queries.ndim == 1:
-            queries = queries[None, :]
-        rerank = self.cfg.rerank
-        k_fetch = candidates_per_shard(k, rerank=rerank, overfetch=self.cfg.overfetch, max_k=self.cfg.max_top_k)
-        req = SearchRequest(name, queries, k_fetch, filter, include_metadata,
-                            include_vectors or rerank == "exact", params)
-        answers = await asyncio.gather(*(self._ask(i, "search", req) for i in range(len(self.shards))),
+    async def _fan_out(self, name: str, request: SearchRequest):
+        """Every shard's hits for ``request`` (the shards' ``k`` and payloads already set):
+        (hits, info of the last shard that answered, missing shards, search seconds per shard)."""
+        answers = await asyncio.gather(*(self._ask(i, "search", name, request) for i in range(len(self.shards))),
                                        return_exceptions=True)
-        hits, missing, shard_seconds, info = [], [], {}, None
+        hits, missing, seconds, info = [], [], {}, None
         for i, a in enumerate(answers):
-            if isinstance(a, asyncio.TimeoutError) or isinstance(a, RETRYABLE):
+            if isinstance(a, (asyncio.TimeoutError, *RETRYABLE)):
                 missing.append(i)
                 continue
             if isinstance(a, BaseException):
-                raise a
-            h, info, seconds, batch = a
+                raise unwrap(a)
+            h, info, sec, _batch = a
             hits.append(h)
-            shard_seconds[i] = seconds
+            seconds[i] = sec
         if not hits:
-            raise TimeoutError(f"no shard answered within {self.cfg.shard_timeout_s} s (shards {missing})")
-        ids, scores, metas, vecs = merge_and_rerank(hits, queries, k, metric=info["metric"], dim=info["dim"],
-                                                    rerank=rerank, include_vectors=include_vectors)
-        return {
-            "collection": name, "ids": ids, "scores": scores, "metadata": metas, "vectors": vecs,
-            "index": info["index"], "lineage": info["lineage"], "sequence": info["sequence"],
-            "partial": bool(missing), "missing_shards": missing, "shard_seconds": shard_seconds,
-        }
+            raise DeadlineExceededError(f"no shard answered within {self.cfg.shard_timeout_s} s (shards {missing})")
+        return hits, info, missing, seconds
+
+    # -- text ------------------------------------------------------------------
+    async def _encode_batch(self, items: list[Sequence[str]]) -> list[np.ndarray]:
+        """One forward pass for the texts of every waiting caller; each gets its rows back."""
+        texts = [t for item in items for t in item]
+        v = await asyncio.to_thread(self.encoder.encode, texts)
+        m = v.float().cpu().numpy()
+        out, lo = [], 0
+        for item in items:
+            out.append(m[lo:lo + len(item)])
+            lo += len(item)
+        return out
+
+    def _texts(self, texts) -> list[str]:
+        if self.encoder is None:
+            raise InvalidArgumentError("text queries need the encoder; start the server with encoder_enabled: true",
+                                       field="text")
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, (list, tuple)) or not texts:
+            raise InvalidTypeError(f"texts must be a str or a non-empty list of str, got {type(texts).__name__}",
+                                   field="text")
+        for t in texts:
+            if not isinstance(t, str):
+                raise InvalidTypeError(f"each text must be a str, got {type(t).__name__}", field="text")
+            if not t.strip():
+                raise InvalidArgumentError("text is empty; send the text to search for", field="text")
+        return list(texts)
+
+    async def _embed_for(self, name: str, texts) -> np.ndarray:
+        """``texts`` embedded for a search of collection ``name``, whose vectors must come from this
+        server's encoder (its lineage says which model made them)."""
+        texts = self._texts(texts)
+        model = self.reader.info(name).lineage.get("model")
+        if model and model != self._encoder_lineage["model"]:
+            raise InvalidArgumentError(f"collection {name!r} holds vectors of model {model!r}; the server "
+                                       f"encodes text with {self._encoder_lineage['model']!r}", field="text")
+        return await self.texts.submit(texts)
+
+    # -- the query path (HTTP and handles) -------------------------------------
+    async def _search(self, name: str, queries=None, k=10, *, id: str | None = None, texts=None, filter=None,
+                      include_metadata: bool = False, include_vectors: bool = False, params=None) -> SearchResult:
+        """Search collection ``name`` (resolved) with ``queries`` (a matrix), the stored record ``id``,
+        or ``texts``; check the request once, fan it out, merge, re-rank when configured."""
+        if texts is not None:
+            queries = await self._embed_for(name, texts)
+        elif id is not None:
+            rec = (await self._fetch_records(name, [id])).get(id)
+            if rec is None:
+                raise NotFoundError(f"query by id: no record {id!r} in {name!r}", kind="record", name=id)
+            queries = rec[0][None, :]
+        request = self.reader.request(name, queries, k, filter=filter, params=params,
+                                      include_metadata=include_metadata, include_vectors=include_vectors,
+                                      limit=self.cfg.max_top_k)
+        rerank = self.cfg.rerank
+        k_fetch = candidates_per_shard(request.k, rerank=rerank, overfetch=self.cfg.overfetch,
+                                       max_k=self.cfg.max_top_k)
+        asked = request.with_k(k_fetch)
+        if rerank == "exact" and not asked.include_vectors:
+            asked = dataclasses.replace(asked, include_vectors=True)
+        hits, info, missing, seconds = await self._fan_out(name, asked)
+        merged, _ = merge(hits, k_fetch, largest=info["metric"] != "l2")
+        if rerank == "exact":
+            merged = rescore_exact(request.queries, merged, request.k, metric=info["metric"])
+        counts = merged.counts.tolist()
+        ids = [merged.ids[q, :c].tolist() for q, c in enumerate(counts)]
+        scores = [merged.scores[q, :c] for q, c in enumerate(counts)]
+        metas = merged.metadata if include_metadata else None
+        vecs = [merged.vectors[q, :c] for q, c in enumerate(counts)] if include_vectors else None
+        self.metrics.answered(seconds, bool(missing))
+        return SearchResult(ids, scores, metas, vecs, {
+            "collection": name, "sequence": info["sequence"], "index": info["index"], "lineage": info["lineage"],
+            "partial": bool(missing), "missing_shards": missing, "shard_seconds": seconds})
+
+    # -- the Python handle's methods -------------------------------------------
+    def resolve(self, collection) -> str:
+        return self.reader.resolve(collection)
+
+    async def query(self, collection, queries=None, k=10, *, id: str | None = None, filter=None,
+                    include_metadata: bool = False, include_vectors: bool = False, params=None) -> SearchResult:
+        """The ``k`` best records of ``collection`` (a name or alias) for each row of ``queries``
+        (NumPy, a list, a CPU torch tensor), or for the stored record ``id``."""
+        return await self._search(self.resolve(collection), queries, k, id=id, filter=filter,
+                                  include_metadata=include_metadata, include_vectors=include_vectors, params=params)
+
+    async def query_text(self, collection, texts, k=10, *, filter=None, include_metadata: bool = False,
+                         include_vectors: bool = False, params=None) -> SearchResult:
+        """Embed ``texts`` (a str or a list) with this server's encoder, then :meth:`query`."""
+        return await self._search(self.resolve(collection), None, k, texts=texts, filter=filter,
+                                  include_metadata=include_metadata, include_vectors=include_vectors, params=params)
+
+    async def fetch(self, collection, ids) -> FetchResult:
+        """Records by id, in the order asked; ids that do not exist are listed in ``missing``."""
+        wanted = list(dict.fromkeys(as_ids(ids)))
+        records = await self._fetch_records(self.resolve(collection), wanted)
+        found = [i for i in wanted if i in records]
+        vecs = np.stack([records[i][0] for i in found]) if found else np.empty((0, 0), np.float32)
+        return FetchResult(found, vecs, [records[i][1] for i in found], [i for i in wanted if i not in records])
+
+    async def encode(self, texts) -> np.ndarray:
+        """``texts`` (a str or a list) embedded with this server's encoder: an (n, dim) float32 array
+        (bulk loads, e.g. ``gpusearch serve``'s demo corpus)."""
+        return await self.texts.submit(self._texts(texts))
+
+    def encoder_lineage(self) -> dict | None:
+        """The lineage a collection made with this server's encoder records (None without an encoder)."""
+        return None if self._encoder_lineage is None else dict(self._encoder_lineage)
 
     async def stats(self) -> dict:
         """Per collection, per shard: the stats of the replica that answered."""
@@ -237,23 +358,7 @@ class Aggregator:
         return out
 
 
-@serve.deployment(name="Encoder")
-class EncoderServer:
-    def __init__(self, cfg: dict):
-        from gpusearch.encoders import SentenceEncoder
-
-        self.cfg = ServeConfig(**cfg)
-        self.encoder = SentenceEncoder(self.cfg.encoder, device=self.cfg.device)
-
-    def lineage(self) -> dict:
-        return self.encoder.lineage
-
-    async def encode_many(self, texts: list[str]) -> np.ndarray:
-        """Many texts at once (bulk loads): an (n, dim) float32 array."""
-        v = await asyncio.to_thread(self.encoder.encode, texts)
-        return v.float().cpu().numpy()
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def encode(self, texts: list[str]) -> list[np.ndarray]:
-        v = await asyncio.to_thread(self.encoder.encode, texts)
-        return list(v.float().cpu().numpy())
+# The deployment: the class above as the FastAPI ingress (its routes come from HttpRoutes).
+# ``Aggregator.func_or_class`` is Serve's wrapper of it; its constructor is async, so unit tests
+# build ``AggregatorServer`` (the wrapper's base) with stand-in handles instead.
+Aggregator = serve.deployment(name="Aggregator")(serve.ingress(_http.api)(AggregatorServer))

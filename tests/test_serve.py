@@ -173,17 +173,14 @@ def test_handle_matches_http(served, rng):
 
 
 def test_text_query(served):
-    from ray import serve
-
     from gpusearch.serve import connect
 
-    enc = serve.get_deployment_handle("Encoder", app_name=served.app_name)
     docs = {"cook": "how to bake bread at home with yeast and flour",
             "net": "open a TCP socket and send bytes over the network",
             "math": "compute the square root of a floating point number"}
-    vecs = enc.encode_many.remote(list(docs.values())).result()
     client = connect(served.app_name)
-    client.create("texts", dim=384, lineage=enc.lineage.remote().result())
+    vecs = client.encode(list(docs.values()))  # the Aggregator's encoder, in bulk
+    client.create("texts", dim=384, lineage=client.encoder_lineage())
     client.upsert("texts", list(docs), vecs)
     r = post(served, "/query", {"namespace": "texts", "text": "sending data through a network connection",
                                 "topK": 1}, key=RO_KEY)
@@ -299,8 +296,9 @@ def test_auth(served):
 
 @pytest.mark.parametrize("path,body,status,needle", [
     ("/query", {"namespace": "bad", "vector": [1.0] * (DIM + 3), "topK": 3}, 400, "19"),
-    ("/query", {"namespace": "bad", "vector": [1.0] * DIM, "topK": 0}, 400, "topK"),
-    ("/query", {"namespace": "bad", "vector": [1.0] * DIM, "topK": 5000}, 400, "topK"),
+    ("/query", {"namespace": "bad", "vector": [1.0] * DIM, "topK": 0}, 400, "k must be between 1 and 1000, got 0"),
+    ("/query", {"namespace": "bad", "vector": [1.0] * DIM, "topK": 5000}, 400,
+     "k must be between 1 and 1000, got 5000"),
     ("/query", {"namespace": "bad", "topK": 3}, 400, "exactly one of vector, id, text or queries"),
     ("/query", {"namespace": "bad", "vector": [1.0] * DIM, "topK": 3, "filter": {"x": {"$regex": "a"}}}, 400, "$regex"),
     ("/query", {"namespace": "no-such-collection", "vector": [1.0] * DIM, "topK": 3}, 404, "no-such-collection"),
@@ -340,7 +338,8 @@ def test_malformed_and_oversized_bodies(served):
 def test_collections_and_metrics(served, rng):
     r = post(served, "/collections", {"name": "made", "dimension": 8, "metric": "l2"})
     assert r.status_code == 200, r.text
-    assert post(served, "/collections", {"name": "made", "dimension": 8}).status_code == 400
+    r = post(served, "/collections", {"name": "made", "dimension": 8})
+    assert r.status_code == 409 and r.json()["code"] == 6 and "already exists" in r.json()["message"], r.text
     listing = httpx.get(url(served, "/collections"), headers={"Api-Key": RO_KEY}).json()
     assert listing["collections"]["made"]["metric"] == "l2"
     X = rng.standard_normal((10, 8)).astype(np.float32)
@@ -408,3 +407,57 @@ def test_logs_hold_no_vectors_query_texts_or_keys(served):
     assert scanned > 5, f"no logs found under {logs}"
     assert access_logged, "the scan missed the logs where Serve records requests"
     assert not hits, f"logs hold request data: {hits[:5]}"
+
+
+def test_graph_has_no_encoder_and_no_separate_ingress(served):
+    """The served app is the Aggregator (the HTTP ingress itself), the Writer and one deployment per
+    shard; no Encoder and no Ingress deployment, no replica of either; text queries still answer."""
+    import ray
+    from ray import serve
+
+    from gpusearch.serve import connect
+
+    app = serve.status().applications[served.app_name]
+    assert set(app.deployments) == {"Aggregator", "Writer"} | {f"Shard{i}" for i in range(served.shards)}
+    replicas = {a["name"].split("#")[1] for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith(f"SERVE_REPLICA::{served.app_name}#")}
+    assert replicas == set(app.deployments)
+    client = connect(served.app_name)
+    docs = {"sea": "waves crash on the sandy beach", "code": "a compiler turns source code into machine code"}
+    client.create("graph-texts", dim=384, lineage=client.encoder_lineage())
+    client.upsert("graph-texts", list(docs), client.encode(list(docs.values())))
+    r = post(served, "/query", {"namespace": "graph-texts", "text": "the ocean shore", "topK": 1}, key=RO_KEY)
+    assert r.status_code == 200 and r.json()["matches"][0]["id"] == "sea", r.text
+    assert client.query_text("graph-texts", ["compiling programs"], k=1).ids == [["code"]]
+
+
+def test_k_has_one_limit_and_one_message_on_every_edge(served, tmp_path, rng):
+    """k = MAX_TOP_K + 1 gets the engine's check_top_k message, word for word, over HTTP, through a
+    Python handle, from an in-process Collection and from a batch join."""
+    import gpusearch as gs
+    from gpusearch.errors import LimitExceededError
+    from gpusearch.request import MAX_TOP_K, check_top_k
+    from gpusearch.serve import connect
+
+    with pytest.raises(LimitExceededError) as engine:
+        check_top_k(MAX_TOP_K + 1)
+    message = str(engine.value)
+    assert message == "k must be between 1 and 1000, got 1001" and served.max_top_k == MAX_TOP_K
+    X = rng.standard_normal((5, DIM)).astype(np.float32)
+    upsert(served, "one-k", [f"k{i}" for i in range(5)], X)
+    r = post(served, "/query", {"namespace": "one-k", "vector": X[0].tolist(), "topK": MAX_TOP_K + 1}, key=RO_KEY)
+    assert r.status_code == 400 and r.json()["message"] == message, r.text
+    with pytest.raises(LimitExceededError) as handle:
+        connect(served.app_name).query("one-k", X[:1], k=MAX_TOP_K + 1)
+    assert str(handle.value) == message
+    col = gs.Collection.create(tmp_path / "c", dim=DIM, device="cpu")
+    col.upsert(["a"], X[:1])
+    with pytest.raises(ValueError) as local:
+        col.search(X[0], k=MAX_TOP_K + 1)
+    col.close()
+    assert str(local.value) == message
+    from gpusearch.join import knn_join
+
+    with pytest.raises(ValueError) as join:
+        knn_join([str(tmp_path / "left")], [str(tmp_path / "right")], k=MAX_TOP_K + 1)
+    assert str(join.value) == message

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from gpusearch.catalog import Catalog, ShardCatalog
+from gpusearch.catalog import Catalog, CatalogReader, ShardCatalog
 from gpusearch.serve.app import gpus_per_shard_replica
 from gpusearch.serve.config import ServeConfig
 
@@ -55,36 +55,57 @@ class _Response:
 
 
 class _Method:
+    """``handle.method.remote(*args)``: the arguments go through pickle, as Ray sends them to a replica."""
+
     def __init__(self, fn):
         self.fn = fn
 
     def remote(self, *args):
-        return _Response(self.fn(*args))
+        import pickle
+
+        return _Response(self.fn(*pickle.loads(pickle.dumps(args))))
 
 
 class _ShardHandle:
-    """Answers from a real ShardCatalog; can be slow, or die a number of times first."""
+    """A Shard deployment's handle answering from a real ShardCatalog, as ShardServer does
+    (``search(collection, request)`` -> ``(Hits, info, seconds, batch size)``); it can be slow, or die
+    a number of times first."""
 
     def __init__(self, catalog, delay=0.0, deaths=0):
         from ray.exceptions import ActorDiedError
 
         self.catalog, self.delay, self.deaths, self.calls = catalog, delay, deaths, 0
+        self.answers = []  # what it sent back: (Hits, info) or the exception
 
-        async def search(req):
+        async def search(collection, request):
             self.calls += 1
             if self.deaths:
                 self.deaths -= 1
                 raise ActorDiedError()
             await asyncio.sleep(self.delay)
-            return (*self.catalog.search_batch([req])[0], 0.0, 1)
+            out = self.catalog.search_batch([(collection, request)])[0]
+            self.answers.append(out)
+            if isinstance(out, Exception):
+                raise out
+            return (*out, 0.0, 1)
 
-        self.search = _Method(search)
+        async def fetch(collection, ids):
+            return self.catalog.fetch(collection, ids)
+
+        async def stats():
+            return self.catalog.stats()
+
+        self.search, self.fetch, self.stats = _Method(search), _Method(fetch), _Method(stats)
 
 
-def _aggregator(cfg, handles):
-    from gpusearch.serve.deployments import Aggregator
+def _aggregator(cfg, handles, writer=None):
+    """The Aggregator deployment's own class over stand-in handles (no Ray). Serve's deployment wraps
+    it for the FastAPI ingress (an async constructor Serve awaits): the class is that wrapper's base.
+    Without the encoder unless a test puts one in."""
+    from gpusearch.serve.deployments import Aggregator, AggregatorServer
 
-    return Aggregator.func_or_class(cfg.to_dict(), *handles)
+    assert Aggregator.func_or_class.__bases__[0] is AggregatorServer
+    return AggregatorServer({**cfg.to_dict(), "encoder_enabled": False}, writer, *handles)
 
 
 @pytest.fixture
@@ -102,8 +123,8 @@ def test_aggregator_merges_like_the_collection(two_shards):
     agg = _aggregator(cfg, [_ShardHandle(ShardCatalog(path, i, device="cpu")) for i in range(2)])
     r = asyncio.run(agg.query("c", X[:3], 5))
     ref = cat.get("c").search(X[:3], k=5)
-    assert r["ids"] == ref.ids and not r["partial"]
-    for a, b in zip(r["scores"], ref.scores):
+    assert r.ids == ref.ids and not r.info["partial"]
+    for a, b in zip(r.scores, ref.scores):
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
@@ -114,9 +135,9 @@ def test_aggregator_retries_a_dead_replica_and_reports_a_late_shard(two_shards):
     late = _ShardHandle(ShardCatalog(path, 1, device="cpu"), delay=5.0)
     r = asyncio.run(_aggregator(cfg, [dying, late]).query("c", X[:1], 5))
     assert dying.calls == 3  # two deaths, then an answer
-    assert r["partial"] and r["missing_shards"] == [1]
+    assert r.info["partial"] and r.info["missing_shards"] == [1]
     held = set(ShardCatalog(path, 0, device="cpu").follower("c").shard.ids)
-    assert r["ids"][0] and set(r["ids"][0]) <= held
+    assert r.ids[0] and set(r.ids[0]) <= held
 
 
 def test_exact_rerank_reorders_by_full_precision(two_shards):
@@ -125,7 +146,7 @@ def test_exact_rerank_reorders_by_full_precision(two_shards):
     agg = _aggregator(cfg, [_ShardHandle(ShardCatalog(path, i, device="cpu")) for i in range(2)])
     r = asyncio.run(agg.query("c", X[:2], 4, include_metadata=True))
     ref = cat.get("c").search(X[:2], k=4)
-    assert r["ids"] == ref.ids and r["vectors"] is None
+    assert r.ids == ref.ids and r.vectors is None
 
 
 def test_filter_on_a_field_only_another_shard_has(tmp_path):
@@ -135,11 +156,10 @@ def test_filter_on_a_field_only_another_shard_has(tmp_path):
     a = next(f"x{i}" for i in range(100) if shard_of(f"x{i}", 2) == 0)
     cat.upsert("c", [a], np.ones((1, 4), np.float32), [{"only_here": 1}])
     cat.upsert("c", ["other"] if shard_of("other", 2) == 1 else ["other2"], np.ones((1, 4), np.float32))
-    out = ShardCatalog(tmp_path, 1, device="cpu").search_batch(
-        [__import__("gpusearch.catalog", fromlist=["SearchRequest"]).SearchRequest(
-            "c", np.ones((1, 4), np.float32), 3, {"only_here": {"$eq": 1}})])
+    request = CatalogReader(tmp_path).request("c", np.ones((1, 4), np.float32), 3, filter={"only_here": {"$eq": 1}})
+    out = ShardCatalog(tmp_path, 1, device="cpu").search_batch([("c", request)])
     assert not isinstance(out[0], Exception), out[0]
-    assert out[0][0].ids == [[]]
+    assert out[0][0].counts.tolist() == [0]
     cat.close()
 
 
@@ -187,20 +207,20 @@ def test_api_keys_are_compared_in_constant_time(monkeypatch):
     """Every configured key goes through hmac.compare_digest, with no early exit and no dict lookup."""
     import hmac
 
-    from gpusearch.serve import http
+    from gpusearch.serve import _auth
 
     calls = []
     real = hmac.compare_digest
-    monkeypatch.setattr(http.hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
+    monkeypatch.setattr(_auth.hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
     keys = {"k-rw-0123": "rw", "k-ro-4567": "ro", "k-ro-89ab": "ro"}
-    assert http.key_role(keys, "k-rw-0123") == "rw"
+    assert _auth.key_role(keys, "k-rw-0123") == "rw"
     assert len(calls) == 3
     calls.clear()
-    assert http.key_role(keys, "k-ro-89ab") == "ro" and len(calls) == 3
+    assert _auth.key_role(keys, "k-ro-89ab") == "ro" and len(calls) == 3
     calls.clear()
-    assert http.key_role(keys, "nope") is None and len(calls) == 3
-    assert http.key_role(keys, "k-rw-012") is None  # a prefix is not a match
-    assert http.key_role(keys, "\udcff") is None  # a lone surrogate in a header does not crash
+    assert _auth.key_role(keys, "nope") is None and len(calls) == 3
+    assert _auth.key_role(keys, "k-rw-012") is None  # a prefix is not a match
+    assert _auth.key_role(keys, "\udcff") is None  # a lone surrogate in a header does not crash
 
 
 def test_search_threads_default_shares_the_cores_and_bad_values_are_refused(tmp_path):
@@ -253,30 +273,33 @@ def test_key_grant_is_constant_time_with_scoped_keys(monkeypatch):
     """A scoped key is found like any other: every configured key through compare_digest."""
     import hmac
 
-    from gpusearch.serve import http
+    from gpusearch.serve import _auth
     from gpusearch.serve.config import KeyGrant
 
     calls = []
     real = hmac.compare_digest
-    monkeypatch.setattr(http.hmac, "compare_digest", lambda a, b: calls.append(1) or real(a, b))
+    monkeypatch.setattr(_auth.hmac, "compare_digest", lambda a, b: calls.append(1) or real(a, b))
     grants = {"k-rw": KeyGrant("rw"), "k-docs": KeyGrant("ro", frozenset({"docs"})), "k-x": KeyGrant("ro")}
-    assert http.key_grant(grants, "k-docs") == KeyGrant("ro", frozenset({"docs"})) and len(calls) == 3
-    assert http.key_grant(grants, "k-doc") is None and len(calls) == 6
-    assert http.key_role({"k-docs": {"role": "ro", "collections": ["docs"]}}, "k-docs") == "ro"
+    assert _auth.key_grant(grants, "k-docs") == KeyGrant("ro", frozenset({"docs"})) and len(calls) == 3
+    assert _auth.key_grant(grants, "k-doc") is None and len(calls) == 6
+    assert _auth.key_role({"k-docs": {"role": "ro", "collections": ["docs"]}}, "k-docs") == "ro"
 
 
 def test_json_limits_name_the_limit():
-    from gpusearch.serve.http import ApiError, json_limits
+    from gpusearch.errors import LimitExceededError
+    from gpusearch.serve._limits import json_limits
 
     json_limits({"a": [1, {"b": 2}]}, "filter", 100, 3, "max_filter_bytes")
-    with pytest.raises(ApiError, match="filter nests deeper than 2 levels"):
+    with pytest.raises(LimitExceededError, match="filter nests deeper than 2 levels"):
         json_limits({"a": [1, {"b": 2}]}, "filter", 100, 2, "max_filter_bytes")
-    with pytest.raises(ApiError, match="metadata is 20 bytes as JSON; the limit is 10 bytes \\(max_metadata_bytes\\)"):
+    with pytest.raises(LimitExceededError,
+                       match="metadata is 20 bytes as JSON; the limit is 10 bytes \\(max_metadata_bytes\\)") as ei:
         json_limits({"t": "é" * 6}, "metadata", 10, 3, "max_metadata_bytes")
+    assert (ei.value.limit_name, ei.value.limit, ei.value.value) == ("max_metadata_bytes", 10, 20)
     deep = []
     for _ in range(100000):  # far deeper than the stack: counted without recursion
         deep = [deep]
-    with pytest.raises(ApiError, match="deeper than 16"):
+    with pytest.raises(LimitExceededError, match="deeper than 16"):
         json_limits(deep, "filter", 10**9, 16, "max_filter_bytes")
 
 
@@ -302,7 +325,7 @@ def test_disk_full_and_a_damaged_wal_are_server_side_errors():
     import json
 
     from gpusearch.fileio import DiskFullError
-    from gpusearch.serve.http import error_response
+    from gpusearch.serve._errors import error_response
     from gpusearch.wal import WALCorruptError
 
     full = error_response(DiskFullError(errno.ENOSPC, "no space left on device: appending failed", "/srv/d/wal.log"))
@@ -313,4 +336,241 @@ def test_disk_full_and_a_damaged_wal_are_server_side_errors():
     assert plain.status_code == 507
     bad = error_response(WALCorruptError("WAL /srv/d/wal-1.log: bad magic at offset 0", "/srv/d/wal-1.log", 0))
     assert bad.status_code == 503 and "/srv/d" not in json.loads(bad.body)["message"]
-    assert error_response(ValueError("k must be positive")).status_code == 400
+
+
+# -- the one query path: one request, one result shape, errors by class ---------------------------
+def test_each_tier_returns_its_type(two_shards):
+    """Shards answer with columnar Hits (integer keys, their ids attached); the Aggregator merges them
+    into the edge's answer, a SearchResult; HTTP writes that as Pinecone's JSON."""
+    from gpusearch.hits import Hits
+    from gpusearch.results import SearchResult
+    from gpusearch.serve.http import _matches
+
+    path, X, cat = two_shards
+    request = CatalogReader(path).request("c", X[:2], 4, include_metadata=True)
+    answers = ShardCatalog(path, 0, device="cpu").search_batch([("c", request), ("c", request.with_k(2))])
+    for (hits, info), k in zip(answers, (4, 2)):
+        assert isinstance(hits, Hits) and (hits.nq, hits.k) == (2, k)
+        assert hits.keys.dtype == np.int64 and hits.scores.dtype == np.float32
+        assert hits.ids.shape == (2, k) and all(isinstance(i, str) for i in hits.ids.ravel())
+        assert set(info) >= {"metric", "dim", "index", "lineage", "sequence"}
+    assert isinstance(ShardCatalog(path, 0, device="cpu").search_batch([("nope", request)])[0], Exception)
+
+    shards = [_ShardHandle(ShardCatalog(path, i, device="cpu")) for i in range(2)]
+    r = asyncio.run(_aggregator(ServeConfig(data_dir=str(path), shards=2), shards).query(
+        "c", X[:2], 4, include_metadata=True))
+    assert all(isinstance(a[0], Hits) and a[0].ids is not None for s in shards for a in s.answers)
+    assert isinstance(r, SearchResult) and len(r) == 2
+    assert all(isinstance(i, str) for row in r.ids for i in row) and r.scores[0].dtype == np.float32
+    assert r.metadata is not None and len(r.metadata[0]) == 4
+    assert r.info["collection"] == "c" and not r.info["partial"] and set(r.info["shard_seconds"]) == {0, 1}
+    m = _matches(r, 0, values=False, metadata=True)
+    assert [x["id"] for x in m] == r.ids[0] and isinstance(m[0]["score"], float) and "metadata" in m[0]
+
+
+def test_filter_is_compiled_once_per_request(two_shards, monkeypatch):
+    """One query fanned out to two shards compiles its filter once, at the edge: the shards get the
+    compiled filter (through pickle, as a replica does) and never compile it again."""
+    import sys
+
+    import gpusearch.filters
+
+    path, X, cat = two_shards
+    cat.upsert("c", [f"m{j}" for j in range(40)], X[:40], [{"g": j % 4} for j in range(40)])
+    real = gpusearch.filters.compile_filter
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    for module in list(sys.modules.values()):  # wherever a module bound the name
+        if getattr(module, "__name__", "").startswith("gpusearch") and getattr(module, "compile_filter", None) is real:
+            monkeypatch.setattr(module, "compile_filter", counting)
+    shards = [_ShardHandle(ShardCatalog(path, i, device="cpu")) for i in range(2)]
+    agg = _aggregator(ServeConfig(data_dir=str(path), shards=2), shards)
+    r = asyncio.run(agg.query("c", X[:1], 5, filter={"g": {"$eq": 2}}, include_metadata=True))
+    assert calls == [{"g": {"$eq": 2}}]
+    assert all(s.calls == 1 for s in shards)  # fanned out to both
+    assert len(r.ids[0]) == 5 and all(m == {"g": 2} for m in r.metadata[0])
+
+
+def test_k_has_one_limit_and_one_message(two_shards):
+    """The engine's check_top_k is the one k check: a handle's k (and, in test_serve, HTTP's topK) gets
+    its message, against the engine's MAX_TOP_K by default or a server's lower max_top_k."""
+    from gpusearch.errors import LimitExceededError
+    from gpusearch.request import MAX_TOP_K, check_top_k
+    from gpusearch.serve._errors import error_response
+
+    path, X, cat = two_shards
+    shards = [_ShardHandle(ShardCatalog(path, i, device="cpu")) for i in range(2)]
+    with pytest.raises(LimitExceededError) as engine:
+        check_top_k(MAX_TOP_K + 1)
+    assert str(engine.value) == "k must be between 1 and 1000, got 1001"
+    agg = _aggregator(ServeConfig(data_dir=str(path), shards=2), shards)
+    assert agg.cfg.max_top_k == MAX_TOP_K
+    with pytest.raises(LimitExceededError) as served:
+        asyncio.run(agg.query("c", X[:1], MAX_TOP_K + 1))
+    assert str(served.value) == str(engine.value)
+    with pytest.raises(LimitExceededError, match="^k must be between 1 and 1000, got 1001$"):
+        cat.get("c").search(X[:1], k=MAX_TOP_K + 1)
+    response = error_response(served.value)
+    assert response.status_code == 400 and __import__("json").loads(response.body)["message"] == str(engine.value)
+    lower = _aggregator(ServeConfig(data_dir=str(path), shards=2, max_top_k=50), shards)
+    with pytest.raises(LimitExceededError, match="^k must be between 1 and 50, got 51$"):
+        asyncio.run(lower.query("c", X[:1], 51))
+    assert all(s.calls == 0 for s in shards)  # refused at the edge
+
+
+def test_max_top_k_above_the_engine_limit_refuses_to_build_the_app(tmp_path):
+    from gpusearch.request import MAX_TOP_K
+    from gpusearch.serve.app import app_builder
+
+    assert ServeConfig(data_dir=str(tmp_path)).max_top_k == MAX_TOP_K
+    assert ServeConfig(data_dir=str(tmp_path), max_top_k=MAX_TOP_K).max_top_k == MAX_TOP_K
+    msg = f"max_top_k {MAX_TOP_K + 1000} is above the engine's limit MAX_TOP_K {MAX_TOP_K}"
+    with pytest.raises(ValueError, match=msg):
+        ServeConfig(data_dir=str(tmp_path), max_top_k=MAX_TOP_K + 1000)
+    with pytest.raises(ValueError, match=msg):
+        app_builder({"data_dir": str(tmp_path), "max_top_k": MAX_TOP_K + 1000})
+    with pytest.raises(ValueError, match=msg):
+        ServeConfig.load(None, env={"GPUSEARCH_MAX_TOP_K": str(MAX_TOP_K + 1000), "GPUSEARCH_DATA_DIR": str(tmp_path)})
+
+
+def test_errors_map_to_http_by_class():
+    """Each gpusearch.errors class has its status; an unexpected ValueError or TypeError is a bug (500)
+    whose answer names only its class; a closed collection is a 503 that does not repeat its message
+    (it names a server path); Ray's wrapper around a deployment's error is looked through."""
+    import json
+
+    from ray.exceptions import RayTaskError
+
+    from gpusearch import errors as E
+    from gpusearch.serve._errors import error_response
+
+    def answer(e):
+        r = error_response(e)
+        return r.status_code, json.loads(r.body)
+
+    cases = [(E.InvalidArgumentError("bad x", field="x"), 400, 3), (E.InvalidTypeError("x must be str"), 400, 3),
+             (E.LimitExceededError("too many", limit_name="max_batch", limit=5, value=6), 400, 3),
+             (E.UnauthenticatedError("missing Api-Key header"), 401, 16),
+             (E.PermissionDeniedError("read-only"), 403, 7), (E.CollectionNotFoundError("no c", name="c"), 404, 5),
+             (E.NotFoundError("no record r", kind="record", name="r"), 404, 5),
+             (E.AlreadyExistsError("collection 'c' already exists"), 409, 6),
+             (E.UnavailableError("every shard is down"), 503, 14), (E.DeadlineExceededError("too slow"), 504, 4)]
+    for e, status, code in cases:
+        got, body = answer(e)
+        assert (got, body["code"], body["message"]) == (status, code, str(e)), type(e).__name__
+        assert set(body) == {"code", "message", "details"}
+    assert answer(E.LimitExceededError("k must be between 1 and 1000, got 1001", limit_name="MAX_TOP_K", limit=1000,
+                                       value=1001, field="k"))[1]["details"] == [
+        {"field": "topK", "limit": "MAX_TOP_K", "max": 1000, "got": 1001}]
+    for bug in (ValueError("operands could not be broadcast in /srv/gpusearch/x.py"), TypeError("/srv/y"),
+                KeyError("/srv/z")):
+        status, body = answer(bug)
+        assert status == 500 and body["code"] == 13 and "/srv" not in body["message"]
+        assert body["message"] == f"internal error ({type(bug).__name__}); this is a bug, please report it"
+    status, body = answer(E.ClosedError("collection /srv/data/collections/c is closed"))
+    assert status == 503 and "/srv" not in body["message"] and "closed" in body["message"]
+    wrapped = RayTaskError("search", "Traceback ... /srv/secret.py", E.CollectionNotFoundError("no collection 'q'"))
+    assert answer(wrapped.as_instanceof_cause()) == (404, {"code": 5, "message": "no collection 'q'", "details": []})
+    status, body = answer(RayTaskError("search", "tb", ValueError("/srv/boom")).as_instanceof_cause())
+    assert status == 500 and "/srv" not in body["message"] and "ValueError" in body["message"]
+
+
+class _FakeEncoder:
+    """Text "t<i>" -> the i-th unit vector of ``dim``; counts its calls (each one forward pass)."""
+
+    def __init__(self, dim):
+        self.dim, self.calls, self.lineage = dim, [], {"model": "fake-model", "version": "1", "dim": dim}
+
+    def encode(self, texts):
+        import time
+
+        import torch
+
+        self.calls.append(list(texts))
+        time.sleep(0.05)  # a forward pass takes a while: callers arriving meanwhile queue up
+        return torch.eye(self.dim)[[int(t[1:]) for t in texts]]
+
+
+def _with_encoder(agg, encoder):
+    agg.encoder, agg._encoder_lineage = encoder, encoder.lineage
+    return agg
+
+
+def test_text_queries_are_embedded_in_the_aggregator_and_batched(tmp_path):
+    """No Encoder hop: the Aggregator embeds text itself; texts that arrive while one forward pass runs
+    share the next one; a collection of another model refuses text queries."""
+    cat = Catalog(tmp_path, shards=2, device="cpu", fsync=False)
+    enc = _FakeEncoder(8)
+    cat.create("docs", dim=8, lineage=enc.lineage)
+    cat.upsert("docs", [f"d{i}" for i in range(8)], np.eye(8, dtype=np.float32))
+    cat.create("other", dim=8, lineage={"model": "another-model"})
+    cat.upsert("other", ["x"], np.ones((1, 8), np.float32))
+    shards = [_ShardHandle(ShardCatalog(tmp_path, i, device="cpu")) for i in range(2)]
+    agg = _with_encoder(_aggregator(ServeConfig(data_dir=str(tmp_path), shards=2), shards), enc)
+
+    async def many():
+        first = asyncio.ensure_future(agg.query_text("docs", "t0", 1))
+        await asyncio.sleep(0.01)  # the first forward pass is running
+        rest = [asyncio.ensure_future(agg.query_text("docs", [f"t{i}"], 1)) for i in range(1, 6)]
+        return await asyncio.gather(first, *rest)
+
+    results = asyncio.run(many())
+    assert [r.ids for r in results] == [[[f"d{i}"]] for i in range(6)]
+    assert enc.calls == [["t0"], ["t1", "t2", "t3", "t4", "t5"]]
+    assert asyncio.run(agg.encode(["t7", "t2"])).tolist() == np.eye(8, dtype=np.float32)[[7, 2]].tolist()
+    from gpusearch.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="'another-model'.*'fake-model'"):
+        asyncio.run(agg.query_text("other", "t1", 1))
+    with pytest.raises(InvalidArgumentError, match="text is empty"):
+        asyncio.run(agg.query_text("docs", "  ", 1))
+    plain = _aggregator(ServeConfig(data_dir=str(tmp_path), shards=2), shards)
+    with pytest.raises(InvalidArgumentError, match="encoder_enabled"):
+        asyncio.run(plain.query_text("docs", "t1", 1))
+    cat.close()
+
+
+def _http_client(agg, monkeypatch):
+    """FastAPI's test client on the app's routes, served by ``agg`` (Serve's replica context stubbed)."""
+    from types import SimpleNamespace
+
+    from fastapi.testclient import TestClient
+    from ray import serve
+
+    from gpusearch.serve.http import api
+
+    monkeypatch.setattr(serve, "get_replica_context", lambda: SimpleNamespace(servable_object=agg))
+    return TestClient(api)
+
+
+def test_http_routes_without_a_cluster(two_shards, monkeypatch):
+    """The routes on the Aggregator's own methods: a query answers like the collection; topK gets the
+    engine's message; HTTP keeps its own checks (counts, ids, JSON size); a bad key is 401."""
+    path, X, cat = two_shards
+    shards = [_ShardHandle(ShardCatalog(path, i, device="cpu")) for i in range(2)]
+    agg = _aggregator(ServeConfig(data_dir=str(path), shards=2, max_batch=3, api_keys={"k-ro": "ro"}), shards)
+    http = _http_client(agg, monkeypatch)
+    key = {"Api-Key": "k-ro"}
+    r = http.post("/query", json={"namespace": "c", "vector": X[0].tolist(), "topK": 3}, headers=key)
+    assert r.status_code == 200, r.text
+    assert [m["id"] for m in r.json()["matches"]] == cat.get("c").search(X[0], k=3).ids[0]
+    r = http.post("/query", json={"namespace": "c", "vector": X[0].tolist(), "topK": 1001}, headers=key)
+    assert r.status_code == 400 and r.json()["message"] == "k must be between 1 and 1000, got 1001", r.text
+    r = http.post("/query", json={"namespace": "c", "queries": [X[0].tolist()] * 4, "topK": 1}, headers=key)
+    assert r.status_code == 400 and r.json()["message"] == "4 queries in one request; the limit is 3"
+    r = http.post("/query", json={"namespace": "c", "vector": X[0].tolist()[:5], "topK": 1}, headers=key)
+    assert r.status_code == 400 and "must have 8 columns" in r.json()["message"]
+    r = http.post("/query", json={"namespace": "c", "id": "i0" * 300, "topK": 1}, headers=key)
+    assert r.status_code == 400 and "max_id_length" in r.json()["message"]
+    r = http.post("/query", json={"namespace": "c", "id": "missing", "topK": 1}, headers=key)
+    assert r.status_code == 404 and "missing" in r.json()["message"]
+    r = http.post("/query", json={"namespace": "nope", "vector": X[0].tolist(), "topK": 1}, headers=key)
+    assert r.status_code == 404
+    assert http.post("/query", json={"namespace": "c", "vector": X[0].tolist()}, headers={"Api-Key": "x"}
+                     ).status_code == 401
+    assert http.get("/healthz").json() == {"status": "ok"}
+    assert [s.calls for s in shards] == [1, 1]  # only the good query reached the shards' search
