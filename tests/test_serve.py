@@ -2,6 +2,7 @@
 aliases, replicas, read-your-writes, auth and bad input. One shared app (conftest ``served``)."""
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -140,14 +141,18 @@ def test_pinecone_sdk(served, rng):
     # the default namespace ("") is the collection "default"
     idx.upsert(vectors=[("d1", X[0].tolist())])
     assert idx.query(vector=X[0].tolist(), top_k=1).matches[0].id == "d1"
-    # errors come back as the SDK's exceptions, with our message
-    with pytest.raises(Exception) as ei:
+    # errors come back as the SDK's exceptions for their HTTP status (pinecone.ApiError, which the
+    # SDK also calls PineconeApiException), carrying our message
+    with pytest.raises(pinecone.ApiError) as ei:
         idx.query(vector=[0.1] * (DIM + 1), top_k=3, namespace="sdk")
-    assert "16" in str(ei.value) and "17" in str(ei.value)
+    assert ei.value.status_code == 400, repr(ei.value)
+    assert re.search(rf"must have {DIM} (columns|numbers|values)\b.*\bgot {DIM + 1}\b", ei.value.message), \
+        ei.value.message
     ro = pinecone.Pinecone(api_key=RO_KEY).Index(host=url(served))
-    with pytest.raises(Exception) as ei:
+    with pytest.raises(pinecone.ForbiddenError) as ei:
         ro.upsert(vectors=[("z", X[0].tolist())], namespace="sdk")
-    assert "read-only" in str(ei.value)
+    assert ei.value.status_code == 403, repr(ei.value)
+    assert re.search(r"\bkey is read-only\b", ei.value.message), ei.value.message  # says why, not just "forbidden"
 
 
 def test_handle_matches_http(served, rng):
