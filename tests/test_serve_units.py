@@ -1,17 +1,37 @@
 """Serve pieces that need no running Ray: config, GPU shares, and the aggregator's merge, retry and
-``partial`` logic over shard handles that answer late or die (stand-ins for DeploymentHandles)."""
+``partial`` logic over shard handles that answer late or die (stand-ins for DeploymentHandles).
+
+No cluster: ``ray.init`` raises here (as in Ray Serve's own unit tests), so a test that would start
+Ray, or let Ray start itself on first use, fails and says so. Tests that need the served app belong
+in tests/test_serve.py."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
 
-from gpusearch.catalog import Catalog, CatalogReader, ShardCatalog
-from gpusearch.serve.app import gpus_per_shard_replica
-from gpusearch.serve.config import ServeConfig
+ray = pytest.importorskip("ray")
 
-pytest.importorskip("ray")
+from gpusearch.catalog import Catalog, CatalogReader, ShardCatalog  # noqa: E402
+from gpusearch.serve.app import gpus_per_shard_replica  # noqa: E402
+from gpusearch.serve.config import ServeConfig  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def no_ray_cluster(monkeypatch):
+    """``ray.init`` raises: these tests must not start Ray (nor have Ray start itself on first use)."""
+    def refuse(*args, **kwargs):
+        raise RuntimeError("tests/test_serve_units.py needs no Ray cluster, but something called ray.init; "
+                           "test it with stand-ins here, or move it to tests/test_serve.py (the served app)")
+
+    monkeypatch.setattr(ray, "init", refuse)
+
+
+def test_ray_init_is_refused():
+    with pytest.raises(RuntimeError, match="needs no Ray cluster"):
+        ray.init()
 
 
 def test_config_sources(tmp_path):
@@ -336,6 +356,26 @@ def test_disk_full_and_a_damaged_wal_are_server_side_errors():
     assert plain.status_code == 507
     bad = error_response(WALCorruptError("WAL /srv/d/wal-1.log: bad magic at offset 0", "/srv/d/wal-1.log", 0))
     assert bad.status_code == 503 and "/srv/d" not in json.loads(bad.body)["message"]
+
+
+def test_fault_hook_holds_while_its_file_exists(tmp_path, monkeypatch):
+    """GPUSEARCH_FAULT_HOLD_SHARD_START (serve/_faults.py): no wait without the variable or the file;
+    a wait that ends when the file goes, or at the bound."""
+    from gpusearch.serve._faults import HOLD_SHARD_START, hold_while_file_exists
+
+    hold = tmp_path / "hold"
+    monkeypatch.delenv(HOLD_SHARD_START, raising=False)
+    hold.touch()
+    assert hold_while_file_exists() == 0.0  # the file alone does nothing
+    monkeypatch.setenv(HOLD_SHARD_START, str(hold))
+    assert hold_while_file_exists(max_s=0.2) >= 0.2  # gives up at the bound, file still there
+    waited = []
+    t = threading.Thread(target=lambda: waited.append(hold_while_file_exists(max_s=60)))
+    t.start()
+    hold.unlink()
+    t.join(timeout=30)
+    assert not t.is_alive() and waited and waited[0] < 30
+    assert hold_while_file_exists() == 0.0  # the variable alone does nothing
 
 
 # -- the one query path: one request, one result shape, errors by class ---------------------------
