@@ -18,11 +18,13 @@ Builds (or reuses, with ``--data-dir``) a catalog holding one collection ``bench
    sending its next query once the previous answer is in; non-200 answers are counted
    under ``errors``, not timed). Also: the Python-handle path
    (``gpusearch.serve.connect(...).query``) at concurrency 1; the floor of Serve's proxy
-   plus the ingress (``GET /healthz``, at 1 and 32 clients); the Aggregator handle directly
-   (its answer carries each shard's search time); the shard tier alone (this process
-   fans each query out to the Shard deployments, as the Aggregator does) at concurrency
-   1 and 32, with the dynamic batch size of every shard answer; a py-spy profile of the
-   proxy, Ingress, Aggregator and one Shard under 32 clients (when py-spy is installed).
+   plus the Aggregator's FastAPI ingress (``GET /healthz``, at 1 and 32 clients); the
+   Aggregator handle directly (its answer carries each shard's search time); the shard
+   tier alone (this process builds the request as the Aggregator does and fans it out to
+   the Shard deployments) at concurrency 1 and 32, with the dynamic batch size of every
+   shard answer; a py-spy profile of the proxy, the Aggregator and one Shard under 32
+   clients (when py-spy is installed). The graph: HTTP -> proxy -> Aggregator (the
+   ingress) -> shards; a handle enters at the Aggregator.
 3. each ``--variant`` (ServeConfig fields and/or environment variables for Ray's
    processes): the app served again in a child process (a fresh Ray), HTTP levels
    ``--variant-levels`` only.
@@ -33,7 +35,7 @@ Levels are interleaved within each repeat (1, 8, 32, 64, then again), so drift i
 machine's speed hits every level alike; QPS is the median over repeats, latency
 percentiles are over all repeats' samples pooled. While each level runs, the CPU
 seconds of every process of this process tree are read from /proc and grouped by role
-(client, HTTP proxy, Ingress, Aggregator, shards, Ray), with the CPU time the rest of
+(client, HTTP proxy, Aggregator, shards, Ray), with the CPU time the rest of
 the machine used (other people's work) alongside: that is where the time goes.
 
 Query bodies are JSON-encoded before timing starts (float32 values written as their
@@ -394,7 +396,7 @@ _METRIC_RE = re.compile(r'^gpusearch_shard_search_seconds_(sum|count)\{shard="(\
 
 
 def shard_metrics(base: str) -> dict:
-    """{shard: (sum s, count)} of the Ingress's per-shard search-time histogram."""
+    """{shard: (sum s, count)} of the Aggregator's per-shard search-time histogram."""
     import httpx
 
     text = httpx.get(base + "/metrics", timeout=60).text
@@ -471,7 +473,7 @@ def bench_served(args, data_dir: Path, queries: np.ndarray, bodies: list[bytes],
             http_one(i)
             handle_one(i)
         run_http_async(base + "/query", bodies, 32, 64, 0)
-        run_shards_direct(shard_handles, queries, 8, 16, 0)
+        run_shards_direct(shard_handles, data_dir, queries, 8, 16, 0)
         got = [[m["id"] for m in http_one(i).json()["matches"]] for i in range(5)]
         out["answers_match_in_process"] = got == reference_ids
         if not out["answers_match_in_process"] and reference_ids is not None:
@@ -521,7 +523,7 @@ def bench_served(args, data_dir: Path, queries: np.ndarray, bodies: list[bytes],
                       + (f"  ERRORS {s['errors']}" if errors else ""), flush=True)
             if light:
                 continue
-            # the Python-handle path at concurrency 1 (no HTTP, no Ingress: straight to the Aggregator)
+            # the Python-handle path at concurrency 1 (no HTTP, no proxy: straight to the Aggregator)
             lat, wall = run_threads(handle_one, 1, args.handle_queries, start_i, nq)
             start_i += args.handle_queries
             per_handle[0].append(summary(lat, wall))
@@ -535,15 +537,15 @@ def bench_served(args, data_dir: Path, queries: np.ndarray, bodies: list[bytes],
                 t = time.perf_counter()
                 r = aggregator.query.remote(COLLECTION, q, 10).result()
                 el = time.perf_counter() - t
-                agg_shard.append({"latency_ms": 1e3 * el,
-                                  "max_shard_ms": 1e3 * max(r["shard_seconds"].values()),
-                                  "mean_shard_ms": 1e3 * float(np.mean(list(r["shard_seconds"].values())))})
+                sec = r.info["shard_seconds"]
+                agg_shard.append({"latency_ms": 1e3 * el, "max_shard_ms": 1e3 * max(sec.values()),
+                                  "mean_shard_ms": 1e3 * float(np.mean(list(sec.values())))})
             start_i += args.agg_queries
             # the shard tier alone: this process fans each query out to every Shard deployment itself
             for c in args.direct_levels:
                 total = args.seq_queries // 3 if c == 1 else max(args.min_queries, 2 * c)
                 s0 = meter.snapshot()
-                lat, wall, batches = run_shards_direct(shard_handles, queries, c, total, start_i)
+                lat, wall, batches = run_shards_direct(shard_handles, data_dir, queries, c, total, start_i)
                 cpu = meter.delta(s0, meter.snapshot())
                 start_i += total
                 s = summary(lat, wall)
@@ -627,19 +629,22 @@ def _median_dicts(ds: list[dict]) -> dict:
     return {k: float(np.median([d.get(k, 0.0) for d in ds])) for k in keys}
 
 
-def run_shards_direct(handles, queries: np.ndarray, conc: int, total: int, start: int):
-    """``conc`` asyncio clients in this process, each sending one query to every Shard deployment at once (what the
-    Aggregator does, without HTTP, Ingress or Aggregator): (latencies, wall, batch size of every shard answer)."""
-    from gpusearch.catalog import SearchRequest
+def run_shards_direct(handles, data_dir: Path, queries: np.ndarray, conc: int, total: int, start: int):
+    """``conc`` asyncio clients in this process, each building a query's request (as the Aggregator does) and
+    sending it to every Shard deployment at once, without HTTP or the Aggregator: (latencies, wall, batch size of
+    every shard answer)."""
+    from gpusearch.catalog import CatalogReader
+
+    reader = CatalogReader(data_dir)
 
     async def main():
         cur, lat, batches = Cursor(total, start, len(queries)), [], []
 
         async def worker():
             while (i := cur.next()) is not None:
-                req = SearchRequest(COLLECTION, queries[i][None, :], 10)
                 t = time.perf_counter()
-                answers = await asyncio.gather(*(h.search.remote(req) for h in handles))
+                req = reader.request(COLLECTION, queries[i][None, :], 10)
+                answers = await asyncio.gather(*(h.search.remote(COLLECTION, req) for h in handles))
                 lat.append(time.perf_counter() - t)
                 batches.extend(a[3] for a in answers)
 
@@ -651,7 +656,7 @@ def run_shards_direct(handles, queries: np.ndarray, conc: int, total: int, start
 
 
 def profile_level(meter: CpuMeter, run, seconds: float) -> dict:
-    """Sample the stacks of the Aggregator, Ingress, HTTP proxy and one Shard replica with py-spy while ``run``
+    """Sample the stacks of the Aggregator, the HTTP proxy and one Shard replica with py-spy while ``run``
     drives load; per process: the share of samples in which it was busy and its hottest frames."""
     spy = Path(sys.executable).with_name("py-spy")
     if not spy.exists():
@@ -659,7 +664,7 @@ def profile_level(meter: CpuMeter, run, seconds: float) -> dict:
     meter.delta(meter.snapshot(), meter.snapshot())  # classify every process
     targets: dict[str, int] = {}
     for pid, role in meter.roles.items():
-        if role in ("aggregator", "ingress", "http_proxy", "shards") and role not in targets:
+        if role in ("aggregator", "http_proxy", "shards") and role not in targets:
             targets[role] = pid
     tmp = Path(tempfile.mkdtemp(prefix="gs-spy-"))
     rate = 50
@@ -906,7 +911,7 @@ def notes(res: dict) -> list[str]:
     cores = res["machine"]["cores"]
     n = [
         f"The client (this process: httpx, asyncio, threads) shares the machine's {cores} cores with every server "
-        f"process (Serve's HTTP proxy, Ingress, Aggregator, {res['shards']} Shard replicas, Writer, Ray's own "
+        f"process (Serve's HTTP proxy, the Aggregator (the ingress), {res['shards']} Shard replicas, Writer, Ray's own "
         "processes) and with whatever else runs on the machine; served.levels.*.repeats[].cpu has the CPU seconds of "
         "each role and others_cpu_s the rest of the machine's.",
         "Served concurrency 1: blocking httpx.Client, keep-alive. Concurrency > 1: asyncio + httpx.AsyncClient on one "
@@ -932,10 +937,10 @@ def notes(res: dict) -> list[str]:
              "Ray): served.idle_cpu_cores.")
     h1, h32 = sv["healthz_c1"], sv["healthz_c32"]
     cpu_h = h32["repeats"][-1]["cpu_ms_per_request"]
-    n.append(f"Floor of the HTTP path (GET /healthz: Serve's proxy + the FastAPI Ingress, nothing behind): p50 "
-             f"{h1['p50_ms']:.1f} ms at concurrency 1; {h32['qps']:.0f} req/s at 32 clients, costing "
-             f"{cpu_h.get('http_proxy', 0):.1f} ms CPU in the proxy and {cpu_h.get('ingress', 0):.1f} ms in the "
-             "Ingress per request.")
+    n.append(f"Floor of the HTTP path (GET /healthz: Serve's proxy + the Aggregator's FastAPI, nothing behind): "
+             f"p50 {h1['p50_ms']:.1f} ms at concurrency 1; {h32['qps']:.0f} req/s at 32 clients, costing "
+             f"{cpu_h.get('http_proxy', 0):.1f} ms CPU in the proxy and {cpu_h.get('aggregator', 0):.1f} ms in the "
+             "Aggregator per request.")
     a = sv["aggregator_handle_c1_median"]
     n.append(f"Concurrency 1: in-process p50 {ip['1']['p50_ms']:.1f} ms; Aggregator handle p50 {a['latency_ms']:.1f} ms "
              f"of which the slowest shard's search {a['max_shard_ms']:.1f} ms (mean shard {a['mean_shard_ms']:.1f} ms); "
@@ -947,8 +952,8 @@ def notes(res: dict) -> list[str]:
     if "shards_direct" in sv:
         for c, lv in sv["shards_direct"].items():
             b = np.mean([r["batch_size_mean"] for r in lv["repeats"]])
-            n.append(f"Shard tier alone (this process fans out to the {res['shards']} Shard deployments; no HTTP, "
-                     f"Ingress or Aggregator) at concurrency {c}: {lv['qps']:.2f} QPS, p50 {lv['p50_ms']:.1f} ms, "
+            n.append(f"Shard tier alone (this process fans out to the {res['shards']} Shard deployments; no HTTP "
+                     f"or Aggregator) at concurrency {c}: {lv['qps']:.2f} QPS, p50 {lv['p50_ms']:.1f} ms, "
                      f"mean dynamic batch {b:.1f}.")
     for c in ("1", "32"):
         if c in sv["levels"]:
