@@ -30,6 +30,7 @@ import numpy as np
 
 from . import metadata as md
 from . import ops as ops_mod
+from ._memory import RELEASE_AFTER_BYTES, release_freed
 from .arrays import as_ids, prepare_vectors, to_host
 from .backends import check_index_options, check_index_spec
 from .backends.options import LEGACY_OPTIONS
@@ -411,6 +412,8 @@ class Collection:
                     bar.update(len(sel))
             self.schema = schema
             self._maybe_checkpoint()
+        if vecs.nbytes >= RELEASE_AFTER_BYTES:
+            release_freed()  # the batch's WAL record and copies went through pools that keep freed pages
         return WriteResult(len(keep), seq)
 
     def _upsert_rows(self, ids: list[str], vecs: np.ndarray, table, schema) -> int:

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import metadata as md
+from ._memory import RELEASE_AFTER_BYTES, release_freed
 from . import ops as ops_mod
 from .backends import make_backend
 from .hits import Hits
@@ -45,8 +46,10 @@ class Shard:
                  dtype: str = "float32", fsync: bool = True, index_options: dict | None = None):
         self.path, self.number = Path(path), number
         self.dim, self.metric, self.index_spec, self.device = dim, metric, index, device
-        self.store = VectorStore(dim, device=device, dtype=dtype)
         self.backend = make_backend(index, dim=dim, metric=metric, device=device, options=index_options)
+        # When the index keeps the rows itself (HNSW over flat storage), the store views them: one copy.
+        self.store = VectorStore(dim, device=device, dtype=dtype,
+                                 rows=self.backend if getattr(self.backend, "holds_rows", False) else None)
         self.ids: list[str] = []
         self.id_to_row: dict[str, int] = {}
         self._alive = np.zeros(1024, dtype=bool)
@@ -96,7 +99,20 @@ class Shard:
             tables.append(s.metadata if s.metadata.num_columns else md.empty_table(len(s.vectors)))
         n = len(ids)
         self.schema = dict(m.get("schema", {}))
-        if vecs:
+        if self.store.external:
+            # The rows live in the index: load it whole (they come with it), then insert the rest.
+            if m.get("index"):
+                self.backend.load_bytes((self.path / m["index"]).read_bytes(), int(m["n_indexed"]))
+            else:
+                self.backend.clear_rows()
+            self.store.adopt()
+            have = len(self.store)
+            lo = 0
+            for block in vecs:
+                if lo + len(block) > have:
+                    self.store.append(block[max(0, have - lo):])
+                lo += len(block)
+        elif vecs:
             self.store.replace(vecs)
         self.ids = ids
         self._alive = np.ones(max(n, 1024), dtype=bool)
@@ -106,10 +122,12 @@ class Shard:
         self._alive[n:] = False
         self.id_to_row = {ids[r]: r for r in np.flatnonzero(self._alive[:n]).tolist()}
         self._meta_chunks, self._meta_cache = tables, None
-        if m.get("index"):
+        if m.get("index") and not self.store.external:
             self.backend.load_bytes((self.path / m["index"]).read_bytes(), int(m["n_indexed"]))
         self.backend.add(self.store, range(self.backend.n_indexed, n))
         self.applied_seq = int(m["applied_seq"])
+        if n * self.dim * 4 >= RELEASE_AFTER_BYTES:
+            release_freed()  # the segments and the index file were read through pools that keep freed pages
 
     def _remove_unnamed_files(self) -> None:
         """Delete snapshot files the manifest does not name (a checkpoint that failed, on a full disk

@@ -62,6 +62,9 @@ class FaissBackend:
         self.options = dict(options) if options is not None else None
         self.index = self.build_empty(spec, dim, metric, self.options)
         self.family = self.family_of(self.index)
+        # An HNSW over flat float32 storage keeps every row in row order: the shard's VectorStore then
+        # holds no copy of its own and views these rows instead (one copy of the vectors in memory).
+        self.holds_rows = device == "cpu" and isinstance(_faiss().downcast_index(self.index), _faiss().IndexHNSWFlat)
         self.train_size = train_size_for(spec) if not self.index.is_trained else 0
         self.on_gpu = False
         self._params_cache: dict = {}
@@ -118,12 +121,40 @@ class FaissBackend:
         return int(self.index.ntotal)
 
     def memory_bytes(self) -> int:
+        """About how many bytes the index holds (codes, plus the graph of an HNSW), without copying it."""
         if self.on_gpu:
             return 0
-        return int(_faiss().serialize_index(self.index).nbytes) if self.index.ntotal < 200_000 else self._estimate_bytes()
+        n = int(self.index.ntotal)
+        try:
+            code = int(self.index.sa_code_size())
+        except RuntimeError:  # not every index has standalone codes
+            code = self.dim * 4
+        hnsw = self._hnsw()
+        links = int(hnsw.hnsw.neighbors.size()) * 4 if hnsw is not None else 0
+        return n * code + links
 
-    def _estimate_bytes(self) -> int:
-        return int(self.index.ntotal) * (self.index.sa_code_size() if hasattr(self.index, "sa_code_size") else self.dim * 4)
+    # -- rows held in the index (RowHolder, see gpusearch.vectors) ---------------
+    def append_rows(self, x: np.ndarray) -> None:
+        """Insert rows after those held (an HNSW insertion), in chunks with a progress bar."""
+        n = x.shape[0]
+        with progress(n, f"adding to {self.spec}", min_total=_ADD_CHUNK) as bar:
+            for lo in range(0, n, _ADD_CHUNK):
+                hi = min(lo + _ADD_CHUNK, n)
+                self.index.add(x[lo:hi])
+                bar.update(hi - lo)
+
+    def rows_view(self) -> np.ndarray:
+        """The held rows, a view of the flat storage's codes (valid until the index changes)."""
+        faiss = _faiss()
+        storage = faiss.downcast_index(faiss.downcast_index(self.index).storage)
+        n = int(storage.ntotal)
+        if n == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        return faiss.rev_swig_ptr(storage.codes.data(), n * self.dim * 4).view(np.float32).reshape(n, self.dim)
+
+    def clear_rows(self) -> None:
+        """A new, empty index (an HNSW graph cannot be emptied in place)."""
+        self.index = self.build_empty(self.spec, self.dim, self.metric, self.options)
 
     # -- building ------------------------------------------------------------
     def train(self, sample: np.ndarray) -> None:
@@ -153,7 +184,11 @@ class FaissBackend:
                 bar.update(hi - lo)
 
     def rebuild(self, store) -> None:
-        """Re-add every row after compaction renumbered them, keeping the trained quantiser and codebooks."""
+        """Re-add every row after compaction renumbered them, keeping the trained quantiser and codebooks.
+
+        A no-op when the store's rows live in this index: ``store.replace`` rebuilt it already."""
+        if getattr(store, "external", False):
+            return
         faiss = _faiss()
         if self.on_gpu:
             self.index = faiss.index_gpu_to_cpu(self.index)
