@@ -45,6 +45,9 @@ __all__ = [
     "SearchParams",
     "IVFParams",
     "HNSWParams",
+    "RefineParams",
+    "IVFRefineParams",
+    "HNSWRefineParams",
     "PARAMS_BY_FAMILY",
     "parse_params",
     "SearchRequest",
@@ -111,7 +114,40 @@ class HNSWParams(SearchParams):
     names: ClassVar[dict[str, str]] = {"efSearch": "ef_search", "ef_search": "ef_search"}
 
 
-PARAMS_BY_FAMILY: dict[str, type[SearchParams]] = {c.family: c for c in (SearchParams, IVFParams, HNSWParams)}
+@dataclass(frozen=True)
+class RefineParams(SearchParams):
+    """An index with an exact refine stage over a compressed one (``"PQ64,RFlat"``): the compressed
+    search keeps ``k * k_factor`` candidates, re-scored exactly. ``None``: the collection's default."""
+
+    k_factor: int | None = None
+    family: ClassVar[str] = "flat+refine"
+    names: ClassVar[dict[str, str]] = {"kFactor": "k_factor", "k_factor": "k_factor"}
+
+
+@dataclass(frozen=True)
+class IVFRefineParams(SearchParams):
+    """IVF over compressed codes with an exact refine stage (``"IVF1024,PQ192x4fs,RFlat"``): lists
+    probed, and candidates re-scored exactly per wanted result."""
+
+    nprobe: int | None = None
+    k_factor: int | None = None
+    family: ClassVar[str] = "ivf+refine"
+    names: ClassVar[dict[str, str]] = {"nprobe": "nprobe", "kFactor": "k_factor", "k_factor": "k_factor"}
+
+
+@dataclass(frozen=True)
+class HNSWRefineParams(SearchParams):
+    """HNSW over compressed codes with an exact refine stage (``"HNSW32,SQ8,RFlat"``)."""
+
+    ef_search: int | None = None
+    k_factor: int | None = None
+    family: ClassVar[str] = "hnsw+refine"
+    names: ClassVar[dict[str, str]] = {"efSearch": "ef_search", "ef_search": "ef_search", "kFactor": "k_factor",
+                                       "k_factor": "k_factor"}
+
+
+PARAMS_BY_FAMILY: dict[str, type[SearchParams]] = {
+    c.family: c for c in (SearchParams, IVFParams, HNSWParams, RefineParams, IVFRefineParams, HNSWRefineParams)}
 _NO_PARAMS = SearchParams()
 _DEFAULTS = {family: cls() for family, cls in PARAMS_BY_FAMILY.items()}
 _MAX_PARAM = 1 << 20

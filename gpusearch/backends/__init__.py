@@ -11,7 +11,7 @@ import functools
 
 from ..errors import InvalidTypeError
 from .exact import ExactBackend
-from .faiss_backend import FaissBackend
+from .faiss_backend import FaissBackend, split_refine
 from .options import DEFAULT_EF_CONSTRUCTION, check_index_options
 
 __all__ = ["ExactBackend", "FaissBackend", "make_backend", "check_index_spec", "check_index_options",
@@ -41,4 +41,5 @@ def index_family(spec: str, dim: int, metric: str) -> str:
     """Which typed search parameters an index spec takes: "flat" (none), "ivf" or "hnsw"."""
     if spec == "Flat":
         return "flat"
-    return FaissBackend.family_of(FaissBackend.build_empty(spec, dim, metric))
+    refine = split_refine(spec)[1]
+    return FaissBackend.family_of(FaissBackend.build_empty(spec, dim, metric)) + ("+refine" if refine else "")

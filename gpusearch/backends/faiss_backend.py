@@ -23,7 +23,7 @@ from ..hits import Hits
 from .exact import exact_search
 from .options import check_index_options
 
-__all__ = ["FaissBackend", "train_size_for"]
+__all__ = ["FaissBackend", "train_size_for", "split_refine"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,14 @@ def _faiss():
     import faiss
 
     return faiss
+
+
+def split_refine(spec: str) -> tuple[str, bool]:
+    """``("IVF1024,PQ192x4fs", True)`` for ``"IVF1024,PQ192x4fs,RFlat"``: gpusearch runs the exact refine
+    stage itself, over the vectors the shard stores, so FAISS builds only the compressed index."""
+    if spec.endswith(",RFlat"):
+        return spec[: -len(",RFlat")], True
+    return spec, False
 
 
 def train_size_for(spec: str) -> int:
@@ -59,13 +67,15 @@ class FaissBackend:
 
     def __init__(self, spec: str, *, dim: int, metric: str, device: str, options: dict | None = None):
         self.spec, self.dim, self.metric, self.device = spec, dim, metric, device
-        self.options = dict(options) if options is not None else None
-        self.index = self.build_empty(spec, dim, metric, self.options)
-        self.family = self.family_of(self.index)
+        self.base_spec, self.refine = split_refine(spec)
+        self.index = self.build_empty(spec, dim, metric, options)
+        self.family = self.family_of(self.index) + ("+refine" if self.refine else "")
+        self.options = check_index_options(spec, dim, metric, options, family=self.family)
         # An HNSW over flat float32 storage keeps every row in row order: the shard's VectorStore then
         # holds no copy of its own and views these rows instead (one copy of the vectors in memory).
-        self.holds_rows = device == "cpu" and isinstance(_faiss().downcast_index(self.index), _faiss().IndexHNSWFlat)
-        self.train_size = train_size_for(spec) if not self.index.is_trained else 0
+        self.holds_rows = (device == "cpu" and not self.refine
+                           and isinstance(_faiss().downcast_index(self.index), _faiss().IndexHNSWFlat))
+        self.train_size = train_size_for(self.base_spec) if not self.index.is_trained else 0
         self.on_gpu = False
         self._params_cache: dict = {}
 
@@ -74,8 +84,9 @@ class FaissBackend:
         """An empty FAISS index for ``spec`` with the collection's ``options`` (defaults when None)."""
         faiss = _faiss()
         fm = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        base, _ = split_refine(spec)
         try:
-            index = faiss.index_factory(dim, spec, fm)
+            index = faiss.index_factory(dim, base, fm)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[-1] if str(e).strip() else ""
             raise InvalidArgumentError(
@@ -100,7 +111,9 @@ class FaissBackend:
         inner = faiss.downcast_index(index)
         if isinstance(inner, faiss.IndexPreTransform):
             inner = faiss.downcast_index(inner.index)
-        opts = check_index_options(spec, dim, metric, options, family=FaissBackend.family_of(index))
+        refine = split_refine(spec)[1]
+        opts = check_index_options(spec, dim, metric, options,
+                                   family=FaissBackend.family_of(index) + ("+refine" if refine else ""))
         if isinstance(inner, faiss.IndexIVF):
             inner.nprobe = opts["nprobe"]
         if isinstance(inner, faiss.IndexHNSW):
@@ -284,7 +297,13 @@ class FaissBackend:
         allowed_idx = n_idx if allow is None else int(np.count_nonzero(allow[:n_idx]))
         if n_idx == 0 or allowed_idx <= EXACT_FALLBACK_ROWS and allow is not None:
             return Hits(*exact_search(store, queries, k, self.metric, allow))
-        D, I = self._faiss_search(q, k, allow, params)
+        if self.refine:
+            # The compressed index proposes k * k_factor candidates; their stored vectors decide.
+            kf = getattr(params, "k_factor", None) or self.options["kFactor"]
+            D, I = self._faiss_search(q, min(k * kf, max(n_idx, k)), allow, params)
+            D, I = self._rescore(store, q, I, k)
+        else:
+            D, I = self._faiss_search(q, k, allow, params)
         # FAISS may find fewer than k allowed rows (an IVF probe that misses them, a
         # sparse HNSW neighbourhood); answer those queries exactly instead. FAISS puts
         # its -1 padding last, so a short row has -1 at place min(k, allowed).
@@ -296,6 +315,17 @@ class FaissBackend:
             Dp, Ip = exact_search(store, queries, k, self.metric, allow, start=n_idx)
             D, I = kernels.merge_topk([D, Dp], [I, Ip], k, largest=self.metric != "l2")
         return Hits(D, I)
+
+    def _rescore(self, store, q: np.ndarray, I: np.ndarray, k: int):
+        """The ``k`` best of candidate rows ``I`` (-1: none) by their exact score, ties to the smaller row."""
+        valid = I >= 0
+        rows = np.where(valid, I, 0)
+        V = store.host[rows]  # (nq, candidates, dim)
+        S = np.einsum("qcd,qd->qc", V, q)
+        if self.metric == "l2":
+            S = np.maximum(store.sqnorms[rows] + np.einsum("qd,qd->q", q, q)[:, None] - 2 * S, 0)
+        S = S.astype(np.float32, copy=False)
+        return kernels.merge_topk([S], [np.where(valid, I, -1)], k, largest=self.metric != "l2")
 
     @staticmethod
     def _cut(allow, n_idx, n):

@@ -11,6 +11,11 @@ in the collection's ``collection.json``, so a reopened collection keeps them:
 | hnsw | ``efConstruction`` | :data:`DEFAULT_EF_CONSTRUCTION` | candidates kept while inserting (graph quality vs build time) |
 | hnsw | ``efSearch`` | 64 | candidates kept while searching, when a query sets none |
 | ivf | ``nprobe`` | max(8, nlist / 16) | lists probed, when a query sets none |
+| any ``+refine`` | ``kFactor`` | :data:`DEFAULT_K_FACTOR` | candidates re-scored exactly per result, when a query sets none |
+
+An index spec ending in ``,RFlat`` (``"IVF1024,PQ192x4fs,RFlat"``) has an exact refine stage: the
+compressed index finds ``k * kFactor`` candidates and gpusearch re-scores them with the
+stored float32 vectors (the one copy the shard keeps), so its family is e.g. ``"ivf+refine"``.
 
 FAISS's own defaults (efConstruction 40, efSearch 16, nprobe 1) trade away recall;
 hnswlib builds with efConstruction 200 and USearch with 128.
@@ -32,15 +37,17 @@ from typing import Any, Mapping
 
 from ..errors import InvalidArgumentError, InvalidTypeError
 
-__all__ = ["DEFAULT_EF_CONSTRUCTION", "DEFAULT_EF_SEARCH", "LEGACY_OPTIONS", "OPTIONS_BY_FAMILY",
+__all__ = ["DEFAULT_EF_CONSTRUCTION", "DEFAULT_EF_SEARCH", "DEFAULT_K_FACTOR", "LEGACY_OPTIONS", "OPTIONS_BY_FAMILY",
            "check_index_options", "default_nprobe"]
 
 #: efConstruction of a new HNSW index when none is given (see bench/README.md for how it was chosen).
 DEFAULT_EF_CONSTRUCTION = 128
 DEFAULT_EF_SEARCH = 64
+DEFAULT_K_FACTOR = 4
 #: What collections created before options existed were built with (FAISS's efConstruction).
 LEGACY_OPTIONS = {"hnsw": {"efConstruction": 40, "efSearch": DEFAULT_EF_SEARCH}}
 OPTIONS_BY_FAMILY = {"flat": (), "hnsw": ("efConstruction", "efSearch"), "ivf": ("nprobe",)}
+OPTIONS_BY_FAMILY.update({f"{f}+refine": (*o, "kFactor") for f, o in list(OPTIONS_BY_FAMILY.items())})
 _MAX = 1 << 16
 
 
@@ -76,10 +83,13 @@ def check_index_options(spec: str, dim: int, metric: str, options: Mapping[str, 
             raise InvalidArgumentError(f"index option {name!r} must be an int between 1 and {_MAX}, got {value!r}",
                                        field="index_options")
         out[name] = int(value)
-    if family == "hnsw":
+    base = family.split("+")[0]
+    if family.endswith("+refine"):
+        out.setdefault("kFactor", DEFAULT_K_FACTOR)
+    if base == "hnsw":
         out.setdefault("efConstruction", DEFAULT_EF_CONSTRUCTION)
         out.setdefault("efSearch", DEFAULT_EF_SEARCH)
-    elif family == "ivf":
+    elif base == "ivf":
         nlist = _nlist(spec)
         out.setdefault("nprobe", default_nprobe(nlist))
         if out["nprobe"] > nlist:
