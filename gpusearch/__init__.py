@@ -8,7 +8,9 @@ Start with :class:`Collection` (``Collection.create`` / ``Collection.open``).
 """
 from __future__ import annotations
 
-from .collection import FORMAT_VERSION, MAX_TOP_K, METRICS, Collection, shard_of
+from . import errors
+from .collection import FORMAT_VERSION, METRICS, Collection, shard_of
+from .request import MAX_TOP_K, HNSWParams, IVFParams, SearchParams, SearchRequest
 from .results import FetchResult, QueryResult, SearchResult, WriteResult
 
 __version__ = "0.1.0"
@@ -21,6 +23,11 @@ __all__ = [
     "WriteResult",
     "METRICS",
     "MAX_TOP_K",
+    "SearchRequest",
+    "SearchParams",
+    "IVFParams",
+    "HNSWParams",
+    "errors",
     "FORMAT_VERSION",
     "shard_of",
     "__version__",
