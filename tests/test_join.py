@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 
 import numpy as np
@@ -19,15 +20,21 @@ D = 16
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_local(ray_cluster):
-    """The session's shared Ray (tests/conftest.py), with Ray Data set up for these tests."""
+def ray_local():
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    started = False
+    if not ray.is_initialized():
+        # More logical CPUs than cores: the join's actors reserve fractions and the work is in threads.
+        ray.init(include_dashboard=False, num_cpus=4, log_to_driver=False,
+                 _temp_dir=tempfile.mkdtemp(prefix="gsray-join-", dir="/tmp"))
+        started = True
     ctx = ray.data.DataContext.get_current()
-    before = ctx.enable_progress_bars, ctx.use_datasource_v2
     ctx.enable_progress_bars = False
     # The tests' own read_parquet calls: Ray 2.60's second datasource costs 6-10 s per read here.
     ctx.use_datasource_v2 = False
     yield
-    ctx.enable_progress_bars, ctx.use_datasource_v2 = before
+    if started:
+        ray.shutdown()
 
 
 def _vec_col(m: np.ndarray) -> pa.Array:
@@ -253,6 +260,52 @@ def test_collection_as_right_side(tmp_path, data):
         join.knn_join(data["left"], str(tmp_path / "col"), k=3, metric="l2")
 
 
+def test_k_limit_is_the_engines_one_limit_and_message(data, tmp_path):
+    """k=1001: the join refuses it with the Python Collection's error, class and message alike
+    (gpusearch.request.check_top_k), before any output."""
+    import gpusearch as gs
+
+    col = gs.Collection.create(tmp_path / "c", dim=D, device="cpu")
+    col.upsert(["a"], data["R"][:1])
+    with pytest.raises(ValueError) as engine:
+        col.search(data["R"][0], k=1001)
+    col.close()
+    out = tmp_path / "never"
+    with pytest.raises(ValueError) as joined:
+        join.knn_join(data["left"], data["right"], k=1001, output=str(out))
+    assert str(joined.value) == str(engine.value) == "k must be between 1 and 1000, got 1001"
+    assert type(joined.value) is type(engine.value)
+    assert not out.exists()
+
+
+def test_collection_filter_is_checked_against_the_shards_fields(tmp_path, data):
+    """A collection's filter fields are its shards' (read through the engine's follower, not its
+    files): a field typed int on one shard and float on another is one float field, a row without
+    it fails the filter, and an unknown field or a wrongly typed operand fails before any output."""
+    import gpusearch as gs
+
+    R, rids = data["R"], data["rids"]
+    col = gs.Collection.create(tmp_path / "col", dim=D, metric="l2", shards=2, device="cpu")
+    shard = np.array([gs.shard_of(r, 2) for r in rids])
+    year = np.where(shard == 0, data["years"], data["years"] + 0.5)
+    meta = [{} if i % 7 == 0 else {"year": int(y) if s == 0 else float(y)}
+            for i, (y, s) in enumerate(zip(year, shard))]
+    col.upsert(rids, R, metadata=meta)
+    col.close()
+    has = np.array([i % 7 != 0 for i in range(len(rids))])
+    res = _rows(join.knn_join(data["left"], str(tmp_path / "col"), k=4, metric="l2",
+                              filter={"year": {"$gte": 2010}}, workers=2, partitions=2))
+    _check_knn(res, data["L"], R, data["lids"], rids, 4, "l2", mask=has & (year >= 2010))
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match="color"):
+        join.knn_join(data["left"], str(tmp_path / "col"), k=3, metric="l2", filter={"color": "red"},
+                      output=str(out))
+    with pytest.raises(TypeError, match="year"):
+        join.knn_join(data["left"], str(tmp_path / "col"), k=3, metric="l2", filter={"year": {"$gt": "x"}},
+                      output=str(out))
+    assert not out.exists()
+
+
 _CRASHING_JOIN = """
 import os, sys, tempfile, time
 os.environ["RAY_AUTH_MODE"] = "disabled"
@@ -373,6 +426,12 @@ def test_bad_values_fail_before_any_output(data, tmp_path):
     zero[4] = 0
     with pytest.raises(ValueError, match="the row with id 'x4' is all zeros; cosine"):
         join.knn_join(_bad_table(tmp_path, "zero", zero), data["right"], k=3, output=str(out))
+    long = v.copy()
+    long[6] = 1e19  # finite, but its squared length would overflow a float32 score
+    with pytest.raises(ValueError, match="left: the row with id 'x6' has squared length .* beyond the limit"):
+        join.knn_join(_bad_table(tmp_path, "long", long), data["right"], k=3, metric="l2", output=str(out))
+    with pytest.raises(ValueError, match=r"right partition \d: the row with id 'x6' has squared length"):
+        join.knn_join(data["left"], _bad_table(tmp_path, "longright", long), k=3, output=str(out))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         join.knn_join(str(tmp_path / "missing"), data["right"], k=3)
     with pytest.raises(TypeError, match="left must be a ray.data.Dataset, a Parquet path"):
@@ -409,14 +468,81 @@ def test_cli_join_knn_writes_parquet(data, tmp_path, capsys):
 # -- pieces without Ray -------------------------------------------------------------------------
 
 
-def test_merge_knn_ties_go_to_the_smaller_id():
-    a = (np.array([[0.9, 0.5]], np.float32), np.array([["b", "d"]], object), np.array([[True, True]]))
-    b = (np.array([[0.9, 0.5]], np.float32), np.array([["a", "c"]], object), np.array([[True, False]]))
-    D_, ids, ok = join.merge_knn([a, b], 3, largest=True)
-    assert ids[ok].tolist() == ["a", "b", "d"]
-    assert D_[0].tolist() == pytest.approx([0.9, 0.9, 0.5])
+def test_core_imports_without_ray_and_the_join_installs_from_its_folder(tmp_path):
+    """`import gpusearch` and every module of the core folder import neither Ray nor the join
+    (nor the serve layer); gpusearch.join is the top-level join/ folder."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    probe = (
+        "import importlib, pkgutil, sys, gpusearch\n"
+        "for m in pkgutil.walk_packages(gpusearch.__path__, 'gpusearch.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "bad = sorted(n for n in sys.modules if n == 'ray' or n.startswith(('ray.', 'gpusearch.join', 'gpusearch.serve')))\n"
+        "assert not bad, bad\n"
+        "import gpusearch.join\n"
+        "assert 'ray' not in sys.modules, 'importing gpusearch.join imported ray'\n"
+        "print(gpusearch.__file__)\n"
+        "print(gpusearch.join.__file__)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    core, joined = run.stdout.split()
+    assert not (root / "gpusearch" / "join.py").exists()
+    if Path(core).resolve() == (root / "gpusearch" / "__init__.py").resolve():  # the editable install
+        assert Path(joined).resolve() == (root / "join" / "__init__.py").resolve()
+
+
+def _partition(number, spec, ids, vecs):
+    p = join.Partition(number, spec, device="cpu")
+    p.add_batch(pa.table({"id": ids, "vector": _vec_col(np.asarray(vecs, np.float32))}))
+    p.finish()
+    p.set_filter(None, {})
+    return p
+
+
+def test_partitions_and_the_engines_merge_break_ties_by_the_smaller_id():
+    """Scores tied within and across partitions and across the k-th place: the smaller right id
+    first, as the engine's exact search orders them; exclude_self drops the left row's own id."""
+    from gpusearch.join._spec import Spec
+    from gpusearch.merge import merge
+
+    spec = Spec(mode="knn", metric="ip", dim=2, left_id="id", right_id="id", vector="vector", text=None, k=3)
+    a = _partition(0, spec, ["d", "b", "e"], [[1, 0], [1, 0], [0.5, 0]])
+    b = _partition(1, spec, ["c", "a"], [[1, 0], [1, 0]])
+    q = np.array([[1, 0], [0.5, 0]], np.float32)
+    answers = [p.knn(q, 3) for p in (a, b)]
+    assert answers[0].keys.tolist() == [[0, 1, 2], [0, 1, 2]]  # rows in id order: b, d, e
+    hits, _ = merge(answers, 3, largest=True)
+    assert hits.ids.tolist() == [["a", "b", "c"]] * 2
+    assert hits.scores[0].tolist() == [1.0, 1.0, 1.0]
+    hits, _ = merge([p.knn(q, 3, exclude=np.array(["a", "b"], object)) for p in (a, b)], 3, largest=True)
+    assert hits.ids.tolist() == [["b", "c", "d"], ["a", "c", "d"]]
+    ints = Spec(mode="knn", metric="l2", dim=2, left_id="id", right_id="id", vector="vector", text=None, k=2,
+                right_id_type="int64")
+    p = _partition(0, ints, [30, 4, 200], [[1, 1], [1, 1], [0, 0]])
+    h = p.knn(np.array([[1, 1]], np.float32), 2, exclude=np.array([4]))
+    assert h.ids.tolist() == [[30, 200]] and h.keys.tolist() == [[1, 2]]  # 4 < 30 < 200 as numbers
 
 
 def test_connected_components_chain_and_singletons():
     labels = join.connected_components(7, np.array([5, 4, 3, 1]), np.array([6, 5, 4, 2]))
     assert labels.tolist() == [0, 1, 1, 3, 3, 3, 3]
+
+
+def test_join_docstring_examples():
+    """The join's `>>>` examples run (tests/test_doctests.py walks the core folder, where the join is not)."""
+    import doctest
+    import importlib
+    import pkgutil
+
+    names = ["gpusearch.join"] + [m.name for m in pkgutil.iter_modules(join.__path__, "gpusearch.join.")]
+    finder = doctest.DocTestFinder()
+    tests = [t for n in names for t in finder.find(importlib.import_module(n)) if t.examples]
+    assert tests
+    for t in tests:
+        report: list[str] = []
+        result = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS).run(t, out=report.append)
+        assert result.failed == 0, "".join(report)

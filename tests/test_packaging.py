@@ -1,4 +1,5 @@
-"""kernels/ and serve/ install as gpusearch.kernels and gpusearch.serve from a wheel too, CUDA sources included."""
+"""kernels/, serve/ and join/ install as gpusearch.kernels, gpusearch.serve and gpusearch.join from a wheel too,
+CUDA sources included."""
 from __future__ import annotations
 
 import subprocess
@@ -12,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_wheel_maps_kernels_and_serve_into_gpusearch(tmp_path):
+def test_wheel_maps_kernels_serve_and_join_into_gpusearch(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT), "-w", str(tmp_path)],
         capture_output=True, text=True,
@@ -23,11 +24,13 @@ def test_wheel_maps_kernels_and_serve_into_gpusearch(tmp_path):
     for cu in (ROOT / "kernels").glob("*.cu"):
         assert f"gpusearch/kernels/{cu.name}" in names
     assert "gpusearch/serve/__init__.py" in names and "gpusearch/backends/faiss_backend.py" in names
+    assert "gpusearch/join/__init__.py" in names and "gpusearch/join.py" not in names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     probe = (
-        "import gpusearch, gpusearch.kernels as k, gpusearch.serve;"
+        "import gpusearch, gpusearch.kernels as k, gpusearch.serve, gpusearch.join;"
         "assert gpusearch.__file__.startswith(%r), gpusearch.__file__;"
+        "assert gpusearch.join.__file__.startswith(gpusearch.__path__[0]), gpusearch.join.__file__;"
         "assert all(p.exists() for p in k.cuda_sources()) and len(k.cuda_sources()) >= 3" % str(site)
     )
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
