@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from .errors import InvalidArgumentError, InvalidTypeError
-__all__ = ["as_matrix", "as_ids", "check_k", "to_host", "MAX_ID_LENGTH"]
+__all__ = ["as_matrix", "as_ids", "to_host", "prepare_vectors", "MAX_ID_LENGTH", "MAX_SQUARED_NORM"]
 
 MAX_ID_LENGTH = 512
 _FLOAT_KINDS = ("float16", "float32", "float64", "bfloat16")
@@ -145,19 +145,6 @@ def as_ids(ids: Any, *, name: str = "ids") -> list[str]:
             raise InvalidArgumentError(f"{name}[{i}] is {len(s)} characters long; at most {MAX_ID_LENGTH} are allowed")
         out.append(s)
     return out
-
-
-def check_k(k: Any, *, max_k: int) -> int:
-    """``k`` must be an int in 1..max_k.
-
-    >>> check_k(10, max_k=1024)
-    10
-    """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise InvalidTypeError(f"k must be an int between 1 and {max_k}, got {type(k).__name__} ({k!r})")
-    if not 1 <= int(k) <= max_k:
-        raise InvalidArgumentError(f"k must be between 1 and {max_k}, got {int(k)}")
-    return int(k)
 
 
 # A row's squared length may be at most a quarter of float32's range: then every score any
