@@ -16,6 +16,11 @@ Configurations, in one process, interleaved over ``--repeats`` rounds
 - ``join W=1``: 1 partition x 1 thread, 1 join worker (for the 1 -> 2 scaling);
 - ``faiss.knn 1 thread``: the one-core baseline for the scaling.
 
+Each join partition searches its share with the engine's exact search
+(``ExactBackend`` over a ``VectorStore``: on the CPU a NumPy GEMM per base tile and
+an exact top-k), the join workers merge with ``gpusearch.merge.merge``.
+The load average before and after the run goes into the result: the machine is shared.
+
 Run::
 
     RAY_AUTH_MODE=disabled .venv/bin/python bench/bench_join.py            # ~15 min on 2 cores
@@ -118,6 +123,7 @@ def main() -> int:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("GPUSEARCH_PROGRESS", "0")
+    load_before = [round(x, 2) for x in os.getloadavg()]
     root = Path(args.data_dir)
     data = make_data(root, args.rows, args.dim, files=max(2, args.rows // 100_000))
     left = left_slice(data, args.queries, root)
@@ -176,6 +182,7 @@ def main() -> int:
         "scaling_w1_to_w2": round(rate["join_w2"] / rate["join_w1"], 3),
         "ratio_join_w1_to_faiss_1t": round(rate["join_w1"] / rate["faiss_1t"], 3),
         "agreement_with_faiss_ids": round(float(np.mean(agree)), 5),
+        "load_average_1_5_15_min": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},
         "command": "RAY_AUTH_MODE=disabled .venv/bin/python bench/bench_join.py " + " ".join(sys.argv[1:]),
     }
     out = Path(args.out) if args.out else result_path("join", result["machine"])
