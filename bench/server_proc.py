@@ -183,14 +183,17 @@ class Server:
         return processes_of(self.proc.pid, self.ray_dir)
 
     def replica_pids(self, deployment: str, *, starting: bool = False) -> list[int]:
-        """pids of the live replicas of ``deployment`` (e.g. "Shard0"); Ray titles them ``ray::ServeReplica:<app>:<name>``.
+        """pids of the live replicas of ``deployment`` (e.g. "Shard0").
 
-        With ``starting``, also those still in their constructor, which Ray titles
-        ``ray::ServeReplica:<app>:<name>.initialize_and_get_metadata`` until it returns.
+        Ray titles a replica's process ``ray::ServeReplica:<app>:<name>``, with ``.<method>`` added
+        while it runs a task (``.check_health``, a request, ...). One still in its constructor is
+        titled ``...<name>.initialize_and_get_metadata``: left out unless ``starting``.
         """
         want = f"ray::ServeReplica:gpusearch:{deployment}"
-        return sorted(pid for pid, cmd in self.processes().items()
-                      if cmd.split(" ")[0] == want or (starting and cmd.split(" ")[0].startswith(want + ".")))
+        init = want + ".initialize_and_get_metadata"
+        titles = {pid: cmd.split(" ")[0] for pid, cmd in self.processes().items()}
+        return sorted(pid for pid, t in titles.items()
+                      if (t == want or t.startswith(want + ".")) and (starting or t != init))
 
     def kill9(self, timeout: float = 30.0, first: dict[int, str] | None = None) -> dict[int, str]:
         """SIGKILL to every process of this server, until a scan finds none; returns what was killed.

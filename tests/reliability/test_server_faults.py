@@ -257,13 +257,17 @@ def test_one_of_two_replicas_killed_under_load_fails_no_query(scenario_a, rng):
     for t in threads:
         t.start()
     try:
-        time.sleep(3.0)
-        served_by_victim = log.read_text().count("search OK")
+        # The load reaches the victim before it is frozen (its own request log says so).
+        t0 = time.monotonic()
+        while (served_by_victim := log.read_text().count("search OK")) == 0 or answered[0] < 20:
+            assert failures == [], failures[:5]
+            assert time.monotonic() - t0 < 120, f"the load did not reach replica {victim} within 120 s"
+            time.sleep(0.2)
         before = answered[0]
         # The replica hangs first, then dies: whatever was routed to it in that second is caught
         # in it when it goes and must still be answered (by Serve's router or the Aggregator's retry).
         os.kill(victim, signal.SIGSTOP)
-        time.sleep(1.0)
+        time.sleep(1.0)  # the length of the freeze (the fault itself), not a wait for something
         os.kill(victim, signal.SIGKILL)
         t_kill = time.monotonic()
         # Keep the load on until Serve has a replacement up and a little after it joined.
@@ -275,7 +279,12 @@ def test_one_of_two_replicas_killed_under_load_fails_no_query(scenario_a, rng):
         else:
             pytest.fail(f"the killed Shard0 replica was not replaced within 180 s: {server.replica_pids('Shard0')}")
         replaced_s = time.monotonic() - t_kill
-        time.sleep(3.0)
+        # Keep it on until queries have kept flowing after the replacement joined.
+        joined = answered[0]
+        while answered[0] < joined + 20:
+            assert failures == [], failures[:5]
+            assert time.monotonic() - t_kill < 300, "queries stopped flowing after the replacement joined"
+            time.sleep(0.2)
     finally:
         stop.set()
         for t in threads:
