@@ -1,9 +1,16 @@
-"""Recall@10 versus queries per second: gpusearch beside raw FAISS, hnswlib, usearch, Milvus Lite and Chroma.
+"""Recall@10 versus queries per second: gpusearch beside raw FAISS, ScaNN, hnswlib, usearch, Milvus Lite and Chroma.
 
     .venv/bin/python bench/bench_ann.py                          # WordNet glosses (MiniLM), every system
     .venv/bin/python bench/bench_ann.py --dataset synthetic:1000000 --systems faiss-flat,gpusearch-flat,...
     .venv/bin/python bench/bench_ann.py --dataset hdf5:glove-100-angular.hdf5   # an ann-benchmarks file
     .venv/bin/python bench/bench_ann.py --write-hdf5 wordnet-384-angular.hdf5  # export the data set, then stop
+    .venv/bin/python bench/bench_ann.py --dataset synthetic:20000 --nq 100 --systems scann,faiss-ivfpq-refine,faiss-hnsw
+
+Every HNSW is built alike: M=--hnsw-m, efConstruction=--hnsw-efc (default: gpusearch's own default,
+``gpusearch.backends.DEFAULT_EF_CONSTRUCTION``). Without --hnsw-efc the gpusearch systems are
+created with no index options at all (what a user writing ``index="HNSW32"`` gets); with it, with
+``index_options={"efConstruction": ...}``. Each system's build parameters are recorded in the JSON
+(``build_params``).
 
 Every system runs in this one process, one after another, on the same vectors and queries
 (each built, measured and closed before the next starts, so an idle server never steals
@@ -62,32 +69,52 @@ def rss_bytes(pid: int | str = "self") -> int:
         return 0
 
 
-def make_system(key: str, n: int, m: int, efc: int):
+def default_efc() -> int:
+    from gpusearch.backends import DEFAULT_EF_CONSTRUCTION
+
+    return DEFAULT_EF_CONSTRUCTION
+
+
+SYSTEMS = ("gpusearch-flat", "gpusearch-ivf", "gpusearch-hnsw", "gpusearch-ivfpq-refine", "gpusearch-served-hnsw",
+           "faiss-flat", "faiss-ivf", "faiss-hnsw", "faiss-ivfpq-refine", "scann", "hnswlib", "usearch",
+           "milvus-lite", "chroma")
+
+
+def make_system(key: str, n: int, dim: int, m: int, efc: int | None, *, ivfpq_nlist: int | None = None,
+                scann_leaves: int | None = None):
     """The system called ``key`` on the command line. Every HNSW gets the same graph: ``m`` links per node
-    and ``efc`` candidates while building; every IVF the same number of lists."""
+    and ``efc`` candidates while building (None: gpusearch's default, and the gpusearch systems then get
+    no index options, as a user who sets none); every IVF the same number of lists; the IVF over fast-scan
+    PQ the same factory string in FAISS and in gpusearch."""
     from ann import ours, systems as S
 
+    if key not in SYSTEMS:
+        raise SystemExit(f"unknown system {key!r}; expected one of {', '.join(SYSTEMS)}")
+    gs_options = None if efc is None else {"efConstruction": efc}
+    efc = default_efc() if efc is None else efc
     nlist = ours.ivf_nlist(n)
+    pq_spec = S.FaissIVFPQRefine.factory(n, dim, ivfpq_nlist)
     table = {
         "gpusearch-flat": lambda: ours.GpusearchLocal("Flat"),
         "gpusearch-ivf": lambda: ours.GpusearchLocal(f"IVF{nlist},Flat"),
-        "gpusearch-hnsw": lambda: ours.GpusearchLocal(f"HNSW{m}", ef_construction=efc),
+        "gpusearch-hnsw": lambda: ours.GpusearchLocal(f"HNSW{m}", index_options=gs_options),
+        "gpusearch-ivfpq-refine": lambda: ours.GpusearchLocal(pq_spec),
         "gpusearch-served-hnsw": lambda: ours.GpusearchServed(f"HNSW{m}", ef_construction=efc),
         "faiss-flat": lambda: S.FaissFlat(),
         "faiss-ivf": lambda: S.FaissIVF(nlist=nlist),
         "faiss-hnsw": lambda: S.FaissHNSW(M=m, efConstruction=efc),
+        "faiss-ivfpq-refine": lambda: S.FaissIVFPQRefine(nlist=ivfpq_nlist),
+        "scann": lambda: S.ScaNN(num_leaves=scann_leaves),
         "hnswlib": lambda: S.Hnswlib(M=m, ef_construction=efc),
         "usearch": lambda: S.USearch(connectivity=m, expansion_add=efc),
         "milvus-lite": lambda: S.MilvusLite(index_type="HNSW", M=m, efConstruction=efc),
         "chroma": lambda: S.Chroma(M=m, construction_ef=efc),
     }
-    if key not in table:
-        raise SystemExit(f"unknown system {key!r}; expected one of {', '.join(table)}")
     return table[key]()
 
 
-ALL = ("faiss-flat,gpusearch-flat,faiss-ivf,gpusearch-ivf,faiss-hnsw,gpusearch-hnsw,hnswlib,usearch,"
-       "chroma,milvus-lite,gpusearch-served-hnsw")
+ALL = ("faiss-flat,gpusearch-flat,faiss-ivf,gpusearch-ivf,faiss-hnsw,gpusearch-hnsw,scann,faiss-ivfpq-refine,"
+       "gpusearch-ivfpq-refine,hnswlib,usearch,chroma,milvus-lite,gpusearch-served-hnsw")
 
 
 def timed(fn, repeats: int, warm: bool = True) -> tuple[float, list[float]]:
@@ -112,6 +139,7 @@ def measure_system(sys_, ds, gt, args) -> dict:
     sys_.build(ds.train)
     rec["build_s"] = time.perf_counter() - t
     rec["index"] = sys_.index  # some systems size their index at build time
+    rec["build_params"] = getattr(sys_, "build_params", None)
     trim_heap()
     rec["memory_mb_in_process"] = (rss_bytes() - rss0) / 2**20
     pids = sys_.server_pids() if hasattr(sys_, "server_pids") else []
@@ -194,6 +222,18 @@ def table(res: dict, target: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pareto(points: list[dict], key: str) -> list[dict]:
+    """The settings no other setting of the system beats on both recall@10 and ``key`` (QPS), by
+    recall: the line drawn for a system (a sweep over two parameters, or timing noise, leaves
+    some settings below it; they are drawn as faint dots)."""
+    front, best = [], -1.0
+    for p in sorted(points, key=lambda p: (-p["recall10"], -p[key])):
+        if p[key] > best:
+            front.append(p)
+            best = p[key]
+    return front[::-1]
+
+
 def plot(res: dict, path: Path, target: float) -> None:
     import matplotlib
 
@@ -206,11 +246,16 @@ def plot(res: dict, path: Path, target: float) -> None:
     for ax, key, title in ((axes[0], "qps_single", "single queries (one per call)"),
                            (axes[1], "qps_batch", "batches (all queries per call; served: 1,000 per HTTP request)")):
         for i, r in enumerate(s for s in res["systems"] if "error" not in s):
-            pts = sorted(r["points"], key=lambda p: p["recall10"])
-            ax.plot([p["recall10"] for p in pts], [p[key] for p in pts], marker=markers[i % len(markers)],
-                    color=colours[(2 * i) % 20 + (2 * i) // 20],
+            colour = colours[(2 * i) % 20 + (2 * i) // 20]
+            front = pareto(r["points"], key)
+            ax.plot([p["recall10"] for p in front], [p[key] for p in front], marker=markers[i % len(markers)],
+                    color=colour,
                     label=f"{r['name']} ({r['index']})", linewidth=1.5 if r["name"].startswith("gpusearch") else 1,
                     linestyle="-" if r["name"].startswith("gpusearch") else "--")
+            rest = [p for p in r["points"] if not any(p is f for f in front)]
+            if rest:  # settings beaten on both recall and speed by another of the same system
+                ax.plot([p["recall10"] for p in rest], [p[key] for p in rest], marker=markers[i % len(markers)],
+                        color=colour, linestyle="none", markersize=3, alpha=0.35)
         ax.axvline(target, color="grey", linewidth=0.8, linestyle=":")
         ax.set_xlim(0.85, 1.002)  # the useful end of the curves; the JSON holds every point
         ax.set_yscale("log")
@@ -271,8 +316,12 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=384, help="synthetic data only")
     ap.add_argument("--nq", type=int, default=1000, help="synthetic data only")
     ap.add_argument("--hnsw-m", type=int, default=32, help="links per node of every HNSW graph (default 32)")
-    ap.add_argument("--hnsw-efc", type=int, default=40, help="efConstruction of every HNSW graph (default 40, "
-                    "FAISS's default and what gpusearch builds with)")
+    ap.add_argument("--hnsw-efc", type=int, default=None, help="efConstruction of every HNSW graph (default: "
+                    "gpusearch's default, gpusearch.backends.DEFAULT_EF_CONSTRUCTION, and the gpusearch systems "
+                    "are then built with no index options)")
+    ap.add_argument("--ivfpq-nlist", type=int, default=None, help="lists of the IVF over fast-scan PQ "
+                    "(faiss-ivfpq-refine, gpusearch-ivfpq-refine; default about sqrt(n))")
+    ap.add_argument("--scann-leaves", type=int, default=None, help="ScaNN's num_leaves (default about sqrt(n))")
     ap.add_argument("--single-budget-s", type=float, default=5.0, help="time single queries on as many of the "
                     "queries as one pass gets through in about this long (at least 20)")
     ap.add_argument("--target", type=float, default=0.95, help="recall@10 the table compares at")
@@ -287,6 +336,10 @@ def main() -> None:
     if args.merge:
         merge(args.merge, args.target)
         return
+    keys = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = [k for k in keys if k not in SYSTEMS]
+    if unknown:  # before loading anything
+        raise SystemExit(f"unknown system {unknown[0]!r}; expected one of {', '.join(SYSTEMS)}")
 
     t = time.perf_counter()
     ds = load(args.dataset, args)
@@ -311,16 +364,24 @@ def main() -> None:
                                            "nq": len(ds.test), "paraphrases": len(ds.paraphrase), "metric": "cosine"},
            "k": args.k, "repeats": args.repeats, "single_queries": min(args.single_queries, len(ds.test)),
            "target_recall10": args.target, "machine": machine_info(), "date": time.strftime("%Y-%m-%d"),
+           "build": {"hnsw_m": args.hnsw_m, "hnsw_efc": args.hnsw_efc or default_efc(),
+                     "hnsw_efc_given": args.hnsw_efc is not None, "ivf_nlist": None,
+                     "ivfpq_nlist": args.ivfpq_nlist, "scann_leaves": args.scann_leaves},
            "systems": []}
-    for key in [s.strip() for s in args.systems.split(",") if s.strip()]:
-        sys_ = make_system(key, len(ds.train), args.hnsw_m, args.hnsw_efc)
+    from ann import ours
+    res["build"]["ivf_nlist"] = ours.ivf_nlist(len(ds.train))
+    for key in keys:
+        sys_ = None
         try:
+            sys_ = make_system(key, len(ds.train), ds.train.shape[1], args.hnsw_m, args.hnsw_efc,
+                               ivfpq_nlist=args.ivfpq_nlist, scann_leaves=args.scann_leaves)
             rec = measure_system(sys_, ds, gt, args)
         except Exception as e:  # noqa: BLE001 - one system failing must not lose the others' results
             traceback.print_exc()
             rec = {"name": getattr(sys_, "name", key), "index": getattr(sys_, "index", ""), "error": repr(e)}
         finally:
-            sys_.close()
+            if sys_ is not None:
+                sys_.close()
             del sys_
             gc.collect()
         rec["key"] = key

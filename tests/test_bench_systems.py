@@ -1,6 +1,7 @@
 """The benchmark's third-party systems (bench/ann/systems.py) on a small random set: each finds
 the true neighbours at its most accurate setting, answers one query and a batch alike, returns
-row numbers, honours its sweep parameter, and leaves no process or file behind."""
+row numbers, honours its sweep parameter, records what it was built with, and leaves no process
+or file behind. A system whose library is not installed is skipped."""
 from __future__ import annotations
 
 import os
@@ -40,6 +41,8 @@ SYSTEMS = {
     "faiss_flat": ("faiss", lambda tmp: systems.FaissFlat(), True),
     "faiss_ivf": ("faiss", lambda tmp: systems.FaissIVF(), False),
     "faiss_hnsw": ("faiss", lambda tmp: systems.FaissHNSW(), False),
+    "faiss_ivfpq_refine": ("faiss", lambda tmp: systems.FaissIVFPQRefine(), False),
+    "scann": ("scann", lambda tmp: systems.ScaNN(), False),
     "hnswlib": ("hnswlib", lambda tmp: systems.Hnswlib(), False),
     "usearch": ("usearch", lambda tmp: systems.USearch(), False),
     "milvus_hnsw": ("milvus_lite", lambda tmp: systems.MilvusLite("HNSW", db_path=tmp), False),
@@ -49,6 +52,12 @@ SYSTEMS = {
                        lambda tmp: systems.MilvusLite("HNSW", db_path=tmp, server="process"), False),
     "chroma": ("chromadb", lambda tmp: systems.Chroma(db_path=tmp), False),
 }
+# ScaNN scores a single query and a batch with slightly different arithmetic (its batched path
+# quantises the look-up tables per batch), so an answer may differ in a place or two between them.
+ONE_MAY_DIFFER = {"scann"}
+# Their sweeps stop at half the lists (ScaNN's leaves), and random points have no clusters for the
+# lists to follow, so the most accurate setting misses a tenth of the true neighbours here.
+RECALL_FLOOR = {"scann": 0.8, "faiss_ivfpq_refine": 0.8}
 
 
 @pytest.mark.parametrize("key", list(SYSTEMS))
@@ -64,6 +73,7 @@ def test_system(key, data, tmp_path):
     try:
         assert s.name and s.index
         s.build(x)
+        assert isinstance(s.build_params, dict) and s.build_params, f"{s!r} records no build parameters"
         if key == "milvus_process":
             pids = s.server_pids()
             assert pids and set(pids) <= set(systems.child_pids())
@@ -78,12 +88,18 @@ def test_system(key, data, tmp_path):
         assert ((batch >= 0) & (batch < N)).all()
         assert all(len(set(row.tolist())) == K for row in batch)
         r = recall(batch, truth)
-        assert r >= (1.0 if exact else 0.9), f"{s!r}: recall@{K} {r}"
+        assert r >= (1.0 if exact else RECALL_FLOOR.get(key, 0.9)), f"{s!r}: recall@{K} {r}"
 
+        ones = []
         for i in range(NQ):
             one = s.search_one(q[i], K)
             assert one.dtype == np.int64 and one.shape == (K,)
-            np.testing.assert_array_equal(one, batch[i], err_msg=f"{s!r}: query {i}")
+            ones.append(one)
+            if key not in ONE_MAY_DIFFER:
+                np.testing.assert_array_equal(one, batch[i], err_msg=f"{s!r}: query {i}")
+        if key in ONE_MAY_DIFFER:
+            same = np.mean([len(set(a.tolist()) & set(b.tolist())) / K for a, b in zip(ones, batch)])
+            assert same >= 0.9, f"{s!r}: single and batched answers share only {same:.2f} of their ids"
 
         # every setting is accepted, and more than k neighbours can be asked for
         for p in sweep[:-1]:
@@ -112,6 +128,8 @@ WEAK = {
     "hnswlib": ("hnswlib", lambda tmp: systems.Hnswlib(M=4, ef_construction=8)),
     "usearch": ("usearch", lambda tmp: systems.USearch(connectivity=4, expansion_add=8)),
     "faiss_ivf": ("faiss", lambda tmp: systems.FaissIVF(nlist=64)),
+    "faiss_ivfpq_refine": ("faiss", lambda tmp: systems.FaissIVFPQRefine(nlist=64)),
+    "scann": ("scann", lambda tmp: systems.ScaNN(num_leaves=64)),
     "milvus_hnsw": ("milvus_lite",
                     lambda tmp: systems.MilvusLite("HNSW", M=4, efConstruction=8, db_path=tmp)),
     "milvus_ivf": ("milvus_lite", lambda tmp: systems.MilvusLite("IVF_FLAT", nlist=64, db_path=tmp)),
@@ -142,6 +160,26 @@ def test_sweep_parameter_is_honoured(key, data, tmp_path):
     # ... and the sweep parameter changes the search, both ways
     assert high >= low + 0.3, f"{s!r}: recall {low} at {sweep[0]}, {high} at {sweep[-1]}"
     assert again == low
+
+
+def test_partition_staircase():
+    """ScaNN's leaves and FAISS's lists searched: from 1/128 of them to half, never 0, never more than there are."""
+    assert systems.sqrt_lists(1_000_000) == 1000 and systems.sqrt_lists(2000) == 45 and systems.sqrt_lists(1) == 1
+    steps = systems.partition_steps(1000)
+    assert steps[0] == 8 and steps[-1] == 500 and steps == sorted(steps)
+    assert len(steps) == len(systems.RERANK) == len(systems.K_FACTORS)
+    assert systems.partition_steps(3) == [1] * 10 + [2]
+    assert list(systems.RERANK) == sorted(systems.RERANK) and list(systems.K_FACTORS) == sorted(systems.K_FACTORS)
+
+
+def test_ivfpq_factory_string_is_what_faiss_builds():
+    faiss = pytest.importorskip("faiss")
+    spec = systems.FaissIVFPQRefine.factory(1_000_000, 384)
+    assert spec == "IVF1000,PQ192x4fs,RFlat"
+    ix = faiss.index_factory(384, spec, faiss.METRIC_INNER_PRODUCT)
+    assert isinstance(ix, faiss.IndexRefineFlat)
+    assert isinstance(faiss.downcast_index(ix.base_index), faiss.IndexIVFPQFastScan)
+    assert faiss.extract_index_ivf(ix).nlist == 1000
 
 
 def test_default_nlist():

@@ -3,8 +3,8 @@
 Layout:
 - ``data.py``: data sets (WordNet glosses embedded with MiniLM, synthetic clustered vectors,
   ann-benchmarks HDF5 files), exact ground truth, recall.
-- ``systems.py``: third-party systems (raw FAISS, hnswlib, usearch, Milvus Lite, Chroma).
-- ``ours.py``: gpusearch in-process and served over HTTP.
+- ``systems.py``: third-party systems (raw FAISS, ScaNN, hnswlib, usearch, Milvus Lite, Chroma).
+- ``ours.py``: gpusearch in-process (any index spec, with ``index_options``) and served over HTTP.
 - ``../bench_ann.py``: the runner (one process, every system on the same data in one run).
 
 Every system follows the ``System`` protocol below. Vectors handed to ``build`` are float32
@@ -23,6 +23,7 @@ import numpy as np
 class System(Protocol):
     name: str    # the system, one line per name in the plot: "hnswlib", "FAISS HNSW", "gpusearch HNSW", ...
     index: str   # what was built, with its build parameters: "HNSW M=32 efConstruction=200"
+    build_params: dict  # the same as data, complete after build: {"M": 32, "efConstruction": 200}
 
     def build(self, x: np.ndarray) -> None:
         """Insert/index every row of ``x`` ((n, dim) float32, unit rows); row i has id i."""

@@ -15,7 +15,7 @@ import numpy as np
 from server_proc import free_port  # bench/server_proc.py (bench/ is on sys.path)
 
 from . import pad_ids
-from .systems import HNSW_EFS, IVF_NPROBES, child_pids
+from .systems import HNSW_EFS, IVF_NPROBES, K_FACTORS, child_pids, partition_steps
 
 
 def ivf_nlist(n: int) -> int:
@@ -24,11 +24,30 @@ def ivf_nlist(n: int) -> int:
 
 
 def sweep_for(spec: str) -> list[dict]:
+    """Search settings to measure for index ``spec``, cheapest first: efSearch for an HNSW, nprobe for an
+    IVF, and for an IVF with an exact refine stage (``...,RFlat``) the staircase of (nprobe, kFactor)
+    pairs the raw FAISS system of the same string sweeps (``systems.FaissIVFPQRefine``)."""
     if spec.startswith("HNSW"):
         return [{"efSearch": e} for e in HNSW_EFS]
+    if spec.startswith("IVF") and spec.endswith(",RFlat"):
+        nlist = int(spec[3:].split(",")[0])
+        return [{"nprobe": p, "kFactor": kf} for p, kf in zip(partition_steps(nlist), K_FACTORS)]
     if spec.startswith("IVF"):
         return [{"nprobe": p} for p in IVF_NPROBES]
     return [{}]
+
+
+def default_ef_construction() -> int:
+    """efConstruction a new gpusearch HNSW is built with when the user gives none."""
+    from gpusearch.backends import DEFAULT_EF_CONSTRUCTION
+
+    return DEFAULT_EF_CONSTRUCTION
+
+
+def _kind(spec: str) -> str:
+    if spec.startswith("IVF"):
+        return "IVF-PQfs+refine" if "x4fs" in spec and spec.endswith(",RFlat") else "IVF"
+    return spec.split(",")[0].rstrip("0123456789")
 
 
 def _ints(ids) -> np.ndarray:
@@ -37,21 +56,31 @@ def _ints(ids) -> np.ndarray:
 
 class GpusearchLocal:
     """A ``gpusearch.Collection`` in this process: one shard, cosine, the given FAISS spec
-    (``Flat`` is our exact backend), durable writes (WAL with fsync, as by default)."""
+    (``Flat`` is our exact backend), durable writes (WAL with fsync, as by default).
 
-    def __init__(self, spec: str = "HNSW32", *, shards: int = 1, fsync: bool = True, ef_construction: int = 40):
+    ``index_options`` go to ``Collection.create`` as a user would give them (``{"efConstruction":
+    200}``; ``{"nprobe": 16}``); None builds at gpusearch's own defaults, what a user gets writing
+    just ``index="HNSW32"``. After the build, ``build_params`` holds the options the collection
+    stored (every default filled in), and for an HNSW the efConstruction is checked on each
+    shard's FAISS index."""
+
+    def __init__(self, spec: str = "HNSW32", *, shards: int = 1, fsync: bool = True,
+                 index_options: dict | None = None):
         self.spec, self.shards, self.fsync = spec, shards, fsync
-        # gpusearch builds HNSW with FAISS's efConstruction (40) and has no setting for it yet; for another
-        # value this adapter sets the field on each shard's (still empty) FAISS index before inserting.
-        self.ef_construction = ef_construction
-        kind = spec.split(",")[0].rstrip("0123456789") if not spec.startswith("IVF") else "IVF"
-        self.name = f"gpusearch {kind}"
-        self.index = spec if shards == 1 else f"{spec} x {shards} shards"
-        if spec.startswith("HNSW"):
-            self.index += f" efConstruction={ef_construction}"
+        self.index_options = dict(index_options) if index_options else None
+        self.name = f"gpusearch {_kind(spec)}"
+        self.index = self._describe(self.index_options or {})
+        self.build_params = {"index": spec, "index_options": self.index_options}
         self._tmp = None
         self._col = None
         self._params: dict = {}
+
+    def _describe(self, options: dict) -> str:
+        label = self.spec if self.shards == 1 else f"{self.spec} x {self.shards} shards"
+        if "efConstruction" in options:
+            given = "efConstruction" in (self.index_options or {})
+            label += f" efConstruction={options['efConstruction']}{'' if given else ' (default)'}"
+        return label
 
     def build(self, x: np.ndarray) -> None:
         import gpusearch as gs
@@ -62,10 +91,8 @@ class GpusearchLocal:
             self.index = self.spec
         self._tmp = tempfile.mkdtemp(prefix="ann-gs-")
         self._col = gs.Collection.create(Path(self._tmp) / "c", dim=d, metric="cosine", index=self.spec,
-                                         shards=self.shards, device="cpu", fsync=self.fsync)
-        if self.spec.startswith("HNSW") and self.ef_construction != 40:
-            for s in self._col._shards:
-                s.backend._hnsw().hnsw.efConstruction = self.ef_construction
+                                         shards=self.shards, device="cpu", fsync=self.fsync,
+                                         index_options=self.index_options)
         # One call: gpusearch batches internally; an IVF trains on the rows it is given first.
         self._col.upsert([str(i) for i in range(n)], x, batch_size=n)
         if any(s.backend.kind == "faiss" and not s.backend.is_trained for s in self._col._shards):
@@ -74,6 +101,19 @@ class GpusearchLocal:
             be = s.backend
             if be.kind == "faiss" and be.n_indexed != len(s.store):
                 raise RuntimeError(f"{self.spec}: only {be.n_indexed} of {len(s.store)} rows indexed after build")
+        stored = dict(self._col.stats()["index_options"])
+        self.build_params = {"index": self.spec, "index_options": stored, "given": self.index_options}
+        if "efConstruction" in stored:  # the graph was built with what the collection says
+            import faiss
+
+            for s in self._col._shards:
+                ix = faiss.downcast_index(s.backend.index)
+                if isinstance(ix, faiss.IndexPreTransform):
+                    ix = faiss.downcast_index(ix.index)
+                if ix.hnsw.efConstruction != stored["efConstruction"]:
+                    raise RuntimeError(f"{self.spec}: shard built with efConstruction {ix.hnsw.efConstruction}, "
+                                       f"the collection says {stored['efConstruction']}")
+        self.index = self._describe(stored)
 
     def sweep(self) -> list[dict]:
         return sweep_for(self.spec)
@@ -115,15 +155,20 @@ class GpusearchServed:
     COLLECTION = "ann"
 
     def __init__(self, spec: str = "HNSW32", *, shards: int = 1, replicas: int = 1, batch_size: int = 1000,
-                 upsert_batch: int = 1000, ef_construction: int = 40):
-        if spec.startswith("HNSW") and ef_construction != 40:
-            raise ValueError("a served gpusearch builds HNSW with FAISS's efConstruction 40 (no setting for it yet); "
-                             f"got ef_construction={ef_construction}")
+                 upsert_batch: int = 1000, ef_construction: int | None = None):
+        # The served app creates its collection without index options (no way to send them yet), so an
+        # HNSW gets gpusearch's default efConstruction; asking for another value is refused, not ignored.
+        efc = default_ef_construction()
+        if spec.startswith("HNSW") and ef_construction not in (None, efc):
+            raise ValueError(f"a served gpusearch builds HNSW with gpusearch's default efConstruction {efc} (no "
+                             f"setting for it over HTTP yet); got ef_construction={ef_construction}")
         self.spec, self.shards, self.replicas, self.batch_size = spec, shards, replicas, batch_size
         self.upsert_batch = upsert_batch
-        kind = spec.split(",")[0].rstrip("0123456789") if not spec.startswith("IVF") else "IVF"
-        self.name = f"gpusearch served {kind}"
-        self.index = f"{spec}{' efConstruction=40' if spec.startswith('HNSW') else ''}, HTTP, {shards} shard x {replicas} replica"
+        self.name = f"gpusearch served {_kind(spec)}"
+        self.index = (f"{spec}{f' efConstruction={efc}' if spec.startswith('HNSW') else ''}, HTTP, "
+                      f"{shards} shard x {replicas} replica")
+        self.build_params = {"index": spec, "index_options": {"efConstruction": efc} if spec.startswith("HNSW") else None,
+                             "given": None, "shards": shards, "replicas": replicas}
         self.batch_label = f"POST /query with queries, {batch_size} per request"
         self._tmp = None
         self._http = None

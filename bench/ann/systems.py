@@ -1,5 +1,6 @@
 """Third-party systems of the recall-versus-speed benchmark, each behind the ``System`` protocol
-(``bench/ann/__init__.py``): raw FAISS (flat, IVF, HNSW), hnswlib, USearch, Milvus Lite, Chroma.
+(``bench/ann/__init__.py``): raw FAISS (flat, IVF, HNSW, IVF over 4-bit fast-scan PQ with an exact
+refine), ScaNN, hnswlib, USearch, Milvus Lite, Chroma.
 
 Every adapter gets unit-length float32 rows and returns the cosine neighbours as int64 row numbers,
 best first. Each uses its library's fastest documented call: one query per call for
@@ -10,6 +11,10 @@ this module imports without any of them installed.
 Search parameters below the requested ``k`` (an ``ef`` of 16 with ``k`` = 100) are raised to ``k``
 at search time for every HNSW system: hnswlib, USearch and Chroma (hnswlib inside) do it
 themselves, FAISS does not (its recall drops when ``efSearch < k``), so the FAISS adapter does it.
+ScaNN's ``pre_reorder_num_neighbors`` is raised to ``k`` the same way.
+
+Each adapter's ``build_params`` holds what it was built with (graph links, build beam, lists,
+code size), filled in at build time where the size depends on the data; the runner records it.
 """
 from __future__ import annotations
 
@@ -29,6 +34,27 @@ from . import pad_ids
 
 HNSW_EFS = (16, 24, 32, 48, 64, 96, 128, 256)
 IVF_NPROBES = (1, 2, 4, 8, 16, 32, 64, 128)
+# Partitioned indexes over compressed codes with an exact re-rank (ScaNN, FAISS IVF-PQ fast scan + refine):
+# one staircase of (share of the lists searched, re-rank depth), both growing, cheapest first. The
+# shares run from 1/128 of the lists to half of them, so recall@10 spans about 0.9-0.99 from a
+# 20k synthetic set (which needs a large share) to 1M rows; ``RERANK`` is ScaNN's
+# ``pre_reorder_num_neighbors`` (candidates re-scored exactly) and ``K_FACTORS`` FAISS's refine
+# ``k_factor`` (k * k_factor candidates re-scored exactly).
+PARTITION_SHARES = (1 / 128, 1 / 64, 1 / 32, 1 / 24, 1 / 16, 1 / 12, 1 / 8, 1 / 6, 1 / 4, 1 / 3, 1 / 2)
+RERANK = (40, 50, 60, 80, 100, 120, 150, 200, 250, 300, 400)
+K_FACTORS = (2, 2, 3, 4, 4, 5, 6, 8, 10, 12, 16)
+
+
+def partition_steps(nlists: int) -> list[int]:
+    """Lists to search at each step of the staircase for an index of ``nlists`` lists (at least 1,
+    at most nlists; a step that rounds to the previous one's count is kept, the re-rank depth differs)."""
+    return [min(nlists, max(1, int(round(share * nlists)))) for share in PARTITION_SHARES]
+
+
+def sqrt_lists(n: int) -> int:
+    """About sqrt(n) lists (ScaNN's recommended ``num_leaves``, and FAISS's for IVF over fast-scan codes,
+    where scanning a list is cheap): at least 1, at most n."""
+    return max(1, min(n, int(round(math.sqrt(n)))))
 
 
 def default_nlist(n: int) -> int:
@@ -59,6 +85,7 @@ class _Base:
 
     name = "?"
     index = "?"
+    build_params: dict = {}
 
     def sweep(self) -> list[dict]:
         return [{}]
@@ -108,6 +135,7 @@ class FaissFlat(_Faiss):
     def __init__(self):
         super().__init__()
         self.index = "FlatIP (exact)"
+        self.build_params = {"index": "IndexFlatIP"}
 
     def build(self, x: np.ndarray) -> None:
         self._ix = self._faiss.IndexFlatIP(x.shape[1])
@@ -125,6 +153,7 @@ class FaissIVF(_Faiss):
         super().__init__()
         self.nlist = nlist
         self.index = f"IVFFlat nlist={nlist or '4*sqrt(n)'}"
+        self.build_params = {"index": "IndexIVFFlat", "nlist": nlist}
 
     def build(self, x: np.ndarray) -> None:
         f = self._faiss
@@ -137,6 +166,7 @@ class FaissIVF(_Faiss):
         ix.add(x)
         self._quantizer, self._ix = quantizer, ix  # keep the quantizer alive with the index
         self.index = f"IVFFlat nlist={nlist}"
+        self.build_params = {"index": "IndexIVFFlat", "nlist": nlist}
 
     def sweep(self) -> list[dict]:
         nlist = getattr(self, "_nlist", self.nlist) or max(IVF_NPROBES)
@@ -157,6 +187,7 @@ class FaissHNSW(_Faiss):
         super().__init__()
         self.M, self.efConstruction = M, efConstruction
         self.index = f"HNSWFlat M={M} efConstruction={efConstruction}"
+        self.build_params = {"index": "IndexHNSWFlat", "M": M, "efConstruction": efConstruction}
         self._ef = 16
 
     def build(self, x: np.ndarray) -> None:
@@ -180,6 +211,162 @@ class FaissHNSW(_Faiss):
         return super()._search(q, k)
 
 
+class FaissIVFPQRefine(_Faiss):
+    """FAISS's nearest equivalent of ScaNN: an inverted file over 4-bit product-quantisation codes
+    scanned with SIMD look-up tables ("fast scan"), whose candidates an exact re-rank over the
+    float32 rows orders: ``index_factory(d, "IVF<nlist>,PQ<m>x4fs,RFlat", METRIC_INNER_PRODUCT)``
+    (an ``IndexRefineFlat`` around an ``IndexIVFPQFastScan``; FAISS 1.15 accepts the string).
+    ``nlist`` defaults to about sqrt(n) (the lists are cheap to scan, as ScaNN's leaves),
+    ``m`` to d/2 sub-quantisers (2 dimensions per 4-bit code: d/4 bytes a row, the same code size
+    as ScaNN's ``score_ah(2)``). Trained on the data itself (FAISS subsamples).
+
+    Sweep: the staircase of (``nprobe``, ``k_factor``) pairs in ``PARTITION_SHARES`` and
+    ``K_FACTORS``: lists scanned per query, and k * k_factor candidates re-scored exactly.
+    Both are set on the index (``IndexIVF.nprobe``, ``IndexRefine.k_factor``); searches use
+    FAISS's OpenMP threads as the other FAISS adapters do."""
+
+    name = "FAISS IVF-PQfs+refine"
+
+    def __init__(self, nlist: int | None = None, m: int | None = None):
+        super().__init__()
+        self.nlist, self.m = nlist, m
+        self.spec = None
+        self.index = f"IVF{nlist or 'sqrt(n)'},PQ{m or 'd/2'}x4fs,RFlat"
+        self.build_params = {"factory": self.index, "nlist": nlist, "pq_m": m, "pq_nbits": 4}
+        self._steps: list[dict] = []
+
+    @staticmethod
+    def factory(n: int, d: int, nlist: int | None = None, m: int | None = None) -> str:
+        """The factory string for ``n`` rows of ``d`` dims (nlist about sqrt(n), d/2 sub-quantisers)."""
+        return f"IVF{nlist or sqrt_lists(n)},PQ{m or max(1, d // 2)}x4fs,RFlat"
+
+    def build(self, x: np.ndarray) -> None:
+        f = self._faiss
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        n, d = x.shape
+        self.spec = self.factory(n, d, self.nlist, self.m)
+        ix = f.index_factory(d, self.spec, f.METRIC_INNER_PRODUCT)
+        ix.train(x)
+        ix.add(x)
+        self._ix, self._ivf = ix, f.extract_index_ivf(ix)
+        nlist = int(self._ivf.nlist)
+        self.index = self.spec
+        self.build_params = {"factory": self.spec, "nlist": nlist, "pq_m": int(self.m or max(1, d // 2)),
+                             "pq_nbits": 4}
+        self._steps = [{"nprobe": p, "k_factor": kf} for p, kf in zip(partition_steps(nlist), K_FACTORS)]
+
+    def sweep(self) -> list[dict]:
+        if not self._steps:  # before build: the shape of the sweep, for a reader of the code
+            return [{"nprobe": p, "k_factor": kf} for p, kf in zip(partition_steps(max(IVF_NPROBES)), K_FACTORS)]
+        return list(self._steps)
+
+    def set_params(self, params: dict) -> None:
+        self._ivf.nprobe = int(params["nprobe"])
+        self._ix.k_factor = float(params["k_factor"])
+
+
+# ── ScaNN ────────────────────────────────────────────────────────────────────────────────────
+
+
+class ScaNN(_Base):
+    """Google's ScaNN (``scann`` on PyPI), built as its README recommends for ~100k-1M rows and
+    dot-product (= cosine on unit rows) search::
+
+        scann.scann_ops_pybind.builder(x, 10, "dot_product")
+            .tree(num_leaves=L, num_leaves_to_search=..., training_sample_size=S)
+            .score_ah(2, anisotropic_quantization_threshold=0.2)
+            .reorder(R).build()
+
+    a k-means tree of ``num_leaves`` (default about sqrt(n)) partitions trained on ``S`` rows
+    (default n/4, at least 50 per leaf), anisotropic 4-bit quantisation of 2 dimensions per code
+    (d/4 bytes a row, scanned with SIMD look-up tables), then an exact float32 re-rank of the
+    best ``pre_reorder_num_neighbors`` candidates. Training uses every core.
+
+    Sweep: the staircase of (``leaves_to_search``, ``pre_reorder_num_neighbors``) pairs in
+    ``PARTITION_SHARES`` and ``RERANK`` (the re-rank depth is raised to ``k`` when k is larger).
+    ``search_one`` is ``searcher.search`` (one query, on the calling thread: ScaNN's single-query
+    call runs on one thread); ``search_batch`` is ``searcher.search_batched_parallel`` on a pool
+    of ``set_num_threads(os.cpu_count())`` threads. ScaNN's single-query and batched paths score
+    with slightly different arithmetic, so a query's answer may differ between them in a place or
+    two (the recall is the same).
+    """
+
+    name = "ScaNN"
+
+    def __init__(self, num_leaves: int | None = None, training_sample_size: int | None = None,
+                 dims_per_block: int = 2, aq_threshold: float = 0.2, threads: int | None = None):
+        import scann  # noqa: F401  (fail at construction when it is missing)
+
+        self.num_leaves, self.training_sample_size = num_leaves, training_sample_size
+        self.dims_per_block, self.aq_threshold = dims_per_block, aq_threshold
+        self.threads = threads or os.cpu_count() or 1
+        self._searcher = None
+        self._params: dict = {}
+        self._steps: list[dict] = []
+        self.index = self._describe(num_leaves or "sqrt(n)", training_sample_size or "n/4")
+        self.build_params = {"num_leaves": num_leaves, "training_sample_size": training_sample_size,
+                             "dims_per_block": dims_per_block, "anisotropic_quantization_threshold": aq_threshold}
+
+    def _describe(self, leaves, sample) -> str:
+        try:
+            from importlib.metadata import version
+
+            v = f", scann {version('scann')}"
+        except Exception:
+            v = ""
+        return (f"tree leaves={leaves} (trained on {sample}), AH {self.dims_per_block} dims/4-bit code "
+                f"threshold {self.aq_threshold}, float32 reorder{v}")
+
+    def build(self, x: np.ndarray) -> None:
+        import scann
+
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        n = len(x)
+        leaves = min(n, self.num_leaves or sqrt_lists(n))
+        sample = min(n, self.training_sample_size or max(n // 4, 50 * leaves))
+        steps = partition_steps(leaves)
+        self._searcher = (scann.scann_ops_pybind.builder(x, 10, "dot_product")
+                          .tree(num_leaves=leaves, num_leaves_to_search=steps[len(steps) // 2],
+                                training_sample_size=sample)
+                          .score_ah(self.dims_per_block, anisotropic_quantization_threshold=self.aq_threshold)
+                          .reorder(RERANK[len(RERANK) // 2])
+                          .build())
+        self._searcher.set_num_threads(self.threads)
+        self.index = self._describe(leaves, sample)
+        self.build_params = {"num_leaves": leaves, "training_sample_size": sample,
+                             "dims_per_block": self.dims_per_block,
+                             "anisotropic_quantization_threshold": self.aq_threshold, "search_threads": self.threads}
+        self._steps = [{"leaves_to_search": lv, "reorder": r} for lv, r in zip(steps, RERANK)]
+        self._params = self._steps[len(self._steps) // 2]
+
+    def sweep(self) -> list[dict]:
+        if not self._steps:
+            return [{"leaves_to_search": lv, "reorder": r} for lv, r in zip(partition_steps(1000), RERANK)]
+        return list(self._steps)
+
+    def set_params(self, params: dict) -> None:
+        self._params = {"leaves_to_search": int(params["leaves_to_search"]), "reorder": int(params["reorder"])}
+
+    def search_one(self, q: np.ndarray, k: int) -> np.ndarray:
+        p = self._params
+        ids, _ = self._searcher.search(q, final_num_neighbors=k, leaves_to_search=p["leaves_to_search"],
+                                       pre_reorder_num_neighbors=max(p["reorder"], k))
+        return np.asarray(ids, dtype=np.int64)
+
+    def search_batch(self, q: np.ndarray, k: int) -> np.ndarray:
+        p = self._params
+        ids, _ = self._searcher.search_batched_parallel(
+            np.ascontiguousarray(q, dtype=np.float32), final_num_neighbors=k,
+            leaves_to_search=p["leaves_to_search"], pre_reorder_num_neighbors=max(p["reorder"], k))
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.shape != (len(q), k):  # fewer than k came back
+            return pad_ids(ids, k)
+        return ids
+
+    def close(self) -> None:
+        self._searcher = None
+
+
 # ── hnswlib ──────────────────────────────────────────────────────────────────────────────────
 
 
@@ -196,6 +383,7 @@ class Hnswlib(_Base):
         self._hnswlib = hnswlib
         self.M, self.ef_construction = M, ef_construction
         self.index = f"HNSW M={M} efConstruction={ef_construction}"
+        self.build_params = {"M": M, "ef_construction": ef_construction}
         self._ix = None
         self._ef = 16
         self._ef_set = None
@@ -249,6 +437,7 @@ class USearch(_Base):
         self._Index = Index
         self.connectivity, self.expansion_add = connectivity, expansion_add
         self.index = f"HNSW connectivity={connectivity} expansion_add={expansion_add} f32"
+        self.build_params = {"connectivity": connectivity, "expansion_add": expansion_add, "dtype": "f32"}
         self._ix = None
 
     def build(self, x: np.ndarray) -> None:
@@ -336,6 +525,9 @@ class MilvusLite(_Base):
         self._client = self._proc = self._dir = None
         self._search_params: dict = {"metric_type": "IP", "params": {}}
         self.index = self._describe(nlist)
+        self.build_params = {"index_type": index_type, **({"M": M, "efConstruction": efConstruction}
+                                                         if index_type == "HNSW" else
+                                                         {"nlist": nlist} if index_type == "IVF_FLAT" else {})}
         if index_type == "FLAT":
             self.name = "Milvus Lite FLAT"
         if server == "process":
@@ -400,6 +592,7 @@ class MilvusLite(_Base):
             self._nlist = self.nlist or default_nlist(n)
             params = {"nlist": self._nlist}
             self.index = self._describe(self._nlist)
+            self.build_params = {"index_type": self.index_type, "nlist": self._nlist}
         else:
             params = {}
         ip = c.prepare_index_params()
@@ -547,6 +740,7 @@ class Chroma(_Base):
         self.M, self.construction_ef, self.db_path = M, construction_ef, db_path
         self.index = (f"HNSW M={M} construction_ef={construction_ef}"
                       f" (chromadb {chromadb.__version__})")
+        self.build_params = {"max_neighbors": M, "ef_construction": construction_ef}
         self._client = self._col = self._dir = None
         self._ef = None
 
