@@ -222,8 +222,14 @@ class FaissIVFPQRefine(_Faiss):
 
     Sweep: the staircase of (``nprobe``, ``k_factor``) pairs in ``PARTITION_SHARES`` and
     ``K_FACTORS``: lists scanned per query, and k * k_factor candidates re-scored exactly.
-    Both are set on the index (``IndexIVF.nprobe``, ``IndexRefine.k_factor``); searches use
-    FAISS's OpenMP threads as the other FAISS adapters do."""
+    Both are set on the index (``IndexIVF.nprobe``, ``IndexRefine.k_factor``). ``search_batch`` uses
+    FAISS's OpenMP threads (all cores) as the other FAISS adapters do; ``search_one`` runs on one
+    thread (``omp_set_num_threads(1)`` around the call, as hnswlib's and USearch's single queries):
+    ``IndexRefineFlat`` opens a parallel region even for one query, and on this project's 2-core
+    machine, shared, a single query then took 12 ms at 2 threads against 0.14 ms at 1 (20k rows,
+    nprobe 12, k_factor 5; its base index alone answers in 0.08 ms either way), a cost that is
+    FAISS's thread hand-off, not its search. Without the refine, FAISS answers one query on one
+    thread anyway."""
 
     name = "FAISS IVF-PQfs+refine"
 
@@ -252,7 +258,7 @@ class FaissIVFPQRefine(_Faiss):
         nlist = int(self._ivf.nlist)
         self.index = self.spec
         self.build_params = {"factory": self.spec, "nlist": nlist, "pq_m": int(self.m or max(1, d // 2)),
-                             "pq_nbits": 4}
+                             "pq_nbits": 4, "single_query_threads": 1}
         self._steps = [{"nprobe": p, "k_factor": kf} for p, kf in zip(partition_steps(nlist), K_FACTORS)]
 
     def sweep(self) -> list[dict]:
@@ -263,6 +269,15 @@ class FaissIVFPQRefine(_Faiss):
     def set_params(self, params: dict) -> None:
         self._ivf.nprobe = int(params["nprobe"])
         self._ix.k_factor = float(params["k_factor"])
+
+    def search_one(self, q: np.ndarray, k: int) -> np.ndarray:
+        f = self._faiss
+        threads = f.omp_get_max_threads()
+        f.omp_set_num_threads(1)
+        try:
+            return self._search(q[None], k)[0]
+        finally:
+            f.omp_set_num_threads(threads)
 
 
 # ── ScaNN ────────────────────────────────────────────────────────────────────────────────────
