@@ -80,14 +80,14 @@ def _serve(args) -> int:
         print(f"no API key configured: serving without auth on loopback only ({cfg.host})")
     else:
         print(f"API keys configured: {len(cfg.api_keys)}")
-    from gpusearch.serve.app import start
+    from gpusearch.serve.app import load_demo, start
 
     t0 = time.perf_counter()
     print(f"starting Ray and the gpusearch app (data in {cfg.data_dir}) ...", flush=True)
     start(cfg, num_cpus=args.num_cpus, ray_temp_dir=args.ray_temp_dir)
     print(f"app up in {time.perf_counter() - t0:.1f} s", flush=True)
     if not args.no_demo and cfg.encoder_enabled:
-        _load_demo(cfg)
+        load_demo(cfg)  # the stdlib docstrings into 'default', embedded by the Aggregator, then one query
     url = f"http://{cfg.host}:{cfg.port}"
     key = f" -H 'Api-Key: {next(iter(cfg.api_keys))[:2]}...'" if cfg.api_keys else ""
     print(f"\ngpusearch is serving at {url}   (OpenAPI docs: {url}/docs, metrics: {url}/metrics)")
@@ -105,37 +105,6 @@ def _serve(args) -> int:
         print("shutting down")
         serve.shutdown()
     return 0
-
-
-def _load_demo(cfg) -> None:
-    """Fill the ``default`` collection with standard-library docstrings (once), then run one query."""
-    from ray import serve
-
-    from .demo import stdlib_docs
-
-    writer = serve.get_deployment_handle("Writer", app_name=cfg.app_name)
-    encoder = serve.get_deployment_handle("Encoder", app_name=cfg.app_name)
-    aggregator = serve.get_deployment_handle("Aggregator", app_name=cfg.app_name)
-    have = writer.list.remote().result()["collections"].get("default")
-    if have is None or have["records"] == 0:
-        docs = stdlib_docs()
-        print(f"loading the demo corpus into 'default': {len(docs)} standard-library docstrings ...", flush=True)
-        t0 = time.perf_counter()
-        if have is None:
-            lineage = encoder.lineage.remote().result()
-            writer.create.remote("default", lineage["dim"], "cosine", None, lineage).result()
-        for lo in range(0, len(docs), 256):
-            part = docs[lo : lo + 256]
-            vecs = encoder.encode_many.remote([d["text"] for d in part]).result()
-            writer.upsert.remote("default", [d["id"] for d in part], vecs,
-                                 [{"module": d["module"], "kind": d["kind"]} for d in part]).result()
-        print(f"loaded in {time.perf_counter() - t0:.1f} s", flush=True)
-    text = "run an external program and capture its output"
-    v = encoder.encode_many.remote([text]).result()
-    r = aggregator.query.remote("default", v, 3).result()
-    print(f"query {text!r} ->")
-    for rid, score in zip(r["ids"][0], r["scores"][0]):
-        print(f"  {score:.3f}  {rid}")
 
 
 def _join(args) -> int:

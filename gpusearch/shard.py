@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 
 from . import metadata as md
-from ._memory import RELEASE_AFTER_BYTES, release_freed
 from . import ops as ops_mod
+from ._memory import RELEASE_AFTER_BYTES, release_freed
 from .backends import make_backend
 from .hits import Hits
 from .fileio import atomic_write_bytes, atomic_write_json, fsync_dir, read_json, remove_stale_temp_files
@@ -259,8 +259,11 @@ class Shard:
             found = dict(zip(flat, self.metadata_of(flat, schema)))
             hits.metadata = [[found[r] for r in row] for row in rows]
         if request.include_vectors:
-            vecs = self.store.host[np.maximum(keys, 0)]
-            vecs[keys < 0] = 0
+            if self.n_rows:
+                vecs = self.store.host[np.maximum(keys, 0)]
+                vecs[keys < 0] = 0
+            else:  # no row to gather from: every hit is absent
+                vecs = np.zeros((*keys.shape, self.dim), np.float32)
             hits.vectors = vecs
 
     def _order_by_id(self, D: np.ndarray, I: np.ndarray):

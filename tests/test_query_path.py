@@ -231,3 +231,12 @@ def test_hnsw_keeps_one_copy_of_the_vectors(tmp_path):
     np.testing.assert_array_equal(col.fetch(["7", "new"]).vectors, np.stack([x[7], x[0] + 1]))
     assert col.search(x[9], k=1).ids == [["9"]]
     col.close()
+
+
+def test_values_and_metadata_of_hits_when_some_shards_are_empty(tmp_path):
+    col = gs.Collection.create(tmp_path / "c", dim=4, metric="l2", shards=4, device="cpu", fsync=False)
+    col.upsert(["only"], np.array([[1, 2, 3, 4]], np.float32), metadata=[{"a": 1}])
+    res = col.search(np.ones(4, np.float32), k=3, include_vectors=True, include_metadata=True)
+    assert res.ids == [["only"]] and res.metadata == [[{"a": 1}]]
+    np.testing.assert_array_equal(res.vectors[0], [[1, 2, 3, 4]])
+    col.close()

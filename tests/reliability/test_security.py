@@ -45,7 +45,7 @@ def vectors(n, start=0, dim=DIM):
 def sec(served):
     """Collections sec-a, sec-b (one record each) and alias sec-live -> sec-a, made with the unscoped key."""
     for name in ("sec-a", "sec-b"):
-        assert call(served, "POST", "/collections", {"name": name, "dimension": DIM}).status_code in (200, 400)
+        assert call(served, "POST", "/collections", {"name": name, "dimension": DIM}).status_code in (200, 409)
         r = call(served, "POST", "/vectors/upsert", {"namespace": name, "vectors": vectors(1)})
         assert r.status_code == 200, r.text
     assert call(served, "PUT", "/aliases/sec-live", {"collection": "sec-a"}).status_code == 200
@@ -196,7 +196,8 @@ def _nested(depth):
 LONG_ID = "i" * 513
 BAD_INPUT = [
     # (method, path, JSON body or raw bytes, query params, status, needle)
-    ("POST", "/query", {"namespace": "sec-a", "vector": [1.0] * DIM, "topK": 1001}, None, 400, "topK"),
+    ("POST", "/query", {"namespace": "sec-a", "vector": [1.0] * DIM, "topK": 1001}, None, 400,
+     "k must be between 1 and 1000, got 1001"),
     ("POST", "/query", {"namespace": "sec-a", "vector": [1.0] * 4097, "topK": 1}, None, 400, "limit is dim 4096"),
     ("POST", "/query", {"namespace": "sec-a", "vector": [1.0] * (DIM + 1), "topK": 1}, None, 400, str(DIM)),
     ("POST", "/query", {"namespace": "sec-a", "queries": [[1.0] * DIM] * 501, "topK": 1}, None, 400, "limit is 500"),
@@ -206,7 +207,8 @@ BAD_INPUT = [
     ("POST", "/query", b'{"namespace": "sec-a", "vector": [Infinity, 1, 1, 1, 1, 1, 1, 1], "topK": 1}', None,
      400, "NaN or infinity"),
     ("POST", "/query", {"namespace": "sec-a", "vector": [1e39] * DIM, "topK": 1}, None, 400, "NaN or infinity"),
-    ("POST", "/query", {"namespace": "sec-a", "vector": [3e38] * DIM, "topK": 1}, None, 400, "too long"),
+    ("POST", "/query", {"namespace": "sec-a", "vector": [3e38] * DIM, "topK": 1}, None, 400,
+     "queries row 0 has squared length"),
     ("POST", "/vectors/upsert", {"namespace": "sec-a", "vectors": [{"id": "h", "values": [1e19] * DIM}]}, None,
      400, "vectors[0] is too long"),
     ("POST", "/vectors/delete", b'{"namespace": "sec-a", "ids": ["\\ud800"]}', None, 400, "not valid UTF-8"),
