@@ -102,8 +102,10 @@ class Client:
         return WriteResult(r["count"], r["sequence"])
 
     def create(self, collection: str, *, dim: int, metric: str | None = None, index: str | None = None,
-               lineage: Mapping | None = None) -> dict:
-        return _result(self._writer.create.remote(collection, dim, metric, index, lineage))
+               lineage: Mapping | None = None, index_options: Mapping | None = None) -> dict:
+        """Make a collection; ``index_options`` as for :meth:`gpusearch.Collection.create`."""
+        return _result(self._writer.create.remote(collection, dim, metric, index, lineage,
+                                                  None if index_options is None else dict(index_options)))
 
     def drop(self, collection: str) -> None:
         _result(self._writer.drop.remote(collection))

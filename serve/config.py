@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,9 @@ class ServeConfig:
     replicas: int = 1
     metric: str = "cosine"
     index: str = "Flat"
+    # Build and default-search settings of collections made with `index` (e.g. {"efConstruction": 200});
+    # None: the engine's defaults (gpusearch.backends.options).
+    index_options: dict[str, int] | None = None
     device: str = "auto"
     fsync: bool = True
     # Text queries: a sentence-transformers model folder, or None for the packaged MiniLM.
@@ -138,6 +142,16 @@ class ServeConfig:
         return {k: parse_key_grant(v, k) for k, v in self.api_keys.items()}
 
     def __post_init__(self):
+        if self.index_options is not None:
+            from gpusearch.backends.options import OPTIONS_BY_FAMILY
+
+            # Checked against the index's family once a collection is made (its dim is known then);
+            # here: a mapping of known option names to ints, so a typo fails at start-up.
+            known = sorted({o for opts in OPTIONS_BY_FAMILY.values() for o in opts})
+            if not isinstance(self.index_options, Mapping) or any(k not in known for k in self.index_options):
+                raise ValueError(f"index_options must map option names ({', '.join(known)}) to ints, "
+                                 f"got {self.index_options!r}")
+            self.index_options = dict(self.index_options)
         for name in ("port", "shards", "replicas", "max_body_bytes", "max_batch", "max_top_k", "max_dim",
                      "batch_max_size", "overfetch", "max_id_length", "max_metadata_bytes", "max_filter_bytes",
                      "max_filter_depth"):
@@ -201,6 +215,12 @@ class ServeConfig:
                 continue
             if name == "api_keys":
                 values[name] = _parse_keys(raw)
+            elif name == "index_options":  # JSON: GPUSEARCH_INDEX_OPTIONS='{"efConstruction": 200}'
+                try:
+                    values[name] = json.loads(raw)
+                except ValueError:
+                    raise ValueError(f"{_ENV_PREFIX}INDEX_OPTIONS must be a JSON object such as "
+                                     f"'{{\"efConstruction\": 200}}', got {raw!r}") from None
             else:
                 values[name] = _coerce(raw, _NONE_DEFAULT_TYPES.get(name) or type(f.default), name)
         values.update({k: v for k, v in overrides.items() if v is not None})

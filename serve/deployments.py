@@ -70,7 +70,8 @@ class Writer:
         self.cfg = ServeConfig(**cfg)
         # The writer never searches: its copy stays on the host and the GPUs stay with the shards.
         self.catalog = Catalog(self.cfg.data_dir, shards=self.cfg.shards, metric=self.cfg.metric,
-                               index=self.cfg.index, device="cpu", fsync=self.cfg.fsync)
+                               index=self.cfg.index, device="cpu", fsync=self.cfg.fsync,
+                               index_options=self.cfg.index_options)
         self._lock = asyncio.Lock()
 
     async def _run(self, fn, *args, **kw):
@@ -89,8 +90,9 @@ class Writer:
         r = await self._run(self.catalog.delete, collection, ids, filter=filter, delete_all=delete_all)
         return {"count": r.count, "sequence": r.sequence}
 
-    async def create(self, collection, dim, metric=None, index=None, lineage=None) -> dict:
-        col = await self._run(self.catalog.create, collection, dim=dim, metric=metric, index=index, lineage=lineage)
+    async def create(self, collection, dim, metric=None, index=None, lineage=None, index_options=None) -> dict:
+        col = await self._run(self.catalog.create, collection, dim=dim, metric=metric, index=index, lineage=lineage,
+                              index_options=index_options)
         return _describe(col.stats())
 
     async def drop(self, collection) -> None:
@@ -111,7 +113,7 @@ class Writer:
 
 
 def _describe(stats: dict) -> dict:
-    return {k: stats[k] for k in ("records", "dim", "metric", "index", "lineage", "sequence")}
+    return {k: stats[k] for k in ("records", "dim", "metric", "index", "index_options", "lineage", "sequence")}
 
 
 def _set_search_threads(n: int) -> None:

@@ -145,6 +145,10 @@ class CreateBody(_Body):
     metric: Optional[str] = None
     index: Optional[str] = None
     lineage: Optional[dict[str, Any]] = None
+    index_options: Optional[dict[str, int]] = Field(
+        default=None, alias="indexOptions",
+        description="ours: the index's build and default-search settings, e.g. {'efConstruction': 200} (HNSW), "
+                    "{'nprobe': 16} (IVF), {'kFactor': 8} (a ',RFlat' refine stage)")
 
 
 class AliasBody(_Body):
@@ -452,7 +456,7 @@ class HttpRoutes:
                 json_limits(body.lineage, "lineage", self.cfg.max_metadata_bytes, self.cfg.max_filter_depth,
                             "max_metadata_bytes")
             return await self.writer.create.remote(check_name(body.name), body.dimension, body.metric, body.index,
-                                                   body.lineage)
+                                                   body.lineage, body.index_options)
         return await self._guard(request, "collections", True, run, admin=True)
 
     @api.delete("/collections/{name}")

@@ -363,6 +363,30 @@ def test_collections_and_metrics(served, rng):
     assert post(served, "/query", {"namespace": "made", "vector": X[3].tolist(), "topK": 2}).status_code == 404
 
 
+def test_index_options_over_http_and_handles(served, rng):
+    """indexOptions (efConstruction, efSearch, nprobe, kFactor) reach the collection, are listed, and
+    a wrong one is a 400 naming it, with nothing made."""
+    from gpusearch.serve import connect
+
+    r = post(served, "/collections", {"name": "opts-h", "dimension": DIM, "index": "HNSW16",
+                                      "indexOptions": {"efConstruction": 60, "efSearch": 30}})
+    assert r.status_code == 200, r.text
+    listing = httpx.get(url(served, "/collections"), headers={"Api-Key": RO_KEY}).json()["collections"]
+    assert listing["opts-h"]["index_options"] == {"efConstruction": 60, "efSearch": 30}
+    r = post(served, "/collections", {"name": "opts-bad", "dimension": DIM, "index": "HNSW16",
+                                      "indexOptions": {"nprobe": 4}})
+    assert r.status_code == 400 and "'nprobe' does not apply to index 'HNSW16'" in r.json()["message"], r.text
+    assert "opts-bad" not in httpx.get(url(served, "/collections"), headers={"Api-Key": RO_KEY}).json()["collections"]
+    made = connect(served.app_name).create("opts-i", dim=DIM, index="IVF4,Flat", index_options={"nprobe": 2})
+    assert made["index_options"] == {"nprobe": 2}
+    X = rng.standard_normal((40, DIM)).astype(np.float32)
+    upsert(served, "opts-h", [str(i) for i in range(40)], X)
+    r = post(served, "/query", {"namespace": "opts-h", "vector": X[5].tolist(), "topK": 1, "params": {"efSearch": 20}})
+    assert r.status_code == 200 and r.json()["matches"][0]["id"] == "5", r.text
+    for name in ("opts-h", "opts-i"):
+        assert httpx.delete(url(served, f"/collections/{name}"), headers={"Api-Key": RW_KEY}).status_code == 200
+
+
 def test_cors_is_off_by_default(served):
     """No Access-Control-Allow-Origin for any origin: a browser page elsewhere cannot read answers."""
     origin = {"Origin": "http://evil.example"}
