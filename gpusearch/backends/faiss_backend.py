@@ -320,12 +320,29 @@ class FaissBackend:
         """The ``k`` best of candidate rows ``I`` (-1: none) by their exact score, ties to the smaller row."""
         valid = I >= 0
         rows = np.where(valid, I, 0)
-        V = store.host[rows]  # (nq, candidates, dim)
-        S = np.einsum("qcd,qd->qc", V, q)
-        if self.metric == "l2":
+        if q.shape[0] == 1:  # one query: a matrix-vector product (BLAS) over its candidates
+            S = (store.host[rows[0]] @ q[0])[None, :]
+        else:
+            S = np.einsum("qcd,qd->qc", store.host[rows], q)  # (nq, candidates)
+        l2 = self.metric == "l2"
+        if l2:
             S = np.maximum(store.sqnorms[rows] + np.einsum("qd,qd->q", q, q)[:, None] - 2 * S, 0)
         S = S.astype(np.float32, copy=False)
-        return kernels.merge_topk([S], [np.where(valid, I, -1)], k, largest=self.metric != "l2")
+        cost = S if l2 else -S
+        cost[~valid] = np.inf
+        # A few hundred candidates a query: one sort by (cost, row) beats a selection here.
+        order = np.lexsort((np.where(valid, I, np.iinfo(np.int64).max), cost), axis=1)[:, :k]
+        D = np.take_along_axis(S, order, axis=1)
+        out = np.take_along_axis(I, order, axis=1)
+        gone = ~np.take_along_axis(valid, order, axis=1)
+        if gone.any():
+            D[gone] = np.inf if l2 else -np.inf
+            out[gone] = -1
+        if out.shape[1] < k:
+            pad = k - out.shape[1]
+            D = np.pad(D, ((0, 0), (0, pad)), constant_values=np.inf if l2 else -np.inf)
+            out = np.pad(out, ((0, 0), (0, pad)), constant_values=-1)
+        return D, out
 
     @staticmethod
     def _cut(allow, n_idx, n):
