@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -20,21 +19,15 @@ D = 16
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_local():
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    started = False
-    if not ray.is_initialized():
-        # More logical CPUs than cores: the join's actors reserve fractions and the work is in threads.
-        ray.init(include_dashboard=False, num_cpus=4, log_to_driver=False,
-                 _temp_dir=tempfile.mkdtemp(prefix="gsray-join-", dir="/tmp"))
-        started = True
+def ray_local(ray_cluster):
+    """The session's shared Ray (tests/conftest.py), with Ray Data set up for these tests."""
     ctx = ray.data.DataContext.get_current()
+    before = ctx.enable_progress_bars, ctx.use_datasource_v2
     ctx.enable_progress_bars = False
     # The tests' own read_parquet calls: Ray 2.60's second datasource costs 6-10 s per read here.
     ctx.use_datasource_v2 = False
     yield
-    if started:
-        ray.shutdown()
+    ctx.enable_progress_bars, ctx.use_datasource_v2 = before
 
 
 def _vec_col(m: np.ndarray) -> pa.Array:
