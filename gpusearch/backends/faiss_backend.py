@@ -387,7 +387,17 @@ class FaissBackend:
         D = np.empty((nq, k), dtype=np.float32)
         I = np.empty((nq, k), dtype=np.int64)
         # FAISS's C entry point: its Python wrapper's checks and copies were done at the request's edge.
-        self.index.search_c(nq, faiss.swig_ptr(q), k, faiss.swig_ptr(D), faiss.swig_ptr(I), p)
+        if nq == 1:
+            # One query has nothing to share among threads, but FAISS still forks its OpenMP team, whose
+            # spinning workers cost more than the search on a busy machine: run it on this thread alone.
+            threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)
+            try:
+                self.index.search_c(1, faiss.swig_ptr(q), k, faiss.swig_ptr(D), faiss.swig_ptr(I), p)
+            finally:
+                faiss.omp_set_num_threads(threads)
+        else:
+            self.index.search_c(nq, faiss.swig_ptr(q), k, faiss.swig_ptr(D), faiss.swig_ptr(I), p)
         if (I[0, -1] < 0 if nq == 1 else I[:, -1].min() < 0):  # padding only ever sits at a row's end
             D[I < 0] = np.inf if self.metric == "l2" else -np.inf
         return D, I
