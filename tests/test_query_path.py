@@ -240,3 +240,27 @@ def test_values_and_metadata_of_hits_when_some_shards_are_empty(tmp_path):
     assert res.ids == [["only"]] and res.metadata == [[{"a": 1}]]
     np.testing.assert_array_equal(res.vectors[0], [[1, 2, 3, 4]])
     col.close()
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_cpu_batches_through_torch_keep_the_exact_tie_rule(metric, masked):
+    """Batches on the CPU go through torch's GEMM and top-k; integer-valued vectors make ties
+    everywhere, and every answer must still equal the kernels' reference exactly."""
+    pytest.importorskip("torch")
+    from gpusearch.backends import _cpu_batch
+    from gpusearch.backends.exact import exact_search
+    from gpusearch.vectors import VectorStore
+
+    rng = np.random.default_rng(11)
+    xb = rng.integers(-2, 3, (3000, 6)).astype(np.float32)
+    xq = rng.integers(-2, 3, (_cpu_batch.MIN_BATCH + 9, 6)).astype(np.float32)
+    store = VectorStore(6)
+    store.append(xb)
+    allow = rng.random(3000) < 0.6 if masked else None
+    D, I = exact_search(store, xq, 25, metric, allow)
+    Dr, Ir = gs.kernels.fused_search_reference(xq, xb, 25, metric=metric, mask=allow)
+    np.testing.assert_array_equal(I, Ir)
+    np.testing.assert_allclose(D, Dr, rtol=1e-5, atol=1e-4)
+    _, _, redo = _cpu_batch.exact_batch(xq, xb, 25, l2=metric == "l2", mask=allow)
+    assert len(redo) > 0  # these ties did take the exact path

@@ -1,10 +1,12 @@
-"""Exact search: distances + top-k on our own kernels (GPU) or their NumPy path (CPU)."""
+"""Exact search: distances + top-k on our own kernels (GPU), their NumPy path (CPU, one query or a
+few), or torch's GEMM and top-k with an exactness check (CPU batches, see ._cpu_batch)."""
 from __future__ import annotations
 
 import numpy as np
 
 from .. import kernels
 from ..hits import Hits
+from . import _cpu_batch
 
 __all__ = ["ExactBackend", "kernel_metric", "exact_search"]
 
@@ -30,8 +32,14 @@ def exact_search(store, queries, k: int, metric: str, allow: np.ndarray | None, 
             mask = torch.from_numpy(np.ascontiguousarray(mask)).to(base.device)
         if queries.dtype != base.dtype:  # a float16 device copy takes float16 queries (fp32 accumulate)
             queries = queries.to(base.dtype)
-    D, I = kernels.fused_search(queries, base, k, metric=kernel_metric(metric), mask=mask, base_sqnorms=sq)
-    D, I = _host(D), _host(I)
+    if isinstance(base, np.ndarray) and queries.shape[0] >= _cpu_batch.MIN_BATCH and _cpu_batch.available():
+        D, I, redo = _cpu_batch.exact_batch(queries, base, k, l2=metric == "l2", mask=mask, base_sqnorms=sq)
+        if len(redo):  # a tie at the k-th place torch may have cut anywhere: the kernels' exact rule decides
+            D[redo], I[redo] = kernels.fused_search(queries[redo], base, k, metric=kernel_metric(metric),
+                                                    mask=mask, base_sqnorms=sq)
+    else:
+        D, I = kernels.fused_search(queries, base, k, metric=kernel_metric(metric), mask=mask, base_sqnorms=sq)
+        D, I = _host(D), _host(I)
     if start:
         I = np.where(I >= 0, I + start, -1)
     return D, I
