@@ -28,6 +28,7 @@ import dataclasses
 import logging
 import os
 import sys
+import threading
 import time
 from typing import Sequence
 
@@ -35,6 +36,7 @@ import numpy as np
 from ray import serve
 
 from gpusearch.arrays import as_ids
+from gpusearch.backends import import_on_first_batch, warm_up
 from gpusearch.catalog import Catalog, CatalogReader, ShardCatalog
 from gpusearch.collection import shard_of
 from gpusearch.errors import DeadlineExceededError, InvalidArgumentError, InvalidTypeError, NotFoundError
@@ -139,8 +141,13 @@ class ShardServer:
         self.cfg = ServeConfig(**cfg)
         self.shard = shard
         _set_search_threads(self.cfg.shard_search_threads())
+        # A query must never wait for torch's import (1.5-3 s) past the aggregator's shard timeout: CPU
+        # batches take the NumPy path until a background thread has imported it (gpusearch.backends._cpu_batch).
+        import_on_first_batch(False)
         self.catalog = ShardCatalog(self.cfg.data_dir, shard, device=self.cfg.device)
         self.catalog.open_all()  # caught up before Serve routes anything here
+        threading.Thread(target=warm_up, args=(self.cfg.shard_search_threads(),), daemon=True,
+                         name="gpusearch-torch-import").start()
         # Concurrent queries share one engine search; see serve/batching.py for why not @serve.batch.
         self.batcher = GreedyBatcher(self._search_batch, max_size=self.cfg.batch_max_size,
                                      wait_s=self.cfg.batch_wait_s)

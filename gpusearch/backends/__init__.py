@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 
 from ..errors import InvalidTypeError
+from ._cpu_batch import import_on_first_batch, warm_up
 from .exact import ExactBackend
 from .faiss_backend import FaissBackend, split_refine
 from .options import DEFAULT_EF_CONSTRUCTION, check_index_options
 
 __all__ = ["ExactBackend", "FaissBackend", "make_backend", "check_index_spec", "check_index_options",
-           "index_family", "DEFAULT_EF_CONSTRUCTION"]
+           "index_family", "DEFAULT_EF_CONSTRUCTION", "import_on_first_batch", "warm_up"]
 
 
 def check_index_spec(spec: str, dim: int, metric: str) -> str:

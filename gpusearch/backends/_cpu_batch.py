@@ -15,10 +15,11 @@ exact path. The others are exact as they are, and are ordered by (score, row).
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import numpy as np
 
-__all__ = ["MIN_BATCH", "available", "exact_batch"]
+__all__ = ["MIN_BATCH", "available", "exact_batch", "import_on_first_batch", "warm_up"]
 
 #: Batches of at least this many queries take this path.
 MIN_BATCH = 16
@@ -27,14 +28,38 @@ _TILE_ROWS = 65536
 _TILE_BYTES = 256 << 20
 
 _available: bool | None = None
+_may_import = True
 
 
 def available() -> bool:
-    """Whether torch is installed (checked once, without importing it)."""
+    """Whether this path may run now: torch is installed and either imported already or allowed to be
+    imported by the first batch (see :func:`import_on_first_batch`). Never imports torch itself."""
     global _available
+    if "torch" in sys.modules:
+        return True
+    if not _may_import:
+        return False
     if _available is None:
         _available = importlib.util.find_spec("torch") is not None
     return _available
+
+
+def import_on_first_batch(allowed: bool) -> None:
+    """Whether the first batch may import torch (1.5-3 s here). A served shard replica says no, so that
+    no query waits for it past the aggregator's shard timeout, and imports torch in the background
+    instead (:func:`warm_up`); until then its batches take the kernels' NumPy path."""
+    global _may_import
+    _may_import = bool(allowed)
+
+
+def warm_up(threads: int | None = None) -> None:
+    """Import torch now (in a background thread, say), with ``threads`` intra-op threads."""
+    if importlib.util.find_spec("torch") is None:
+        return
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def exact_batch(xq: np.ndarray, xb: np.ndarray, k: int, *, l2: bool, mask: np.ndarray | None = None,
