@@ -22,7 +22,6 @@ if str(BENCH) not in sys.path:
 
 from server_proc import free_port  # noqa: E402  (bench/server_proc.py)
 
-_free_port = free_port  # the name tests/test_serve_cli.py imports
 
 
 @functools.lru_cache(maxsize=1)

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import _free_port
+from server_proc import free_port
 
 pytest.importorskip("ray")
 httpx = pytest.importorskip("httpx")
 
 
 def test_gpusearch_serve_embedded_default(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     env.update(RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1", GPUSEARCH_API_KEYS="")
     exe = Path(sys.executable).with_name("gpusearch")

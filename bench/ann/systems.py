@@ -485,12 +485,6 @@ class USearch(_Base):
 # ── Milvus Lite ──────────────────────────────────────────────────────────────────────────────
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class MilvusLite(_Base):
     """Milvus Lite (``pymilvus.MilvusClient("<dir>/milvus.db")``), metric IP.
 
@@ -574,7 +568,9 @@ class MilvusLite(_Base):
         self._data = os.path.join(self._dir, "milvus.db")
         if self.server == "embedded":
             return self._data
-        port = _free_port()
+        from server_proc import free_port  # bench/server_proc.py: the one free_port
+
+        port = free_port()
         self._log = open(os.path.join(self._dir, "server.log"), "wb")
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "milvus_lite", "server", "--data-dir", self._data,
