@@ -239,13 +239,12 @@ class Shard:
             else:
                 exact = self.backend.kind == "exact"
                 hits = self.backend.search(self.store, queries, k + 1 if exact else k, allow, request.params)
-                D, I = self._order_by_id(hits.scores, hits.keys)
+                D, I = self._order_by_id(hits.scores, hits.keys)  # in place
                 if exact:
                     tied = (I[:, k] >= 0) & (D[:, k] == D[:, k - 1])
                     for q in np.flatnonzero(tied):
                         D[q, :k], I[q, :k] = self._exact_row(queries, q, k, allow)
-                    D, I = D[:, :k], I[:, :k]
-                hits = Hits(D, I)
+                    hits = Hits(D[:, :k], I[:, :k])
             if request.include_metadata or request.include_vectors:
                 self._attach(hits, request, schema)
             return hits, self.ids
