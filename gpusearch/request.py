@@ -199,7 +199,7 @@ def parse_params(params: Any, family: str) -> SearchParams:
 
 
 # -- the request -------------------------------------------------------------------------------
-@dataclass(eq=False, slots=True)
+@dataclass(eq=False)  # not slots: Ray's serializer reads an argument's __dict__
 class SearchRequest:
     """One checked search. Build it with :func:`build_request`; tiers below an edge trust it, so
     treat it as read-only (:meth:`with_k` and ``dataclasses.replace`` make changed copies; it is
