@@ -787,7 +787,18 @@ def main() -> None:
     ap.add_argument("--no-recheck", action="store_true", help="skip the in-process re-run after the server")
     ap.add_argument("--out", default=None, help="result file (default bench/results/serve-<machine>.json)")
     ap.add_argument("--phase", choices=["all", "served-light"], default="all", help=argparse.SUPPRESS)
+    ap.add_argument("--summarize", metavar="RESULT", default=None, help="recompute the goals and notes of a stored "
+                    "result file (after their definitions change) without measuring again")
     args = ap.parse_args()
+    if args.summarize:
+        path = Path(args.summarize)
+        res = json.loads(path.read_text())
+        res["goals"], res["notes"] = goals_of(res), notes(res)
+        path.write_text(json.dumps(res, indent=2, default=float))
+        for k, v in res["goals"].items():
+            print(f"  {k}: {v:.2f}" if isinstance(v, float) else f"  {k}: {v}")
+        print(f"rewrote {path}")
+        return
     levels = [int(x) for x in args.levels.split(",")]
     args.direct_levels = [int(x) for x in args.direct_levels.split(",")] if args.direct_levels else []
     args.inproc_batches = [int(x) for x in args.inproc_batches.split(",")] if args.inproc_batches else []
@@ -847,31 +858,7 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
     res["loadavg_end"] = os.getloadavg()
 
-    ip, sv = res["in_process"]["levels"], res["served"]["levels"]
-    ip1 = ip["1"]
-    goals = {"in_process_p50_ms": ip1["p50_ms"], "in_process_qps1": ip1["qps"], "served_p50_ms": sv["1"]["p50_ms"],
-             "served_p50_minus_in_process_p50_ms": sv["1"]["p50_ms"] - ip1["p50_ms"],
-             "goal_p50_within_10ms": bool(sv["1"]["p50_ms"] - ip1["p50_ms"] <= 10.0),
-             "handle_p50_minus_in_process_p50_ms": res["served"]["handle_c1"]["p50_ms"] - ip1["p50_ms"]}
-    if "32" in sv:
-        goals["served_qps32"] = sv["32"]["qps"]
-        goals["served_qps32_over_in_process_qps1"] = sv["32"]["qps"] / ip1["qps"]
-        goals["goal_qps32_at_least_2x"] = bool(sv["32"]["qps"] / ip1["qps"] >= 2.0)
-    if "in_process_after" in res:  # the same goals against the in-process run after the server (drift check)
-        ip1b = res["in_process_after"]["levels"]["1"]
-        goals["after"] = {"in_process_p50_ms": ip1b["p50_ms"], "in_process_qps1": ip1b["qps"],
-                          "served_p50_minus_in_process_p50_ms": sv["1"]["p50_ms"] - ip1b["p50_ms"]}
-        if "32" in sv:
-            goals["after"]["served_qps32_over_in_process_qps1"] = sv["32"]["qps"] / ip1b["qps"]
-    goals["variants"] = []
-    for var in res.get("served_variants", []):
-        vv = var["levels"]
-        g = {"settings": var["settings"], "served_p50_ms": vv["1"]["p50_ms"],
-             "served_p50_minus_in_process_p50_ms": vv["1"]["p50_ms"] - ip1["p50_ms"]}
-        if "32" in vv:
-            g["served_qps32"] = vv["32"]["qps"]
-            g["served_qps32_over_in_process_qps1"] = vv["32"]["qps"] / ip1["qps"]
-        goals["variants"].append(g)
+    goals = goals_of(res)
     res["goals"] = goals
     try:
         res["notes"] = notes(res)
@@ -903,6 +890,61 @@ def main() -> None:
     png = out.with_suffix(".png")
     if plot(res, png):
         print(f"wrote {png}")
+
+#: CPU ms per query spent outside the shards (proxy, ingress, Aggregator, controller) before issue 14, per its text
+#: ("110-150 ms"); the goal is a third of the low end.
+OUTSIDE_SHARDS_BEFORE_MS = 110.0
+
+
+def outside_shards_ms(cpu: dict) -> float:
+    """CPU ms per query in every server role but the shards (the bench process, the client, is not the server)."""
+    return sum(v for k, v in cpu.items() if k not in ("shards", "client (bench process)"))
+
+
+def goals_of(res: dict) -> dict:
+    """The served goals of issue 14, from the measurements: HTTP p50 within 5 ms of /healthz p50 + in-process p50,
+    Python-handle p50 within 3 ms of in-process, QPS at 32 clients >= 3x in-process one at a time, CPU per query
+    outside the shards <= a third of the 110 ms measured before."""
+    ip, sv = res["in_process"]["levels"], res["served"]["levels"]
+    ip1 = ip["1"]
+    hz = res["served"]["healthz_c1"]["p50_ms"]
+    g = {"in_process_p50_ms": ip1["p50_ms"], "in_process_qps1": ip1["qps"], "served_p50_ms": sv["1"]["p50_ms"],
+         "healthz_p50_ms": hz,
+         "served_p50_minus_healthz_minus_in_process_ms": sv["1"]["p50_ms"] - hz - ip1["p50_ms"],
+         "handle_p50_minus_in_process_p50_ms": res["served"]["handle_c1"]["p50_ms"] - ip1["p50_ms"]}
+    g["goal_http_p50_within_5ms"] = bool(g["served_p50_minus_healthz_minus_in_process_ms"] <= 5.0)
+    g["goal_handle_p50_within_3ms"] = bool(g["handle_p50_minus_in_process_p50_ms"] <= 3.0)
+    if "32" in sv:
+        g["served_qps32"] = sv["32"]["qps"]
+        g["served_qps32_over_in_process_qps1"] = sv["32"]["qps"] / ip1["qps"]
+        g["goal_qps32_at_least_3x"] = bool(g["served_qps32_over_in_process_qps1"] >= 3.0)
+    for c in ("1", "32"):
+        if c in sv and "cpu_ms_per_query_median" in sv[c]:
+            g[f"cpu_ms_per_query_outside_shards_c{c}"] = outside_shards_ms(sv[c]["cpu_ms_per_query_median"])
+    if "cpu_ms_per_query_outside_shards_c32" in g:
+        g["goal_outside_shards_cpu_cut_3x_c32"] = bool(
+            g["cpu_ms_per_query_outside_shards_c32"] <= OUTSIDE_SHARDS_BEFORE_MS / 3)
+    if "cpu_ms_per_query_outside_shards_c1" in g:
+        g["goal_outside_shards_cpu_cut_3x_c1"] = bool(
+            g["cpu_ms_per_query_outside_shards_c1"] <= OUTSIDE_SHARDS_BEFORE_MS / 3)
+    if "in_process_after" in res:  # the same ratios against the in-process run after the server (drift check)
+        ip1b = res["in_process_after"]["levels"]["1"]
+        g["after"] = {"in_process_p50_ms": ip1b["p50_ms"], "in_process_qps1": ip1b["qps"],
+                      "served_p50_minus_healthz_minus_in_process_ms": sv["1"]["p50_ms"] - hz - ip1b["p50_ms"]}
+        if "32" in sv:
+            g["after"]["served_qps32_over_in_process_qps1"] = sv["32"]["qps"] / ip1b["qps"]
+    g["variants"] = []
+    for var in res.get("served_variants", []):
+        vv = var["levels"]
+        vh = var["healthz_c1"]["p50_ms"]
+        x = {"settings": var["settings"], "served_p50_ms": vv["1"]["p50_ms"], "healthz_p50_ms": vh,
+             "served_p50_minus_healthz_minus_in_process_ms": vv["1"]["p50_ms"] - vh - ip1["p50_ms"]}
+        if "32" in vv:
+            x["served_qps32"] = vv["32"]["qps"]
+            x["served_qps32_over_in_process_qps1"] = vv["32"]["qps"] / ip1["qps"]
+        g["variants"].append(x)
+    return g
+
 
 
 def notes(res: dict) -> list[str]:
