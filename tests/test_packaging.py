@@ -1,4 +1,4 @@
-"""kernels/, serve/ and join/ install as gpusearch.kernels, gpusearch.serve and gpusearch.join from a wheel too,
+"""gpukernels/, serve/ and join/ install as gpusearch.kernels, gpusearch.serve and gpusearch.join from a wheel too,
 CUDA sources included."""
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ def test_wheel_maps_kernels_serve_and_join_into_gpusearch(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     wheel = next(tmp_path.glob("gpusearch-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for cu in (ROOT / "kernels").glob("*.cu"):
+    sources = sorted((ROOT / "gpukernels").glob("*.cu"))
+    assert len(sources) >= 3, sources
+    for cu in sources:
         assert f"gpusearch/kernels/{cu.name}" in names
     assert "gpusearch/serve/__init__.py" in names and "gpusearch/backends/faiss_backend.py" in names
     assert "gpusearch/join/__init__.py" in names and "gpusearch/join.py" not in names
@@ -36,3 +38,19 @@ def test_wheel_maps_kernels_serve_and_join_into_gpusearch(tmp_path):
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_no_top_level_folder_shadows_an_installed_package():
+    """Every Python process whose path holds the checkout (``python -m pytest`` and ``python -c`` run
+    there, and every Ray worker of a server started there: Ray puts the driver's working directory on
+    its workers' path) imports a top-level folder of ours before site-packages. A folder named like an
+    installed distribution's module hides that module: ours was called ``kernels`` until
+    transformers 5 began to depend on Hugging Face's ``kernels``, and sentence-transformers then
+    failed to import in every served Aggregator."""
+    from importlib.metadata import packages_distributions
+
+    installed = packages_distributions()
+    ours = sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file() and p.name != "gpusearch")
+    assert ours, "found none of the package folders"
+    clashes = {name: installed[name] for name in ours if name in installed}
+    assert not clashes, f"top-level folders named like installed packages: {clashes}"
