@@ -264,13 +264,13 @@ def plot(res: dict, path: Path, target: float) -> None:
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3, frameon=False)
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=2, frameon=False)
     m = res["machine"]
     fig.suptitle(f"{res['dataset']['name']}: {res['dataset']['n']:,} x {res['dataset']['dim']}, "
                  f"{res['dataset']['nq']:,} queries, k=10 -- {m['gpu'] or m['cpu']} ({m['cores']} cores), {res['date']}",
                  fontsize=10)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
-    fig.savefig(path, dpi=110)
+    fig.tight_layout(rect=(0, 0.2, 1, 1))
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # long labels must not run off the edge
     plt.close(fig)
 
 
