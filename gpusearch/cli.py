@@ -80,19 +80,23 @@ def _serve(args) -> int:
         print(f"no API key configured: serving without auth on loopback only ({cfg.host})")
     else:
         print(f"API keys configured: {len(cfg.api_keys)}")
-    from gpusearch.serve.app import load_demo, start
+    from gpusearch.serve.app import DEMO_QUERY, load_demo, start
 
     t0 = time.perf_counter()
     print(f"starting Ray and the gpusearch app (data in {cfg.data_dir}) ...", flush=True)
     start(cfg, num_cpus=args.num_cpus, ray_temp_dir=args.ray_temp_dir)
     print(f"app up in {time.perf_counter() - t0:.1f} s", flush=True)
     if not args.no_demo and cfg.encoder_enabled:
-        load_demo(cfg)  # the stdlib docstrings into 'default', embedded by the Aggregator, then one query
+        # the stdlib docstrings into 'default', embedded by the Aggregator, then one query
+        r = load_demo(cfg, say=lambda m: print(m, flush=True))
+        print(f"query {DEMO_QUERY!r} ->")
+        for rid, score in zip(r.ids[0], r.scores[0]):
+            print(f"  {score:.3f}  {rid}", flush=True)
     url = f"http://{cfg.host}:{cfg.port}"
     key = f" -H 'Api-Key: {next(iter(cfg.api_keys))[:2]}...'" if cfg.api_keys else ""
     print(f"\ngpusearch is serving at {url}   (OpenAPI docs: {url}/docs, metrics: {url}/metrics)")
     print("try:\n  curl -s " + url + "/query -H 'Content-Type: application/json'" + key +
-          " -d '{\"text\": \"run an external program and capture its output\", \"topK\": 3, \"includeMetadata\": true}'",
+          " -d '{\"text\": \"" + DEMO_QUERY + "\", \"topK\": 3, \"includeMetadata\": true}'",
           flush=True)
     if args.exit_after_start:
         return 0

@@ -118,9 +118,14 @@ def start(cfg: ServeConfig, *, ray_temp_dir: str | None = None, num_cpus: int | 
     return serve.run(build_app(cfg), name=cfg.app_name, route_prefix="/")
 
 
-def load_demo(cfg: ServeConfig) -> None:
+DEMO_QUERY = "run an external program and capture its output"
+
+
+def load_demo(cfg: ServeConfig, *, say=log.info):
     """Fill the ``default`` collection of the running app with standard-library docstrings embedded
-    by the Aggregator's encoder (once), then run one text query and print its answer."""
+    by the Aggregator's encoder (once), then run :data:`DEMO_QUERY` and return its top 3 (a
+    ``SearchResult``). Progress goes to ``say`` (this module's logger unless the caller, the CLI,
+    passes ``print``)."""
     from ray import serve
 
     from gpusearch.demo import stdlib_docs
@@ -130,7 +135,7 @@ def load_demo(cfg: ServeConfig) -> None:
     have = writer.list.remote().result()["collections"].get("default")
     if have is None or have["records"] == 0:
         docs = stdlib_docs()
-        print(f"loading the demo corpus into 'default': {len(docs)} standard-library docstrings ...", flush=True)
+        say(f"loading the demo corpus into 'default': {len(docs)} standard-library docstrings ...")
         t0 = time.perf_counter()
         if have is None:
             lineage = aggregator.encoder_lineage.remote().result()
@@ -140,9 +145,5 @@ def load_demo(cfg: ServeConfig) -> None:
             vecs = aggregator.encode.remote([d["text"] for d in part]).result()
             writer.upsert.remote("default", [d["id"] for d in part], vecs,
                                  [{"module": d["module"], "kind": d["kind"]} for d in part]).result()
-        print(f"loaded in {time.perf_counter() - t0:.1f} s", flush=True)
-    text = "run an external program and capture its output"
-    r = aggregator.query_text.remote("default", [text], 3).result()
-    print(f"query {text!r} ->")
-    for rid, score in zip(r.ids[0], r.scores[0]):
-        print(f"  {score:.3f}  {rid}", flush=True)
+        say(f"loaded in {time.perf_counter() - t0:.1f} s")
+    return aggregator.query_text.remote("default", [DEMO_QUERY], 3).result()
