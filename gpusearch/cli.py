@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -74,44 +75,121 @@ def _compact(args) -> int:
 def _serve(args) -> int:
     from gpusearch.serve.config import ServeConfig
 
-    cfg = ServeConfig.load(args.config, host=args.host, port=args.port, data_dir=args.data_dir, shards=args.shards,
-                           replicas=args.replicas, device=args.device)
-    if not cfg.api_keys:
-        print(f"no API key configured: serving without auth on loopback only ({cfg.host})")
-    else:
-        print(f"API keys configured: {len(cfg.api_keys)}")
-    from gpusearch.serve.app import DEMO_QUERY, load_demo, start
+    from ._signals import Stop, on_signals
 
-    t0 = time.perf_counter()
-    print(f"starting Ray and the gpusearch app (data in {cfg.data_dir}) ...", flush=True)
-    start(cfg, num_cpus=args.num_cpus, ray_temp_dir=args.ray_temp_dir)
-    print(f"app up in {time.perf_counter() - t0:.1f} s", flush=True)
-    if not args.no_demo and cfg.encoder_enabled:
-        # the stdlib docstrings into 'default', embedded by the Aggregator, then one query
-        r = load_demo(cfg, say=lambda m: print(m, flush=True))
-        print(f"query {DEMO_QUERY!r} ->")
-        for rid, score in zip(r.ids[0], r.scores[0]):
-            print(f"  {score:.3f}  {rid}", flush=True)
-    url = f"http://{cfg.host}:{cfg.port}"
-    key = f" -H 'Api-Key: {next(iter(cfg.api_keys))[:2]}...'" if cfg.api_keys else ""
-    print(f"\ngpusearch is serving at {url}   (OpenAPI docs: {url}/docs, metrics: {url}/metrics)")
-    print("try:\n  curl -s " + url + "/query -H 'Content-Type: application/json'" + key +
-          " -d '{\"text\": \"" + DEMO_QUERY + "\", \"topK\": 3, \"includeMetadata\": true}'",
-          flush=True)
-    if args.exit_after_start:
-        return 0
+    cfg = ServeConfig.load(args.config, host=args.host, port=args.port, data_dir=args.data_dir, shards=args.shards,
+                           replicas=args.replicas, device=args.device, drain_grace_s=args.drain_grace,
+                           log_level=args.log_level, log_format=args.log_format, log_dir=args.log_dir)
+    say = _sayer(cfg.log_format)
+    if not cfg.api_keys:
+        say(f"no API key configured: serving without auth on loopback only ({cfg.host})")
+    else:
+        say(f"API keys configured: {len(cfg.api_keys)}")
+
+    on_signals(at_once="stopping at once (acknowledged writes are in the WAL; the next start replays them)")
+    up = False
     try:
+        from gpusearch.serve.app import DEMO_QUERY, load_demo, serve_log_dir, start
+
+        t0 = time.perf_counter()
+        say(f"starting Ray and the gpusearch app (data in {cfg.data_dir}) ...")
+        start(cfg, num_cpus=args.num_cpus, ray_temp_dir=args.ray_temp_dir)
+        on_signals(at_once="stopping at once (acknowledged writes are in the WAL; the next start replays them)")
+        up = True
+        say(f"app up in {time.perf_counter() - t0:.1f} s; request logs in {serve_log_dir(cfg)}")
+        if not args.no_demo and cfg.encoder_enabled:
+            # the stdlib docstrings into 'default', embedded by the Aggregator, then one query
+            r = load_demo(cfg, say=say)
+            say(f"query {DEMO_QUERY!r} ->")
+            for rid, score in zip(r.ids[0], r.scores[0]):
+                say(f"  {score:.3f}  {rid}")
+        url = f"http://{cfg.host}:{cfg.port}"
+        key = f" -H 'Api-Key: {next(iter(cfg.api_keys))[:2]}...'" if cfg.api_keys else ""
+        say(f"\ngpusearch is serving at {url}   (OpenAPI docs: {url}/docs, metrics: {url}/metrics)")
+        say("try:\n  curl -s " + url + "/query -H 'Content-Type: application/json'" + key +
+            " -d '{\"text\": \"" + DEMO_QUERY + "\", \"topK\": 3, \"includeMetadata\": true}'")
+        if args.exit_after_start:
+            return 0
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
-        from ray import serve
+    except Stop as stop_signal:
+        name = stop_signal.name
+        if not up:
+            say(f"{name} while starting: stopping")
+            _stop_ray()
+            return 0
+        from gpusearch.serve.app import stop
 
-        print("shutting down")
-        serve.shutdown()
-    return 0
+        say(f"{name}: stopping; requests under way have {cfg.drain_grace_s:g} s to finish, new ones get 503 "
+            f"(a second signal stops at once)")
+        # Whatever happens in there (a Ray process gone, a handle that never answers), the stop ends.
+        limit = cfg.drain_grace_s + 60
+        watchdog = threading.Timer(limit, lambda: (print(f"the stop did not finish in {limit:g} s: stopping at "
+                                                         f"once (acknowledged writes are in the WAL)", flush=True),
+                                                   os._exit(1)))
+        watchdog.daemon = True
+        watchdog.start()
+        out = stop(cfg, say=say)
+        watchdog.cancel()
+        unfinished = out["unfinished_requests"] + out.get("unfinished_writes", 0)
+        say(f"stopped in {out['seconds']:.1f} s: " + (
+            "the drain did not finish" if not out["drained"] else
+            "every request under way finished" if not unfinished else
+            f"{unfinished} requests were still running at the end of the grace period") +
+            ("; collections checkpointed" if out.get("checkpointed") else
+             "; the WAL keeps every acknowledged write for the next start"))
+        return 0
+
+
+def _stop_ray() -> None:
+    try:
+        import ray
+
+        ray.shutdown()
+    except Exception:  # noqa: BLE001 - nothing started
+        pass
+
+
+def _sayer(log_format: str):
+    """How the serve command prints its own lines: plain text, or one JSON object a line (the shape
+    of :class:`gpusearch.serve._logs.JsonLines`)."""
+    if log_format != "json":
+        return lambda msg: print(msg, flush=True)
+    import logging
+
+    from gpusearch.serve._logs import JsonLines
+
+    fmt = JsonLines()
+
+    def say(msg: str) -> None:
+        for line in msg.strip("\n").splitlines():
+            print(fmt.format(logging.LogRecord("gpusearch.cli", logging.INFO, __file__, 0, line, None, None)),
+                  flush=True)
+    return say
 
 
 def _join(args) -> int:
+    """The join, stopped in order on SIGTERM/SIGINT: the parts already written stay (each is whole),
+    Ray stops, and the same command run again resumes; exit status 128 + the signal (not done)."""
+    from ._signals import Stop, on_signals, signals_ignored
+
+    at_once = "stopping at once (finished parts stay; the same command resumes)"
+    on_signals(at_once=at_once)
+    try:
+        from .join._joins import _ensure_ray
+
+        with signals_ignored():  # Ray's processes leave the stopping to this one
+            _ensure_ray()
+        on_signals(at_once=at_once)  # again: ray.init installed its own SIGTERM handler
+        return _run_join(args)
+    except Stop as stop_signal:
+        print(f"{stop_signal.name}: join stopped; the parts finished so far stay in {args.output}, and the same "
+              f"command resumes from them", flush=True)
+        _stop_ray()
+        return 128 + stop_signal.signum
+
+
+def _run_join(args) -> int:
     from . import join
 
     flt = None
@@ -164,6 +242,14 @@ def main(argv=None) -> int:
     v.add_argument("--device", default=None)
     v.add_argument("--num-cpus", type=int, default=None, help="CPUs the local Ray may use")
     v.add_argument("--no-demo", action="store_true", help="do not load the demo corpus into 'default'")
+    v.add_argument("--drain-grace", type=float, default=None, metavar="SECONDS",
+                   help="on SIGTERM/SIGINT, how long requests under way may take to finish (default 5)")
+    v.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="the replicas' log level (default INFO: one line per request)")
+    v.add_argument("--log-format", default=None, choices=["text", "json"],
+                   help="text (default) or json: one JSON object a line, for log shippers")
+    v.add_argument("--log-dir", default=None, help="where the replicas write their logs "
+                                                   "(default: the local Ray session's logs/serve)")
     v.add_argument("--exit-after-start", action="store_true", help=argparse.SUPPRESS)
     # Where the local Ray keeps its sockets and logs (short paths only: Unix sockets live there);
     # the fault tests use it to find, and kill -9, every process one server started.

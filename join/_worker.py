@@ -90,6 +90,8 @@ class JoinWorker:
         if self.output is None:
             return table
         write_part(self.output, table, ids)
+        from gpusearch.serve._faults import HOLD_JOIN_PART, hold_while_file_exists
+        hold_while_file_exists(HOLD_JOIN_PART)  # a test hook: nothing unless a test sets it
         return stats_row(n, table.num_rows)
 
 

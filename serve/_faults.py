@@ -15,9 +15,15 @@ import logging
 import os
 import time
 
-__all__ = ["HOLD_SHARD_START", "MAX_HOLD_S", "hold_while_file_exists"]
+__all__ = ["HOLD_SHARD_START", "HOLD_WRITE", "HOLD_JOIN_PART", "MAX_HOLD_S", "hold_while_file_exists"]
 
 HOLD_SHARD_START = "GPUSEARCH_FAULT_HOLD_SHARD_START"
+# The same for a write: the Writer's upsert waits (in its worker thread, before it touches the WAL)
+# while the file exists, so a stop test can have writes under way for as long as it needs.
+HOLD_WRITE = "GPUSEARCH_FAULT_HOLD_WRITE"
+# And for a join: a join worker waits after each part it has written, so a stop test can signal a
+# join that has finished some parts and cannot have finished them all.
+HOLD_JOIN_PART = "GPUSEARCH_FAULT_HOLD_JOIN_PART"
 MAX_HOLD_S = 600.0
 POLL_S = 0.05
 
@@ -38,7 +44,7 @@ def hold_while_file_exists(variable: str = HOLD_SHARD_START, *, max_s: float = M
     if not path or not os.path.exists(path):
         return 0.0
     t0 = time.monotonic()
-    log.warning("%s: holding this start while %s exists (pid %d)", variable, path, os.getpid())
+    log.warning("%s: holding while %s exists (pid %d)", variable, path, os.getpid())
     while os.path.exists(path):
         if time.monotonic() - t0 > max_s:
             log.warning("%s: %s still exists after %.0f s; going on", variable, path, max_s)

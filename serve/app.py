@@ -22,12 +22,13 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 import time
 from typing import Any
 
 from .config import ServeConfig, is_loopback
 
-__all__ = ["build_app", "app_builder", "start", "load_demo", "gpus_per_shard_replica"]
+__all__ = ["build_app", "app_builder", "start", "stop", "load_demo", "serve_log_dir", "gpus_per_shard_replica"]
 
 log = logging.getLogger("gpusearch.serve")
 
@@ -109,13 +110,103 @@ def start(cfg: ServeConfig, *, ray_temp_dir: str | None = None, num_cpus: int | 
     import ray
     from ray import serve
 
+    from gpusearch._signals import signals_ignored
+
+    from ._logs import driver_logging
+
+    driver_logging(cfg.log_format, cfg.log_level)
+
     if not ray.is_initialized():
         # Ray 2.60 turns token auth on by default; the in-process cluster is private to this machine.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(include_dashboard=False, num_cpus=num_cpus, log_to_driver=False,
-                 _temp_dir=ray_temp_dir or tempfile.mkdtemp(prefix="gsray-"))
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    return serve.run(build_app(cfg), name=cfg.app_name, route_prefix="/")
+        # Ray's processes inherit ignored SIGINT/SIGTERM: a Ctrl-C to the terminal's process group
+        # leaves them running for this process to drain and stop (gpusearch/_signals.py).
+        with signals_ignored():
+            ray.init(include_dashboard=False, num_cpus=num_cpus, log_to_driver=False,
+                     _temp_dir=ray_temp_dir or tempfile.mkdtemp(prefix="gsray-"))
+    from ._logs import StartNoiseFilter, serve_logging_config
+
+    driver_logging(cfg.log_format, cfg.log_level)  # again: ray.init may have set its handlers anew
+
+    logging_config = serve_logging_config(cfg)
+    serve_log = logging.getLogger("ray.serve")
+    if not any(isinstance(f, StartNoiseFilter) for f in serve_log.filters):
+        serve_log.addFilter(StartNoiseFilter())
+    serve.start(http_options={"host": cfg.host, "port": cfg.port}, logging_config=logging_config)
+    return serve.run(build_app(cfg), name=cfg.app_name, route_prefix="/", logging_config=logging_config)
+
+
+def serve_log_dir(cfg: ServeConfig) -> str:
+    """Where the replicas' logs are: ``cfg.log_dir``, or the local Ray session's ``logs/serve``."""
+    if cfg.log_dir:
+        return cfg.log_dir
+    try:
+        import ray
+
+        return os.path.join(ray._private.worker._global_node.get_logs_dir_path(), "serve")
+    except Exception:  # noqa: BLE001 - no local Ray node in this process
+        return "(the Ray session's logs/serve)"
+
+
+def _dead_ray_processes() -> list[str]:
+    """The local Ray node's processes (GCS, raylet, ...) that have exited; [] when all run or no node is here."""
+    try:
+        import ray
+
+        node = ray._private.worker._global_node
+        return sorted({name for name, _ in node.dead_processes()}) if node is not None else []
+    except Exception:  # noqa: BLE001 - a Ray without this private API: assume alive
+        return []
+
+
+def stop(cfg: ServeConfig, *, grace_s: float | None = None, say=log.info) -> dict:
+    """The graceful half of stopping: refuse new requests (503; ``/healthz`` says draining), give
+    those under way ``grace_s`` (``cfg.drain_grace_s``) to finish, close the Writer's collections
+    (each checkpoints what its WAL holds), then shut Serve's app and the local Ray down.
+
+    Every acknowledged write is in the WAL before its answer, so a stop cut short (a second signal,
+    a kill) loses nothing either: the next start replays it. Returns what happened, for the log line.
+    """
+    import ray
+    from ray import serve
+
+    grace = cfg.drain_grace_s if grace_s is None else grace_s
+    out: dict[str, Any] = {"drained": False, "unfinished_requests": 0, "checkpointed": False}
+    t0 = time.monotonic()
+
+    def drain():
+        aggregator = serve.get_deployment_handle("Aggregator", app_name=cfg.app_name)
+        writer = serve.get_deployment_handle("Writer", app_name=cfg.app_name)
+        out["unfinished_requests"] = aggregator.drain.remote(grace).result(timeout_s=grace + 30)
+        left = max(1.0, grace - (time.monotonic() - t0))
+        out.update(writer.close.remote(left).result(timeout_s=left + 120))
+        out["drained"] = True
+
+    # In a thread, watched: if Ray's own processes die meanwhile (a supervisor signalled all of them),
+    # no drain is possible and a handle would wait for them for ever.
+    failed: list[BaseException] = []
+    worker = threading.Thread(target=lambda: _capture(drain, failed), daemon=True, name="gpusearch-drain")
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)
+        dead = _dead_ray_processes()
+        if dead:
+            say(f"Ray's own processes were stopped from outside ({', '.join(dead)}); stopping without "
+                f"finishing the drain (acknowledged writes are in the WAL)")
+            break
+    if failed:
+        say(f"could not drain the app ({type(failed[0]).__name__}); stopping Ray (acknowledged writes are in "
+            f"the WAL)")
+    ray.shutdown()
+    out["seconds"] = round(time.monotonic() - t0, 2)
+    return out
+
+
+def _capture(fn, errors: list) -> None:
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - reported by the caller
+        errors.append(e)
 
 
 DEMO_QUERY = "run an external program and capture its output"

@@ -29,6 +29,7 @@ from gpusearch.request import MAX_TOP_K
 __all__ = ["ServeConfig", "KeyGrant", "is_loopback", "parse_key_grant"]
 
 _ENV_PREFIX = "GPUSEARCH_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def is_loopback(host: str) -> bool:
@@ -130,6 +131,14 @@ class ServeConfig:
     # with a fractional CPU reservation to one thread (OMP_NUM_THREADS=1), which leaves cores idle
     # under a batch; None: the machine's cores shared evenly by the shard replicas (at least 1).
     search_threads: int | None = None
+    # Stopping (SIGTERM/SIGINT to `gpusearch serve`): new requests get 503 and in-flight ones have
+    # this many seconds to finish before Ray stops; a second signal stops at once.
+    drain_grace_s: float = 5.0
+    # Logs: Serve's per-replica files (log_dir, or the Ray session's logs/serve/), one line per
+    # request at INFO from the Aggregator; "text" or "json" (one JSON object a line, for log shippers).
+    log_level: str = "INFO"
+    log_format: str = "text"
+    log_dir: str | None = None
 
     def shard_search_threads(self, cores: int | None = None) -> int:
         """Threads each shard replica searches with: ``search_threads``, or the cores shared evenly."""
@@ -175,6 +184,18 @@ class ServeConfig:
                                                 or not isinstance(self.search_threads, int)
                                                 or not 1 <= self.search_threads <= 1024):
             raise ValueError(f"search_threads must be an int between 1 and 1024 (or None), got {self.search_threads!r}")
+        if isinstance(self.drain_grace_s, bool) or not isinstance(self.drain_grace_s, (int, float)) \
+                or not 0 <= self.drain_grace_s <= 3600:
+            raise ValueError(f"drain_grace_s must be a number of seconds between 0 and 3600, got {self.drain_grace_s!r}")
+        self.drain_grace_s = float(self.drain_grace_s)
+        level = str(self.log_level).upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        self.log_level = level
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be 'text' or 'json', got {self.log_format!r}")
+        if self.log_dir is not None:
+            self.log_dir = str(Path(self.log_dir).expanduser().resolve())
         if self.rerank not in ("none", "exact"):
             raise ValueError(f"rerank must be 'none' or 'exact', got {self.rerank!r}")
         if not isinstance(self.api_keys, Mapping):
@@ -231,7 +252,7 @@ class ServeConfig:
 
 
 # Fields whose default is None: the type an environment value is read as.
-_NONE_DEFAULT_TYPES = {"encoder": str, "num_gpus_shard": float, "search_threads": int}
+_NONE_DEFAULT_TYPES = {"encoder": str, "num_gpus_shard": float, "search_threads": int, "log_dir": str}
 
 
 def _parse_keys(raw: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import contextlib
 import logging
 import os
 import sys
@@ -39,7 +40,8 @@ from gpusearch.arrays import as_ids
 from gpusearch.backends import import_on_first_batch, warm_up
 from gpusearch.catalog import Catalog, CatalogReader, ShardCatalog
 from gpusearch.collection import shard_of
-from gpusearch.errors import DeadlineExceededError, InvalidArgumentError, InvalidTypeError, NotFoundError
+from gpusearch.errors import (DeadlineExceededError, InvalidArgumentError, InvalidTypeError, NotFoundError,
+                              UnavailableError)
 from gpusearch.merge import candidates_per_shard, merge, rescore_exact
 from gpusearch.request import SearchRequest
 from gpusearch.results import FetchResult, SearchResult
@@ -47,6 +49,7 @@ from gpusearch.results import FetchResult, SearchResult
 from . import _limits
 from . import http as _http
 from ._errors import unwrap
+from ._logs import replica_logging
 from ._metrics import Metrics
 from .batching import GreedyBatcher
 from .config import ServeConfig
@@ -70,6 +73,9 @@ RETRYABLE = _retryable()
 class Writer:
     def __init__(self, cfg: dict):
         self.cfg = ServeConfig(**cfg)
+        replica_logging(self.cfg.log_level)
+        self.closed = False
+        self.writing = 0
         # The writer never searches: its copy stays on the host and the GPUs stay with the shards.
         self.catalog = Catalog(self.cfg.data_dir, shards=self.cfg.shards, metric=self.cfg.metric,
                                index=self.cfg.index, device="cpu", fsync=self.cfg.fsync,
@@ -77,10 +83,35 @@ class Writer:
         self._lock = asyncio.Lock()
 
     async def _run(self, fn, *args, **kw):
-        return await asyncio.to_thread(fn, *args, **kw)
+        if self.closed:
+            raise UnavailableError("the server is stopping: writes are no longer taken here; retry once it "
+                                   "is back (every acknowledged write is kept)")
+        self.writing += 1
+        try:
+            return await asyncio.to_thread(fn, *args, **kw)
+        finally:
+            self.writing -= 1
+
+    async def close(self, timeout_s: float = 30.0) -> dict:
+        """Stop taking writes, let those under way finish (at most ``timeout_s``), then close every
+        collection (each checkpoints what its WAL holds). Returns what it did, for the stop's log line."""
+        self.closed = True
+        deadline = time.monotonic() + timeout_s
+        while self.writing and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        unfinished = self.writing
+        if unfinished:  # the WAL keeps whatever they acknowledge; the next open replays it
+            log.warning("stopping with %d writes still running after %.1f s", unfinished, timeout_s)
+            return {"checkpointed": False, "unfinished_writes": unfinished}
+        await asyncio.to_thread(self.catalog.close)
+        return {"checkpointed": True, "unfinished_writes": 0}
+
+    def _upsert(self, collection, ids, vectors, metadata):
+        from ._faults import HOLD_WRITE, hold_while_file_exists; hold_while_file_exists(HOLD_WRITE)  # noqa: E702
+        return self.catalog.upsert(collection, ids, vectors, metadata)
 
     async def upsert(self, collection, ids, vectors, metadata=None) -> dict:
-        r = await self._run(self.catalog.upsert, collection, ids, vectors, metadata)
+        r = await self._run(self._upsert, collection, ids, vectors, metadata)
         return {"count": r.count, "sequence": r.sequence}
 
     async def update(self, collection, record_id=None, values=None, set_metadata=None, filter=None) -> dict:
@@ -139,6 +170,7 @@ class ShardServer:
     def __init__(self, cfg: dict, shard: int):
         from ._faults import hold_while_file_exists; hold_while_file_exists()  # noqa: E702 - test hook, see _faults.py
         self.cfg = ServeConfig(**cfg)
+        replica_logging(self.cfg.log_level)
         self.shard = shard
         _set_search_threads(self.cfg.shard_search_threads())
         # A query must never wait for torch's import (1.5-3 s) past the aggregator's shard timeout: CPU
@@ -159,6 +191,7 @@ class ShardServer:
         t0 = time.perf_counter()
         out = await asyncio.to_thread(self.catalog.search_batch, requests)
         seconds = time.perf_counter() - t0
+        log.debug("shard %d searched a batch of %d requests in %.1f ms", self.shard, len(requests), seconds * 1e3)
         return [r if isinstance(r, Exception) else (*r, seconds, len(requests)) for r in out]
 
     async def fetch(self, collection: str, ids: list[str]):
@@ -183,8 +216,13 @@ class AggregatorServer(_http.HttpRoutes):
 
     def __init__(self, cfg: dict, writer=None, *shards):
         self.cfg = ServeConfig(**cfg)
+        replica_logging(self.cfg.log_level)
         self.writer = writer
         self.shards = list(shards)
+        # Stopping: once draining, HTTP requests and handle calls are refused with 503 (retryable)
+        # and drain() waits for in_flight (requests under way) to reach 0.
+        self.draining = False
+        self.in_flight = 0
         self.reader = CatalogReader(self.cfg.data_dir)
         self.grants = self.cfg.key_grants()
         self.metrics = Metrics()
@@ -192,11 +230,15 @@ class AggregatorServer(_http.HttpRoutes):
         _http.OPENAPI.clear()
         _http.OPENAPI["cfg"] = self.cfg  # /openapi.json and /docs state this server's limits
         self.encoder, self._encoder_lineage = None, None
+        # The model loads in the background (importing sentence-transformers and reading the weights
+        # took 11 of this replica's 18 s start on the 2-core VM): vector queries and writes are served
+        # meanwhile, and a text request waits for the load (it is not refused).
+        self._encoder_loader: threading.Thread | None = None
+        self._encoder_error: BaseException | None = None
         if self.cfg.encoder_enabled:
-            from gpusearch.encoders import SentenceEncoder
-
-            self.encoder = SentenceEncoder(self.cfg.encoder, device=self.cfg.device)
-            self._encoder_lineage = self.encoder.lineage
+            self._encoder_loader = threading.Thread(target=self._load_encoder, daemon=True,
+                                                    name="gpusearch-encoder-load")
+            self._encoder_loader.start()
         # Concurrent text queries share one forward pass of the model (see serve/batching.py).
         self.texts = GreedyBatcher(self._encode_batch, max_size=self.cfg.batch_max_size)
 
@@ -248,6 +290,34 @@ class AggregatorServer(_http.HttpRoutes):
         return hits, info, missing, seconds
 
     # -- text ------------------------------------------------------------------
+    def _load_encoder(self) -> None:
+        try:
+            from gpusearch.encoders import SentenceEncoder
+
+            encoder = SentenceEncoder(self.cfg.encoder, device=self.cfg.device)
+            # Ray gave this fractional-CPU replica one thread (OMP_NUM_THREADS=1); on a CPU the encoder
+            # is the heaviest work here (the demo corpus embedded 2x slower with one thread of two cores).
+            if encoder.device == "cpu":
+                _set_search_threads(os.cpu_count() or 1)
+            self.encoder, self._encoder_lineage = encoder, encoder.lineage
+        except BaseException as e:  # noqa: BLE001 - reported by every text request and by check_health
+            log.error("the text encoder could not be loaded", exc_info=e)
+            self._encoder_error = e
+
+    async def _encoder_ready(self) -> None:
+        """Wait for the background load of the encoder (at once when it is done or off)."""
+        loader = self._encoder_loader
+        if loader is not None and loader.is_alive():
+            await asyncio.to_thread(loader.join)
+        if self._encoder_error is not None:
+            raise UnavailableError(f"the server's text encoder could not be loaded "
+                                   f"({type(self._encoder_error).__name__}); the server log says why")
+
+    def check_health(self) -> None:
+        """Serve's health check: a failed encoder load makes Serve replace this replica."""
+        if self._encoder_error is not None:
+            raise RuntimeError(f"the text encoder could not be loaded: {self._encoder_error!r}")
+
     async def _encode_batch(self, items: list[Sequence[str]]) -> list[np.ndarray]:
         """One forward pass for the texts of every waiting caller; each gets its rows back."""
         texts = [t for item in items for t in item]
@@ -260,7 +330,7 @@ class AggregatorServer(_http.HttpRoutes):
         return out
 
     def _texts(self, texts) -> list[str]:
-        if self.encoder is None:
+        if self.encoder is None and self._encoder_loader is None:
             raise InvalidArgumentError("text queries need the encoder; start the server with encoder_enabled: true",
                                        field="text")
         if isinstance(texts, str):
@@ -279,6 +349,7 @@ class AggregatorServer(_http.HttpRoutes):
         """``texts`` embedded for a search of collection ``name``, whose vectors must come from this
         server's encoder (its lineage says which model made them)."""
         texts = self._texts(texts)
+        await self._encoder_ready()
         model = self.reader.info(name).lineage.get("model")
         if model and model != self._encoder_lineage["model"]:
             raise InvalidArgumentError(f"collection {name!r} holds vectors of model {model!r}; the server "
@@ -320,27 +391,57 @@ class AggregatorServer(_http.HttpRoutes):
             "collection": name, "sequence": info["sequence"], "index": info["index"], "lineage": info["lineage"],
             "partial": bool(missing), "missing_shards": missing, "shard_seconds": seconds})
 
+    # -- stopping ----------------------------------------------------------------
+    async def drain(self, grace_s: float) -> int:
+        """Refuse new requests from now on (503, and ``/healthz`` says draining), wait up to
+        ``grace_s`` seconds for those under way to finish, and return how many are still running."""
+        self.draining = True
+        deadline = time.monotonic() + grace_s
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return self.in_flight
+
+    def _refuse_if_draining(self) -> None:
+        if self.draining:
+            raise UnavailableError("the server is stopping; retry in a moment (or against another server)")
+
+    @contextlib.asynccontextmanager
+    async def _handle_call(self):
+        """A Python handle's call: refused while draining, else counted in ``in_flight`` until it ends."""
+        self._refuse_if_draining()
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
     # -- the Python handle's methods -------------------------------------------
     def resolve(self, collection) -> str:
+        self._refuse_if_draining()
         return self.reader.resolve(collection)
 
     async def query(self, collection, queries=None, k=10, *, id: str | None = None, filter=None,
                     include_metadata: bool = False, include_vectors: bool = False, params=None) -> SearchResult:
         """The ``k`` best records of ``collection`` (a name or alias) for each row of ``queries``
         (NumPy, a list, a CPU torch tensor), or for the stored record ``id``."""
-        return await self._search(self.resolve(collection), queries, k, id=id, filter=filter,
-                                  include_metadata=include_metadata, include_vectors=include_vectors, params=params)
+        async with self._handle_call():
+            return await self._search(self.resolve(collection), queries, k, id=id, filter=filter,
+                                      include_metadata=include_metadata, include_vectors=include_vectors,
+                                      params=params)
 
     async def query_text(self, collection, texts, k=10, *, filter=None, include_metadata: bool = False,
                          include_vectors: bool = False, params=None) -> SearchResult:
         """Embed ``texts`` (a str or a list) with this server's encoder, then :meth:`query`."""
-        return await self._search(self.resolve(collection), None, k, texts=texts, filter=filter,
-                                  include_metadata=include_metadata, include_vectors=include_vectors, params=params)
+        async with self._handle_call():
+            return await self._search(self.resolve(collection), None, k, texts=texts, filter=filter,
+                                      include_metadata=include_metadata, include_vectors=include_vectors,
+                                      params=params)
 
     async def fetch(self, collection, ids) -> FetchResult:
         """Records by id, in the order asked; ids that do not exist are listed in ``missing``."""
         wanted = list(dict.fromkeys(as_ids(ids)))
-        records = await self._fetch_records(self.resolve(collection), wanted)
+        async with self._handle_call():
+            records = await self._fetch_records(self.resolve(collection), wanted)
         found = [i for i in wanted if i in records]
         vecs = np.stack([records[i][0] for i in found]) if found else np.empty((0, 0), np.float32)
         return FetchResult(found, vecs, [records[i][1] for i in found], [i for i in wanted if i not in records])
@@ -348,10 +449,15 @@ class AggregatorServer(_http.HttpRoutes):
     async def encode(self, texts) -> np.ndarray:
         """``texts`` (a str or a list) embedded with this server's encoder: an (n, dim) float32 array
         (bulk loads, e.g. ``gpusearch serve``'s demo corpus)."""
-        return await self.texts.submit(self._texts(texts))
+        async with self._handle_call():
+            texts = self._texts(texts)
+            await self._encoder_ready()
+            return await self.texts.submit(texts)
 
-    def encoder_lineage(self) -> dict | None:
-        """The lineage a collection made with this server's encoder records (None without an encoder)."""
+    async def encoder_lineage(self) -> dict | None:
+        """The lineage a collection made with this server's encoder records (None without an encoder);
+        waits for the encoder's load."""
+        await self._encoder_ready()
         return None if self._encoder_lineage is None else dict(self._encoder_lineage)
 
     async def stats(self) -> dict:

@@ -41,6 +41,7 @@ from gpusearch.errors import InvalidArgumentError, LimitExceededError, Permissio
 
 from ._auth import authenticate, check_scope, scoped_listing
 from ._errors import error_json, error_response, unwrap
+from ._logs import COLLECTION, access_line
 from ._limits import BodyLimit, check_count, check_id, check_lengths, json_limits, json_matrix
 from .config import KeyGrant, ServeConfig
 
@@ -275,7 +276,8 @@ class HttpRoutes:
 
     Needs of the class: ``cfg`` (ServeConfig), ``grants`` (key -> KeyGrant), ``metrics``
     (:class:`~gpusearch.serve._metrics.Metrics`), ``writer`` (the Writer's handle),
-    ``reader`` (:class:`gpusearch.catalog.CatalogReader`) and the coroutines ``_search``,
+    ``reader`` (:class:`gpusearch.catalog.CatalogReader`), ``draining`` and ``in_flight`` (see
+    :meth:`~gpusearch.serve.deployments.AggregatorServer.drain`) and the coroutines ``_search``,
     ``_fetch_records`` and ``stats``.
     """
 
@@ -283,6 +285,12 @@ class HttpRoutes:
     async def _guard(self, request: Request, route: str, write: bool, fn, admin: bool = False):
         """Authenticate, run ``fn(grant)``, and answer: its result as JSON, or its error by class."""
         t0 = time.perf_counter()
+        if self.draining:  # stopping: refused before any work, retryable
+            response = error_json(503, "the server is stopping; retry in a moment (or against another server)")
+            response.headers["Retry-After"] = "1"
+            return self._answered(request, route, response, t0)
+        self.in_flight += 1
+        COLLECTION.set(None)
         try:
             grant = authenticate(self.grants, request.headers.get("api-key"), write=write, admin=admin)
             result = await fn(grant)
@@ -297,13 +305,23 @@ class HttpRoutes:
                 log.exception("could not encode the answer", exc_info=e)
                 response = error_json(500, f"internal error: the answer could not be encoded as JSON "
                                            f"({type(e).__name__}); this is a bug, please report it")
+        finally:
+            self.in_flight -= 1
+        return self._answered(request, route, response, t0)
+
+    def _answered(self, request: Request, route: str, response, t0: float):
+        """Count the answer, write its one log line (no query string, no body), and return it."""
+        seconds = time.perf_counter() - t0
         self.metrics.requests.labels(route, str(response.status_code)).inc()
-        self.metrics.latency.labels(route).observe(time.perf_counter() - t0)
+        self.metrics.latency.labels(route).observe(seconds)
+        access_line(request.method, request.url.path, response.status_code, seconds)
         return response
 
     def _collection(self, grant: Optional[KeyGrant], namespace: str) -> str:
         """The collection a request's namespace means (an alias resolved once, here), if ``grant`` may use it."""
-        return check_scope(grant, check_name(namespace, "namespace"), self.reader.resolve)
+        name = check_scope(grant, check_name(namespace, "namespace"), self.reader.resolve)
+        COLLECTION.set(name)
+        return name
 
     def _filter(self, flt, what: str = "filter"):
         if flt is not None:
@@ -455,6 +473,7 @@ class HttpRoutes:
             if body.lineage is not None:
                 json_limits(body.lineage, "lineage", self.cfg.max_metadata_bytes, self.cfg.max_filter_depth,
                             "max_metadata_bytes")
+            COLLECTION.set(check_name(body.name))
             return await self.writer.create.remote(check_name(body.name), body.dimension, body.metric, body.index,
                                                    body.lineage, body.index_options)
         return await self._guard(request, "collections", True, run, admin=True)
@@ -482,6 +501,10 @@ class HttpRoutes:
 
     @api.get("/healthz")
     async def http_healthz(self):
+        """``{"status": "ok"}``; 503 ``{"status": "draining"}`` once the server is stopping (load
+        balancers take it out of rotation)."""
+        if self.draining:
+            return JSONResponse({"status": "draining"}, status_code=503, headers={"Retry-After": "1"})
         return {"status": "ok"}
 
     @api.get("/metrics")

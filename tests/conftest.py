@@ -99,14 +99,16 @@ def served(ray_cluster, tmp_path_factory):
     pytest.importorskip("fastapi")
     from ray import serve
 
+    from gpusearch.serve._logs import serve_logging_config
     from gpusearch.serve.app import build_app
     from gpusearch.serve.config import ServeConfig
 
     cfg = ServeConfig(data_dir=str(tmp_path_factory.mktemp("served")), host="127.0.0.1", port=free_port(),
                       shards=2, replicas=2, api_keys={RW_KEY: "rw", RO_KEY: "ro", **SCOPED_KEYS}, max_batch=500,
                       shard_timeout_s=20.0, fsync=True, device="cpu")
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(build_app(cfg), name=cfg.app_name, route_prefix="/")
+    logging_config = serve_logging_config(cfg)  # what `gpusearch serve` uses: one line per request
+    serve.start(http_options={"host": cfg.host, "port": cfg.port}, logging_config=logging_config)
+    serve.run(build_app(cfg), name=cfg.app_name, route_prefix="/", logging_config=logging_config)
     try:
         yield cfg
     finally:

@@ -367,6 +367,53 @@ def test_join_killed_half_way_resumes_without_duplicates(tmp_path, data):
         join.knn_join(left, data["right"], k=6, workers=2, partitions=2, output=str(out))
 
 
+def test_gpusearch_join_stops_on_sigterm_and_the_same_command_resumes(tmp_path, data):
+    """SIGTERM to ``gpusearch join`` once some parts are written and the rest cannot be (each worker
+    is held after its part by GPUSEARCH_FAULT_HOLD_JOIN_PART): one line, status 128 + 15, no native
+    stack dump; the same command run again does the rest, no row twice, exact."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    hold = tmp_path / "hold"
+    hold.touch()
+    out = tmp_path / "out"
+    exe = Path(sys.executable).with_name("gpusearch")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", GPUSEARCH_PROGRESS="0", HF_HUB_OFFLINE="1",
+               GPUSEARCH_FAULT_HOLD_JOIN_PART=str(hold))
+    cmd = [str(exe), "join", "knn", data["left"], data["right"], "--output", str(out), "--k", "5",
+           "--workers", "2", "--partitions", "2", "--batch-size", "32"]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if out.is_dir() and any(n.startswith("part-") for n in os.listdir(out)):
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=300)
+        text = proc.stdout.read().decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert rc == 128 + signal.SIGTERM, text[-3000:]
+    assert "SIGTERM: join stopped" in text and "same command resumes" in text, text[-3000:]
+    assert "*** SIGTERM received" not in text and "Traceback" not in text, text[-3000:]
+    done = pq.read_table(str(out / join.DONE_DIR)).num_rows
+    assert 0 < done < len(data["lids"])
+    hold.unlink()
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert join.read_stats(out)["resumed_rows"] == done
+    res = _rows(pq.read_table([str(p) for p in out.glob("part-*.parquet")]).to_pandas())
+    assert not res.duplicated(["left_id", "rank"]).any()
+    _check_knn(res, data["L"], data["R"], data["lids"], data["rids"], 5, "cosine")
+
+
 # -- bad input: refused before any work starts, nothing written ------------------------------------
 
 

@@ -438,6 +438,50 @@ def test_logs_hold_no_vectors_query_texts_or_keys(served):
     assert not hits, f"logs hold request data: {hits[:5]}"
 
 
+def test_one_log_line_per_request_and_no_traceback_for_a_client_mistake(served):
+    """The Aggregator's log has one line per HTTP request (method, route, status, ms, collection) and
+    Serve's per-hop access lines are off; a 4xx raised inside the Writer (a wrong dim) leaves no
+    traceback in any replica's log; the lines hold no query string."""
+    import glob
+    import os
+    import re
+
+    import ray
+
+    vec = [0.25] * DIM
+    assert post(served, "/vectors/upsert", {"namespace": "logshape", "vectors": [
+        {"id": "row-31", "values": vec}]}).status_code == 200
+    bad = post(served, "/vectors/upsert", {"namespace": "logshape", "vectors": [{"id": "r2", "values": [0.5] * 37}]})
+    assert bad.status_code == 400 and "got 37" in bad.json()["message"], bad.text
+    assert post(served, "/query", {"namespace": "logshape-none", "vector": vec, "topK": 1}).status_code == 404
+    assert httpx.get(url(served, "/vectors/fetch"), params={"ids": ["row-31"], "namespace": "logshape"},
+                     headers={"Api-Key": RW_KEY}).status_code == 200
+    serve_logs = os.path.join(ray._private.worker._global_node.get_logs_dir_path(), "serve")
+    line = re.compile(r" -- (GET|POST|PUT|DELETE) (/\S*) (\d{3}) (\d+\.\d)ms( collection=\S+)?$")
+
+    def lines(pattern):
+        out = []
+        for path in glob.glob(os.path.join(serve_logs, pattern)):
+            with open(path, errors="replace") as f:
+                out += f.read().splitlines()
+        return out
+
+    want = [("POST /vectors/upsert 200", "collection=logshape"), ("POST /vectors/upsert 400", "collection=logshape"),
+            ("POST /query 404", None), ("GET /vectors/fetch 200", "collection=logshape")]
+    ok = False
+    for _ in range(100):  # Serve's file handler may not have flushed the last line yet
+        agg = [ln for ln in lines("replica_gpusearch_Aggregator_*.log") if line.search(ln)]
+        ok = all(any(w in ln and (c is None or ln.endswith(c)) for ln in agg) for w, c in want)
+        if ok:
+            break
+        time.sleep(0.1)
+    assert ok, agg[-20:]
+    assert not any("row-31" in ln or "?" in line.search(ln).group(2) for ln in agg)
+    everything = "\n".join(lines("replica_gpusearch_*.log"))
+    assert "got 37" not in everything, "a client's mistake was logged with its traceback"
+    assert not any(" -- CALL " in ln for ln in lines("replica_gpusearch_*.log")), "Serve's per-hop access lines"
+
+
 def test_graph_has_no_encoder_and_no_separate_ingress(served):
     """The served app is the Aggregator (the HTTP ingress itself), the Writer and one deployment per
     shard; no Encoder and no Ingress deployment, no replica of either; text queries still answer."""

@@ -614,3 +614,67 @@ def test_http_routes_without_a_cluster(two_shards, monkeypatch):
                      ).status_code == 401
     assert http.get("/healthz").json() == {"status": "ok"}
     assert [s.calls for s in shards] == [1, 1]  # only the good query reached the shards' search
+
+
+def test_drain_refuses_new_requests_and_waits_for_those_under_way(two_shards, monkeypatch):
+    """Stopping, without a cluster: a query under way (a slow shard) finishes with 200 while drain()
+    waits for it; meanwhile /healthz says draining and new HTTP requests and handle calls get 503."""
+    import threading
+
+    from gpusearch.errors import UnavailableError
+
+    import time
+
+    path, X, _ = two_shards
+    shards = [_ShardHandle(ShardCatalog(path, i, device="cpu")) for i in range(2)]
+    gate = threading.Event()  # the query under way stays under way until the test lets it go
+    for s in shards:
+        inner = s.search.fn
+
+        async def held(collection, request, inner=inner):
+            await asyncio.to_thread(gate.wait, 60)
+            return await inner(collection, request)
+        s.search = _Method(held)
+    agg = _aggregator(ServeConfig(data_dir=str(path), shards=2), shards)
+    http = _http_client(agg, monkeypatch)
+    slow: list = []
+    t = threading.Thread(target=lambda: slow.append(http.post("/query", json={"namespace": "c", "vector":
+                                                                            X[0].tolist(), "topK": 2})))
+    t.start()
+    deadline = time.monotonic() + 60
+    while agg.in_flight == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert agg.in_flight == 1
+    left: list = []
+    d = threading.Thread(target=lambda: left.append(asyncio.run(agg.drain(60.0))))
+    d.start()
+    while not agg.draining and time.monotonic() < deadline:
+        time.sleep(0.005)
+    r = http.get("/healthz")
+    assert r.status_code == 503 and r.json() == {"status": "draining"} and r.headers["retry-after"] == "1"
+    r = http.post("/query", json={"namespace": "c", "vector": X[0].tolist(), "topK": 2})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1" and "stopping" in r.json()["message"]
+    with pytest.raises(UnavailableError, match="stopping"):
+        asyncio.run(agg.query("c", X[:1], 2))
+    assert d.is_alive() and not slow  # drain() waits for the query it let in
+    gate.set()
+    t.join(60)
+    d.join(60)
+    assert slow[0].status_code == 200 and len(slow[0].json()["matches"]) == 2
+    assert left == [0] and agg.in_flight == 0
+
+
+def test_stop_and_log_settings_are_checked():
+    from gpusearch.serve._logs import serve_logging_config
+
+    cfg = ServeConfig(log_level="debug", log_format="json", drain_grace_s=2)
+    assert (cfg.log_level, cfg.drain_grace_s) == ("DEBUG", 2.0)
+    lc = serve_logging_config(cfg)
+    assert str(lc.encoding).endswith("JSON") and lc.enable_access_log is False and lc.log_level == "DEBUG"
+    with pytest.raises(ValueError, match="log_format must be 'text' or 'json'"):
+        ServeConfig(log_format="xml")
+    with pytest.raises(ValueError, match="log_level must be one of DEBUG, INFO, WARNING, ERROR"):
+        ServeConfig(log_level="loud")
+    with pytest.raises(ValueError, match="drain_grace_s must be a number of seconds"):
+        ServeConfig(drain_grace_s=-1)
+    assert ServeConfig.load(None, env={"GPUSEARCH_DRAIN_GRACE_S": "7.5"}).drain_grace_s == 7.5

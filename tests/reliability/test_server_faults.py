@@ -5,7 +5,7 @@
    was in flight is wholly there or wholly absent (a batch spans both shards), and the count adds up.
 2. kill -9 (after a 1 s freeze) of one of a shard's two replicas under steady query load: zero
    failed or partial queries, every answer right, and the load did reach the killed replica (its
-   request log) before it died, and queries kept flowing until its replacement was up.
+   log, at DEBUG) before it died, and queries kept flowing until its replacement was up.
 3. kill -9 of the only replica of a shard, its replacement held back at the start of its constructor
    (``GPUSEARCH_FAULT_HOLD_SHARD_START``, serve/_faults.py) until the test has seen the outage:
    queries answer 200, ``partial`` naming that shard, within the shard timeout plus a margin; writes
@@ -44,7 +44,9 @@ from gpusearch.collection import shard_of  # noqa: E402
 
 DIM = 16
 RW = "fault-rw-key"
-ENV_A = {"GPUSEARCH_API_KEYS": f"{RW}:rw", "GPUSEARCH_SHARD_TIMEOUT_S": "20", "GPUSEARCH_METRIC": "l2"}
+# DEBUG: each shard replica logs every batch it searches, which test 2 reads to see the load reach its victim.
+ENV_A = {"GPUSEARCH_API_KEYS": f"{RW}:rw", "GPUSEARCH_SHARD_TIMEOUT_S": "20", "GPUSEARCH_METRIC": "l2",
+         "GPUSEARCH_LOG_LEVEL": "DEBUG"}
 H = {"Api-Key": RW}
 SEED = int(os.environ.get("GPUSEARCH_KILL_TEST_SEED", "6"))
 
@@ -213,7 +215,7 @@ def test_kill9_whole_server_mid_stream_keeps_every_acknowledged_record(scenario_
 
 
 def _replica_log(pid: int) -> Path | None:
-    """The Serve request log a replica process writes (an open file of it)."""
+    """The Serve log file a replica process writes (an open file of it)."""
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
@@ -258,14 +260,14 @@ def test_one_of_two_replicas_killed_under_load_fails_no_query(scenario_a, rng):
     assert len(victims) == 2, server.processes()
     victim = victims[0]
     log = _replica_log(victim)
-    assert log is not None, f"no Serve request log open in replica process {victim}"
+    assert log is not None, f"no Serve log file open in replica process {victim}"
     threads = [threading.Thread(target=load, args=(s,), daemon=True) for s in range(4)]
     for t in threads:
         t.start()
     try:
-        # The load reaches the victim before it is frozen (its own request log says so).
+        # The load reaches the victim before it is frozen (its own log says so: a line per batch at DEBUG).
         t0 = time.monotonic()
-        while (served_by_victim := log.read_text().count("search OK")) == 0 or answered[0] < 20:
+        while (served_by_victim := log.read_text().count("searched a batch")) == 0 or answered[0] < 20:
             assert failures == [], failures[:5]
             assert time.monotonic() - t0 < 120, f"the load did not reach replica {victim} within 120 s"
             time.sleep(0.2)
