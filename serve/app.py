@@ -228,13 +228,24 @@ def load_demo(cfg: ServeConfig, *, say=log.info):
         docs = stdlib_docs()
         say(f"loading the demo corpus into 'default': {len(docs)} standard-library docstrings ...")
         t0 = time.perf_counter()
+        lineage = aggregator.encoder_lineage.remote().result()  # waits for the model's background load
+        waited = time.perf_counter() - t0
         if have is None:
-            lineage = aggregator.encoder_lineage.remote().result()
             writer.create.remote("default", lineage["dim"], "cosine", None, lineage).result()
-        for lo in range(0, len(docs), 256):
-            part = docs[lo : lo + 256]
-            vecs = aggregator.encode.remote([d["text"] for d in part]).result()
+        parts = [docs[lo:lo + 256] for lo in range(0, len(docs), 256)]
+        encoding = aggregator.encode.remote([d["text"] for d in parts[0]])
+        embed_s = write_s = 0.0
+        for i, part in enumerate(parts):
+            t = time.perf_counter()
+            vecs = encoding.result()
+            embed_s += time.perf_counter() - t
+            if i + 1 < len(parts):  # the next part embeds while this one is written
+                encoding = aggregator.encode.remote([d["text"] for d in parts[i + 1]])
+            t = time.perf_counter()
             writer.upsert.remote("default", [d["id"] for d in part], vecs,
                                  [{"module": d["module"], "kind": d["kind"]} for d in part]).result()
-        say(f"loaded in {time.perf_counter() - t0:.1f} s")
+            write_s += time.perf_counter() - t
+            say(f"  {min(len(docs), (i + 1) * 256)}/{len(docs)} docstrings")
+        say(f"loaded in {time.perf_counter() - t0:.1f} s (waiting for the encoder's load {waited:.1f} s, "
+            f"embedding {embed_s:.1f} s, writing {write_s:.1f} s)")
     return aggregator.query_text.remote("default", [DEMO_QUERY], 3).result()
