@@ -38,6 +38,8 @@ def test_gpusearch_serve_embedded_default(tmp_path):
         assert "no API key configured" in out, out
         assert f"gpusearch is serving at http://127.0.0.1:{port}" in out, out
         assert "subprocess" in out.split("query 'run an external program")[1], out  # the demo query found it
+        from bench_start import _DEMO_PARTS, MARKS  # bench/bench_start.py times start-up from these lines
+        assert _DEMO_PARTS.search(out) and all(m in out for m in MARKS.values()), out
         r = httpx.post(f"http://127.0.0.1:{port}/query", timeout=60,
                        json={"text": "parse command line arguments", "topK": 3, "includeMetadata": True})
         assert r.status_code == 200, r.text
