@@ -148,6 +148,11 @@ def serve_log_dir(cfg: ServeConfig) -> str:
         return "(the Ray session's logs/serve)"
 
 
+#: Seconds between the end of the drain and Ray's shutdown: the last answers are still on their way
+#: from the Aggregator through Serve's proxy to their clients.
+DRAIN_LINGER_S = 0.5
+
+
 def _dead_ray_processes() -> list[str]:
     """The local Ray node's processes (GCS, raylet, ...) that have exited; [] when all run or no node is here."""
     try:
@@ -180,6 +185,9 @@ def stop(cfg: ServeConfig, *, grace_s: float | None = None, say=log.info) -> dic
         out["unfinished_requests"] = aggregator.drain.remote(grace).result(timeout_s=grace + 30)
         left = max(1.0, grace - (time.monotonic() - t0))
         out.update(writer.close.remote(left).result(timeout_s=left + 120))
+        # The last answers are counted done when the Aggregator returns them; let them cross the proxy
+        # to their clients before Ray goes.
+        time.sleep(DRAIN_LINGER_S)
         out["drained"] = True
 
     # In a thread, watched: if Ray's own processes die meanwhile (a supervisor signalled all of them),

@@ -165,6 +165,19 @@ def _set_search_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def _warm_up_gently(threads: int) -> None:
+    """Import torch for the CPU batch path at a lower priority than the rest of this replica (its nice
+    value + 4, this thread only: Linux keeps a nice value per thread; Ray starts workers at 15), so that
+    it yields the cores to what a starting server needs first (the other replicas starting, the
+    encoder's load, the first writes)."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 4))
+    except (AttributeError, OSError):  # not Linux, or not allowed: import at the usual priority
+        pass
+    warm_up(threads)
+
+
 @serve.deployment(name="Shard")
 class ShardServer:
     def __init__(self, cfg: dict, shard: int):
@@ -178,7 +191,7 @@ class ShardServer:
         import_on_first_batch(False)
         self.catalog = ShardCatalog(self.cfg.data_dir, shard, device=self.cfg.device)
         self.catalog.open_all()  # caught up before Serve routes anything here
-        threading.Thread(target=warm_up, args=(self.cfg.shard_search_threads(),), daemon=True,
+        threading.Thread(target=_warm_up_gently, args=(self.cfg.shard_search_threads(),), daemon=True,
                          name="gpusearch-torch-import").start()
         # Concurrent queries share one engine search; see serve/batching.py for why not @serve.batch.
         self.batcher = GreedyBatcher(self._search_batch, max_size=self.cfg.batch_max_size,

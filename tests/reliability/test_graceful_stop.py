@@ -10,14 +10,17 @@ One real server (subprocess, local Ray, loopback), three lives on the same data:
    503 (a refused connection only once the server had gone).
 2. Restarted: every acknowledged record is there with its vector. Writes held again, SIGTERM, then a
    second SIGTERM during the drain: the process ends at once (status 128+15) and nothing survives it.
-3. Restarted again: every record acknowledged in life 1 is still there.
+3. Restarted again, logging JSON: every record acknowledged in life 1 is still there, the command's
+   own lines and every line of the Aggregator's log are JSON objects, and each fetch has its line
+   with method, status, latency and collection as fields (no ids).
 
 No step waits on a clock: each waits on a condition (a log line, a status, a process gone) with a
 generous bound that only a broken server reaches.
 """
 from __future__ import annotations
 
-import os
+import contextlib
+import json
 import signal
 import threading
 import time
@@ -91,14 +94,28 @@ def check_all_there(server: Server, acked: dict[int, int]) -> None:
         assert np.allclose(got[i]["values"], v / np.linalg.norm(v), atol=1e-6), i
 
 
+@contextlib.contextmanager
+def life(data: Path, env: dict, hold: Path, acked: dict[int, int] | None = None):
+    """One life of the server on ``data``: started, checked to hold every record of ``acked``, then
+    (whatever the test did) the hold file removed and every process of it killed."""
+    server = Server(data, shards=2, replicas=1, env=env).start(timeout=BOUND_S)
+    try:
+        if acked is not None:
+            server.wait_serving(NS, BOUND_S, dim=DIM)
+            check_all_there(server, acked)
+        yield server
+    finally:
+        hold.unlink(missing_ok=True)
+        server.stop()
+
+
 def test_sigterm_drains_exits_0_and_a_second_signal_stops_at_once(tmp_path):
     hold = tmp_path / "hold-writes"
     env = {"GPUSEARCH_FAULT_HOLD_WRITE": str(hold), "GPUSEARCH_DRAIN_GRACE_S": "600"}
     data = tmp_path / "data"
 
     # -- life 1: SIGTERM under load, writes under way finish -------------------------------------
-    server = Server(data, shards=2, replicas=1, env=env).start(timeout=BOUND_S)
-    try:
+    with life(data, env, hold) as server:
         lock = threading.Lock()
         acked: dict[int, int] = {}
         statuses: list[tuple[str, int]] = []
@@ -173,15 +190,9 @@ def test_sigterm_drains_exits_0_and_a_second_signal_stops_at_once(tmp_path):
         assert len(acked) > len(acked_before), "the writes held during the drain did not finish with 200"
         assert ("write", 503) in statuses or ("query", 503) in statuses
         wait_for("no process of the server left", lambda: not server.survivors(), every=0.5)
-    finally:
-        hold.unlink(missing_ok=True)
-        server.stop()
 
     # -- life 2: everything acknowledged is there; a second SIGTERM stops at once -----------------
-    server = Server(data, shards=2, replicas=1, env=env).start(timeout=BOUND_S)
-    try:
-        server.wait_serving(NS, BOUND_S, dim=DIM)
-        check_all_there(server, acked)
+    with life(data, env, hold, acked) as server:
         hold.touch()
         held = threading.Thread(target=lambda: _post_quietly(server.url + "/vectors/upsert", body(10_000)),
                                 daemon=True)
@@ -195,17 +206,23 @@ def test_sigterm_drains_exits_0_and_a_second_signal_stops_at_once(tmp_path):
         assert rc == 128 + signal.SIGTERM, log
         assert "second SIGTERM: stopping at once" in log and "*** SIGTERM received" not in log, log
         wait_for("no process of the server left", lambda: not server.survivors(), every=0.5)
-    finally:
-        hold.unlink(missing_ok=True)
-        server.stop()
 
-    # -- life 3: still every record acknowledged in life 1 ----------------------------------------
-    server = Server(data, shards=2, replicas=1, env=env).start(timeout=BOUND_S)
-    try:
-        server.wait_serving(NS, BOUND_S, dim=DIM)
-        check_all_there(server, acked)
-    finally:
-        server.stop()
+    # -- life 3: still every record acknowledged in life 1; logs as JSON ---------------------------
+    with life(data, {**env, "GPUSEARCH_LOG_FORMAT": "json"}, hold, acked) as server:
+        own = [json.loads(ln) for ln in server.log_tail(20000).splitlines() if '"logger": "gpusearch.cli"' in ln]
+        assert any(o["message"].startswith("app up in") for o in own), server.log_tail()
+
+        def fetch_lines():
+            found = []
+            for p in Path(server.ray_dir).glob("session_*/logs/serve/replica_gpusearch_Aggregator_*.log"):
+                for ln in p.read_text(errors="replace").splitlines():
+                    rec = json.loads(ln)  # every line of the file is one JSON object
+                    if rec.get("path") == "/vectors/fetch":
+                        found.append(rec)
+            return found
+        recs = wait_for("the fetches' lines in the Aggregator's JSON log", fetch_lines)
+        assert all(r["http_method"] == "GET" and r["http_status"] == 200 and r["collection"] == NS
+                   and r["latency_ms"] >= 0 and "ids" not in r["message"] for r in recs), recs[:3]
 
 
 def _post_quietly(url: str, payload: dict) -> None:
