@@ -37,13 +37,15 @@ def _raise_stop(signum: int) -> None:
     raise Stop(signum)
 
 
-def on_signals(first=_raise_stop, *, at_once: str = "stopping at once") -> None:
-    """SIGTERM and SIGINT: the first calls ``first(signum)``; a second prints one line and exits 128 + signum."""
+def on_signals(first=_raise_stop, *, at_once: str = "stopping at once", say=None) -> None:
+    """SIGTERM and SIGINT: the first calls ``first(signum)``; a second says so (``say``, the command's own
+    output) and exits 128 + signum."""
     seen: list[int] = []
 
     def handler(signum, _frame):
         if seen:
-            print(f"second {signal.Signals(signum).name}: {at_once}", flush=True)
+            if say is not None:
+                say(f"second {signal.Signals(signum).name}: {at_once}")
             os._exit(128 + signum)
         seen.append(signum)
         first(signum)

@@ -86,7 +86,8 @@ def _serve(args) -> int:
     else:
         say(f"API keys configured: {len(cfg.api_keys)}")
 
-    on_signals(at_once="stopping at once (acknowledged writes are in the WAL; the next start replays them)")
+    at_once = "stopping at once (acknowledged writes are in the WAL; the next start replays them)"
+    on_signals(at_once=at_once, say=say)
     up = False
     try:
         from gpusearch.serve.app import DEMO_QUERY, load_demo, serve_log_dir, start
@@ -94,7 +95,7 @@ def _serve(args) -> int:
         t0 = time.perf_counter()
         say(f"starting Ray and the gpusearch app (data in {cfg.data_dir}) ...")
         start(cfg, num_cpus=args.num_cpus, ray_temp_dir=args.ray_temp_dir)
-        on_signals(at_once="stopping at once (acknowledged writes are in the WAL; the next start replays them)")
+        on_signals(at_once=at_once, say=say)  # again: ray.init installed its own SIGTERM handler
         up = True
         say(f"app up in {time.perf_counter() - t0:.1f} s; request logs in {serve_log_dir(cfg)}")
         if not args.no_demo and cfg.encoder_enabled:
@@ -124,9 +125,8 @@ def _serve(args) -> int:
             f"(a second signal stops at once)")
         # Whatever happens in there (a Ray process gone, a handle that never answers), the stop ends.
         limit = cfg.drain_grace_s + 60
-        watchdog = threading.Timer(limit, lambda: (print(f"the stop did not finish in {limit:g} s: stopping at "
-                                                         f"once (acknowledged writes are in the WAL)", flush=True),
-                                                   os._exit(1)))
+        watchdog = threading.Timer(limit, lambda: (say(f"the stop did not finish in {limit:g} s: stopping at once "
+                                                       f"(acknowledged writes are in the WAL)"), os._exit(1)))
         watchdog.daemon = True
         watchdog.start()
         out = stop(cfg, say=say)
@@ -174,17 +174,18 @@ def _join(args) -> int:
     from ._signals import Stop, on_signals, signals_ignored
 
     at_once = "stopping at once (finished parts stay; the same command resumes)"
-    on_signals(at_once=at_once)
+    say = _sayer("text")
+    on_signals(at_once=at_once, say=say)
     try:
         from .join._joins import _ensure_ray
 
         with signals_ignored():  # Ray's processes leave the stopping to this one
             _ensure_ray()
-        on_signals(at_once=at_once)  # again: ray.init installed its own SIGTERM handler
+        on_signals(at_once=at_once, say=say)  # again: ray.init installed its own SIGTERM handler
         return _run_join(args)
     except Stop as stop_signal:
-        print(f"{stop_signal.name}: join stopped; the parts finished so far stay in {args.output}, and the same "
-              f"command resumes from them", flush=True)
+        say(f"{stop_signal.name}: join stopped; the parts finished so far stay in {args.output}, and the same "
+            f"command resumes from them")
         _stop_ray()
         return 128 + stop_signal.signum
 

@@ -38,10 +38,9 @@ import json
 import logging
 from typing import Any
 
-from gpusearch.errors import (AlreadyExistsError, InvalidArgumentError, NotFoundError, PermissionDeniedError,
-                              UnauthenticatedError, UnavailableError)
+from gpusearch.errors import UnavailableError
 
-from ._errors import unwrap
+from ._errors import _BY_CLASS, unwrap
 
 __all__ = ["ClientErrorFilter", "StartNoiseFilter", "JsonLines", "access_line", "serve_logging_config",
            "replica_logging", "driver_logging", "COLLECTION"]
@@ -52,7 +51,8 @@ SERVE_LOGGER = "ray.serve"
 #: The collection the current request uses (set by the route once it has resolved it; read by the access line).
 COLLECTION: contextvars.ContextVar[str | None] = contextvars.ContextVar("gpusearch_collection", default=None)
 
-_CLIENT = (InvalidArgumentError, UnauthenticatedError, PermissionDeniedError, NotFoundError, AlreadyExistsError)
+# The client's mistakes: the classes the HTTP error table answers with a 4xx.
+_CLIENT = tuple(cls for cls, status in _BY_CLASS if status < 500)
 
 
 class ClientErrorFilter(logging.Filter):

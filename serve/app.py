@@ -112,10 +112,6 @@ def start(cfg: ServeConfig, *, ray_temp_dir: str | None = None, num_cpus: int | 
 
     from gpusearch._signals import signals_ignored
 
-    from ._logs import driver_logging
-
-    driver_logging(cfg.log_format, cfg.log_level)
-
     if not ray.is_initialized():
         # Ray 2.60 turns token auth on by default; the in-process cluster is private to this machine.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -124,9 +120,9 @@ def start(cfg: ServeConfig, *, ray_temp_dir: str | None = None, num_cpus: int | 
         with signals_ignored():
             ray.init(include_dashboard=False, num_cpus=num_cpus, log_to_driver=False,
                      _temp_dir=ray_temp_dir or tempfile.mkdtemp(prefix="gsray-"))
-    from ._logs import StartNoiseFilter, serve_logging_config
+    from ._logs import StartNoiseFilter, driver_logging, serve_logging_config
 
-    driver_logging(cfg.log_format, cfg.log_level)  # again: ray.init may have set its handlers anew
+    driver_logging(cfg.log_format, cfg.log_level)  # after ray.init, which sets Ray's handlers anew
 
     logging_config = serve_logging_config(cfg)
     serve_log = logging.getLogger("ray.serve")

@@ -96,10 +96,7 @@ class Writer:
         """Stop taking writes, let those under way finish (at most ``timeout_s``), then close every
         collection (each checkpoints what its WAL holds). Returns what it did, for the stop's log line."""
         self.closed = True
-        deadline = time.monotonic() + timeout_s
-        while self.writing and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        unfinished = self.writing
+        unfinished = await _settled(lambda: self.writing, timeout_s)
         if unfinished:  # the WAL keeps whatever they acknowledge; the next open replays it
             log.warning("stopping with %d writes still running after %.1f s", unfinished, timeout_s)
             return {"checkpointed": False, "unfinished_writes": unfinished}
@@ -143,6 +140,14 @@ class Writer:
 
     def check_health(self) -> None:
         self.catalog.names()  # raises when the data directory is gone
+
+
+async def _settled(count, timeout_s: float) -> int:
+    """Wait until ``count()`` (requests or writes under way) is 0, at most ``timeout_s``; what is left."""
+    deadline = time.monotonic() + timeout_s
+    while count() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return count()
 
 
 def _describe(stats: dict) -> dict:
@@ -409,19 +414,13 @@ class AggregatorServer(_http.HttpRoutes):
         """Refuse new requests from now on (503, and ``/healthz`` says draining), wait up to
         ``grace_s`` seconds for those under way to finish, and return how many are still running."""
         self.draining = True
-        deadline = time.monotonic() + grace_s
-        while self.in_flight and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        return self.in_flight
-
-    def _refuse_if_draining(self) -> None:
-        if self.draining:
-            raise UnavailableError("the server is stopping; retry in a moment (or against another server)")
+        return await _settled(lambda: self.in_flight, grace_s)
 
     @contextlib.asynccontextmanager
     async def _handle_call(self):
         """A Python handle's call: refused while draining, else counted in ``in_flight`` until it ends."""
-        self._refuse_if_draining()
+        if self.draining:
+            raise UnavailableError("the server is stopping; retry in a moment (or against another server)")
         self.in_flight += 1
         try:
             yield
@@ -430,7 +429,6 @@ class AggregatorServer(_http.HttpRoutes):
 
     # -- the Python handle's methods -------------------------------------------
     def resolve(self, collection) -> str:
-        self._refuse_if_draining()
         return self.reader.resolve(collection)
 
     async def query(self, collection, queries=None, k=10, *, id: str | None = None, filter=None,
