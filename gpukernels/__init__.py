@@ -1,4 +1,5 @@
-"""Device math on plain arrays: top-k selection, fused distance + top-k, k-way merge.
+"""Device math on plain arrays: top-k selection, fused distance + top-k, k-way merge,
+and an IVF-Flat index searched with torch on the device that holds it.
 
 Arrays in, arrays out: NumPy arrays, torch tensors (CPU or CUDA) or CuPy
 arrays, answered in the same library on the same device. Host inputs run on
@@ -17,6 +18,7 @@ array([[1, 2]])
 from ._checks import MAX_K
 from ._cuda import cuda_sources
 from .fused import fused_search, fused_search_reference
+from .ivf import IvfLists, ivf_build, ivf_search, ivf_search_reference, ivf_train
 from .merge import merge_topk, merge_topk_reference
 from .topk import topk, topk_reference
 
@@ -29,4 +31,9 @@ __all__ = [
     "merge_topk",
     "merge_topk_reference",
     "cuda_sources",
+    "IvfLists",
+    "ivf_train",
+    "ivf_build",
+    "ivf_search",
+    "ivf_search_reference",
 ]
