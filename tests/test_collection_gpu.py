@@ -40,3 +40,45 @@ def test_gpu_collection_round_trip(tmp_path, rng):
     col.close()
     again = gs.Collection.open(tmp_path / "c", device="cuda")
     assert again.search(x[:5], k=5).ids == before and len(again) == 999
+
+
+def test_gpu_deletes_updates_and_filters_match_the_cpu(tmp_path, rng):
+    """The same writes on a CUDA collection and a CPU one give the same answers, filters included."""
+    n, d = 4000, 48
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    meta = [{"b": i % 10, "tag": "odd" if i % 2 else "even"} for i in range(n)]
+    cols = {dev: gs.Collection.create(tmp_path / dev, dim=d, metric="cosine", shards=2, device=dev, fsync=False)
+            for dev in ("cpu", "cuda")}
+    q = rng.standard_normal((17, d)).astype(np.float32)
+    for col in cols.values():
+        col.upsert(range(n), x, metadata=meta)
+        col.delete(ids=[str(i) for i in range(0, n, 97)])
+        col.delete(filter={"b": 3})
+        col.update("5", values=x[6], set_metadata={"tag": "moved"})
+        col.upsert(range(n, n + 50), x[:50], metadata=meta[:50])
+    for flt in (None, {"b": {"$in": [0, 1]}}, {"tag": "even"}, {"tag": "moved"}):
+        got, want = (cols[dev].search(q, k=25, filter=flt) for dev in ("cuda", "cpu"))
+        assert_same_knn(got.ids, got.scores, want.ids, np.asarray(want.scores, np.float64), rtol=1e-4, atol=1e-4)
+    assert len(cols["cuda"]) == len(cols["cpu"])
+
+
+def test_encoder_tensor_on_the_device_goes_straight_into_the_search(tmp_path):
+    """MiniLM on the GPU hands its torch tensor to Collection.search, which answers what the CPU path
+    answers for the same vectors."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("sentence_transformers")
+    from gpusearch.encoders import SentenceEncoder
+
+    enc = SentenceEncoder(device="cuda")
+    docs = [f"document {i} is about {w}" for i, w in enumerate(["cats", "dogs", "ships", "GPUs", "rivers", "tea"] * 20)]
+    vecs = enc.encode(docs)
+    assert isinstance(vecs, torch.Tensor) and vecs.is_cuda and vecs.shape == (len(docs), 384)
+    q = enc.encode(["which one is about graphics cards?", "boats"])
+    assert q.is_cuda
+    gpu = gs.Collection.create(tmp_path / "g", dim=384, metric="cosine", device="cuda", fsync=False)
+    cpu = gs.Collection.create(tmp_path / "c", dim=384, metric="cosine", device="cpu", fsync=False)
+    gpu.upsert(range(len(docs)), vecs)
+    cpu.upsert(range(len(docs)), vecs.cpu().numpy())
+    got, want = gpu.search(q, k=5), cpu.search(q.cpu().numpy(), k=5)
+    assert_same_knn(got.ids, got.scores, want.ids, np.asarray(want.scores, np.float64), rtol=1e-4, atol=1e-4)
+    assert {int(i) % 6 for i in got.ids[0][:3]} == {3} and {int(i) % 6 for i in got.ids[1][:3]} == {2}
