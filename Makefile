@@ -8,7 +8,7 @@ TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || ech
 # A machine with an NVIDIA driver also gets the gpu extra (CuPy for our kernels, FAISS GPU).
 EXTRAS ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo dev,embed,serve,join,gpu || echo dev,embed,serve,join)
 
-.PHONY: install run demo test test-gpu check-cuda bench clean
+.PHONY: install run demo test test-gpu check-cuda bench clean gpu-check gpu-pieces
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,17 @@ test: install
 
 test-gpu: install
 	$(BIN)/python -m pytest -q -m gpu
+
+# The GPU check (issue 17; bench/gpu_check.sh): GPU tests, then bench/bench_gpu.py, into OUT (default
+# bench/results). On the GPU machine it runs with that image's python3 and the pieces in .whl/; with no
+# GPU it is a dry run on the CPU that says so. No `install` prerequisite: the GPU machine cannot install.
+gpu-check:
+	GPUSEARCH_PY=$(shell test -x $(BIN)/python && echo $(BIN)/python || echo python3) bash bench/gpu_check.sh $(OUT)
+
+# What the GPU machine lacks (faiss-cpu for Python 3.12, MiniLM with float16 weights), into .whl/ to carry.
+gpu-pieces: .whl/.ready
+.whl/.ready: $(BIN)/.installed bench/gpu_pieces.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/gpu_pieces.py .whl
 
 clean:
 	rm -rf $(VENV) build *.egg-info
