@@ -48,7 +48,7 @@ __all__ = ["Catalog", "ShardCatalog", "CatalogReader", "CollectionInfo", "Collec
 
 CATALOG_FORMAT_VERSION = 1
 DEFAULT_COLLECTION = "default"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 #: No collection or alias of that name (HTTP 404); the name older code knows it by.
@@ -56,7 +56,7 @@ CollectionNotFound = CollectionNotFoundError
 
 
 def check_name(name: Any, what: str = "collection name") -> str:
-    """A collection or alias name: 1-64 letters, digits, ``_ . -``, starting with a letter or digit.
+    """A collection or alias name: 1-128 letters, digits, ``_ . -``, starting with a letter or digit.
 
     ``""`` and ``"__default__"`` (Pinecone's default namespace) mean ``"default"``.
     """
@@ -65,7 +65,7 @@ def check_name(name: Any, what: str = "collection name") -> str:
     if not isinstance(name, str):
         raise InvalidTypeError(f"{what} must be a string, got {type(name).__name__}")
     if not _NAME_RE.match(name):
-        raise InvalidArgumentError(f"{what} must be 1-64 letters, digits, '_', '.' or '-' starting with a letter or digit, "
+        raise InvalidArgumentError(f"{what} must be 1-128 letters, digits, '_', '.' or '-' starting with a letter or digit, "
                          f"got {name!r}")
     return name
 
@@ -289,14 +289,23 @@ class Catalog:
             shutil.rmtree(doomed, ignore_errors=True)
 
     # -- writes --------------------------------------------------------------
-    def upsert(self, name, ids, vectors, metadata=None, *, create: bool = True) -> WriteResult:
-        """Upsert into ``name``; with ``create`` a missing collection is made (dim from the vectors)."""
+    def upsert(self, name, ids, vectors, metadata=None, *, create: bool = True, metric: str | None = None) -> WriteResult:
+        """Upsert into ``name``; with ``create`` a missing collection is made (dim from the vectors, ``metric``
+        or the catalog's). A collection made for a write that is then refused (a bad id, metadata value or
+        vector) is removed again: a refused request leaves nothing behind, not even an empty collection."""
         with self._lock:
             target = self.resolve(name)
-            if create and target not in self.names():
+            if not (create and target not in self.names()):
+                col = self._get(target)
+            else:
                 m = as_matrix(vectors, name="vectors")
-                self.create(target, dim=int(m.shape[1]))
-            col = self._get(target)
+                col = self.create(target, dim=int(m.shape[1]), metric=metric)
+                try:
+                    return col.upsert(ids, vectors, metadata)
+                except Exception:
+                    if len(col) == 0:
+                        self.drop(target)
+                    raise
         return col.upsert(ids, vectors, metadata)
 
     def update(self, name, record_id=None, *, values=None, set_metadata=None, filter=None) -> WriteResult:

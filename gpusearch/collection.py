@@ -507,6 +507,30 @@ class Collection:
         schema = dict(self.schema)
         return [i for s in self._shards for i in s.ids_matching(compiled, schema)]
 
+    def list_ids(self, prefix: str = "", *, after: str | None = None, limit: int = 100) -> tuple[list[str], bool]:
+        """Up to ``limit`` live ids that start with ``prefix`` and sort after ``after``, in sorted order
+        (code points, which is also UTF-8 byte order), and whether more follow: one page of Pinecone's
+        ``list``. Costs a pass over the ids (n log limit), not a sort of them all.
+
+        >>> import tempfile
+        >>> col = Collection.create(tempfile.mkdtemp(), dim=2, fsync=False)
+        >>> _ = col.upsert(["doc#2", "doc#10", "img#1", "doc#1"], [[1, 0]] * 4)
+        >>> col.list_ids("doc#", limit=2)
+        (['doc#1', 'doc#10'], True)
+        >>> col.list_ids("doc#", after="doc#10", limit=2)
+        (['doc#2'], False)
+        """
+        import heapq
+
+        self._check_open()
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidArgumentError(f"limit must be a positive int, got {limit!r}")
+        with self._write_lock:
+            keys = [i for s in self._shards for i in s.id_to_row
+                    if i.startswith(prefix) and (after is None or i > after)]
+        page = heapq.nsmallest(limit + 1, keys)
+        return page[:limit], len(page) > limit
+
     def train(self, sample) -> None:
         """Train every shard's index on ``sample`` (an (n, dim) array) now, instead of on the first vectors.
 

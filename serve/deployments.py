@@ -40,8 +40,9 @@ from gpusearch.arrays import as_ids
 from gpusearch.backends import import_on_first_batch, warm_up
 from gpusearch.catalog import Catalog, CatalogReader, ShardCatalog
 from gpusearch.collection import shard_of
-from gpusearch.errors import (DeadlineExceededError, InvalidArgumentError, InvalidTypeError, NotFoundError,
-                              UnavailableError)
+from gpusearch.errors import (AlreadyExistsError, DeadlineExceededError, InvalidArgumentError, InvalidTypeError,
+                              NotFoundError, PermissionDeniedError, UnavailableError)
+from gpusearch.fileio import atomic_write_json, read_json
 from gpusearch.merge import candidates_per_shard, merge, rescore_exact
 from gpusearch.request import SearchRequest
 from gpusearch.results import FetchResult, SearchResult
@@ -52,6 +53,7 @@ from ._errors import unwrap
 from ._logs import replica_logging
 from ._metrics import Metrics
 from .batching import GreedyBatcher
+from ._indexes import INDEXES_FILE, collection_namespace
 from .config import ServeConfig
 
 __all__ = ["Writer", "ShardServer", "Aggregator", "AggregatorServer", "RETRYABLE"]
@@ -81,6 +83,7 @@ class Writer:
                                index=self.cfg.index, device="cpu", fsync=self.cfg.fsync,
                                index_options=self.cfg.index_options)
         self._lock = asyncio.Lock()
+        self._index_lock = threading.Lock()
 
     async def _run(self, fn, *args, **kw):
         if self.closed:
@@ -103,13 +106,76 @@ class Writer:
         await asyncio.to_thread(self.catalog.close)
         return {"checkpointed": True, "unfinished_writes": 0}
 
-    def _upsert(self, collection, ids, vectors, metadata):
+    def _upsert(self, collection, ids, vectors, metadata, metric=None):
         from ._faults import HOLD_WRITE, hold_while_file_exists; hold_while_file_exists(HOLD_WRITE)  # noqa: E702
-        return self.catalog.upsert(collection, ids, vectors, metadata)
+        return self.catalog.upsert(collection, ids, vectors, metadata, metric=metric)
 
-    async def upsert(self, collection, ids, vectors, metadata=None) -> dict:
-        r = await self._run(self._upsert, collection, ids, vectors, metadata)
+    async def upsert(self, collection, ids, vectors, metadata=None, metric=None) -> dict:
+        """``metric``: that of the collection if this upsert creates it (a Pinecone index's), else the server's."""
+        r = await self._run(self._upsert, collection, ids, vectors, metadata, metric)
         return {"count": r.count, "sequence": r.sequence}
+
+    # -- Pinecone indexes (serve/_indexes.py): records in <data_dir>/indexes.json, written here only --
+    def _indexes(self) -> dict:
+        path = os.path.join(self.cfg.data_dir, INDEXES_FILE)
+        return read_json(path) if os.path.exists(path) else {}
+
+    def _save_indexes(self, indexes: dict) -> None:
+        atomic_write_json(os.path.join(self.cfg.data_dir, INDEXES_FILE), indexes)
+
+    def _create_index(self, record: dict) -> dict:
+        with self._index_lock:
+            indexes = self._indexes()
+            name = record["name"]
+            if name in indexes:
+                raise AlreadyExistsError(f"index {name!r} already exists")
+            stray = [c for c in self.catalog.names() if collection_namespace(name, c) is not None]
+            if stray:  # they would show up as the new index's namespaces
+                raise AlreadyExistsError(f"collections named {name}.* exist ({stray[0]!r}); drop them or pick "
+                                         f"another index name")
+            indexes[name] = record
+            self._save_indexes(indexes)
+            return record
+
+    def _configure_index(self, name: str, changes: dict) -> dict:
+        with self._index_lock:
+            indexes = self._indexes()
+            if name not in indexes:
+                raise NotFoundError(f"index {name!r} not found", name=name)
+            record = indexes[name]
+            if "tags" in changes:
+                tags = {**(record.get("tags") or {}), **changes.pop("tags")}
+                record["tags"] = {k: v for k, v in tags.items() if v != ""} or None
+            record.update(changes)
+            self._save_indexes(indexes)
+            return record
+
+    def _drop_index(self, name: str) -> None:
+        with self._index_lock:
+            indexes = self._indexes()
+            if name not in indexes:
+                raise NotFoundError(f"index {name!r} not found", name=name)
+            if indexes[name].get("deletion_protection") == "enabled":
+                raise PermissionDeniedError(f"deletion protection is enabled for index {name!r}; disable it "
+                                            f"(configure_index) before deleting")
+            # namespaces first: a stop half-way leaves the index with fewer namespaces, never stray ones
+            for c in self.catalog.names():
+                if collection_namespace(name, c) is not None:
+                    self.catalog.drop(c)
+            del indexes[name]
+            self._save_indexes(indexes)
+
+    async def create_index(self, record: dict) -> dict:
+        return await self._run(self._create_index, record)
+
+    async def configure_index(self, name: str, changes: dict) -> dict:
+        return await self._run(self._configure_index, name, changes)
+
+    async def drop_index(self, name: str) -> None:
+        await self._run(self._drop_index, name)
+
+    async def list_ids(self, collection, prefix: str = "", after=None, limit: int = 100) -> tuple[list[str], bool]:
+        return await self._run(lambda: self.catalog.get(collection).list_ids(prefix, after=after, limit=limit))
 
     async def update(self, collection, record_id=None, values=None, set_metadata=None, filter=None) -> dict:
         r = await self._run(self.catalog.update, collection, record_id, values=values, set_metadata=set_metadata,

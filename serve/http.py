@@ -1,9 +1,12 @@
 """The HTTP routes of the Aggregator: Pinecone's data-plane API (so the ``pinecone`` SDK works), plus ours.
 
 Pinecone routes: ``POST /vectors/upsert``, ``POST /query``, ``GET /vectors/fetch``,
-``POST /vectors/update``, ``POST /vectors/delete``, ``POST /describe_index_stats``.
-A namespace is a collection (``""`` is ``default``); the first upsert into a new
-namespace creates it with the dim of its vectors and the server's metric.
+``POST /vectors/update``, ``POST /vectors/delete``, ``POST /describe_index_stats``,
+``GET /vectors/list``. At the root a namespace is a collection (``""`` is ``default``); the
+first upsert into a new namespace creates it with the dim of its vectors and the server's
+metric. Pinecone's control plane (``GET/POST /indexes``, ``GET/PATCH/DELETE /indexes/{name}``)
+makes indexes whose data plane is the same routes under ``/index/{name}/``, each namespace
+a collection ``{name}.{namespace}`` (:mod:`._indexes`).
 
 Ours: ``text`` in ``/query`` (embedded in the Aggregator's own process), ``queries``
 (several vectors in one request), ``params`` (``nprobe``, ``efSearch``),
@@ -24,23 +27,28 @@ logged.
 """
 
 import asyncio
+import base64
+import binascii
 import logging
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gpusearch.catalog import CollectionNotFound, check_name
+from gpusearch.catalog import CollectionNotFound, _JsonFileCache, check_name
 from gpusearch.collection import METRICS
-from gpusearch.errors import InvalidArgumentError, LimitExceededError, PermissionDeniedError
+from gpusearch.errors import InvalidArgumentError, LimitExceededError, NotFoundError, PermissionDeniedError
 
 from ._auth import authenticate, check_scope, scoped_listing
 from ._errors import error_json, error_response, unwrap
+from ._indexes import (INDEXES_FILE, METRICS as PINECONE_METRICS, check_index_name, collection_namespace,
+                       index_model, namespace_collection, parse_configure, parse_create)
 from ._logs import COLLECTION, access_line
 from ._limits import BodyLimit, check_count, check_id, check_lengths, json_limits, json_matrix
 from .config import KeyGrant, ServeConfig
@@ -55,6 +63,29 @@ api = FastAPI(
     version="0.1.0",
 )
 api.add_middleware(BodyLimit)
+
+#: The routes an index's data plane serves under ``/index/{name}/`` (serve/_indexes.py).
+INDEX_ROUTES = frozenset({"/vectors/upsert", "/query", "/vectors/fetch", "/vectors/update", "/vectors/delete",
+                          "/describe_index_stats", "/vectors/list"})
+
+
+class IndexPrefix:
+    """``/index/{name}/query`` is ``/query`` of index ``name``'s data plane: the path is rewritten and the
+    index's name left in ``request.state.index`` (ASGI scope ``state``). Other paths pass unchanged."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/index/"):
+            name, _, rest = scope["path"][len("/index/"):].partition("/")
+            if "/" + rest in INDEX_ROUTES:
+                scope = dict(scope, path="/" + rest, raw_path=("/" + rest).encode(),
+                             state={**scope.get("state", {}), "index": name})
+        await self.app(scope, receive, send)
+
+
+api.add_middleware(IndexPrefix)
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -271,6 +302,26 @@ def _matches(r, q: int, values: bool, metadata: bool) -> list[dict]:
     return out
 
 
+#: The largest page ``GET /vectors/list`` returns.
+LIST_LIMIT = 1000
+
+
+def _id_token(last_id: str) -> str:
+    """The pagination token after ``last_id``: opaque to clients (base64url of the id)."""
+    return base64.urlsafe_b64encode(last_id.encode()).decode()
+
+
+def _token_id(token: str) -> str:
+    try:
+        last = base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
+        if last:
+            return last
+    except (binascii.Error, UnicodeError, ValueError):
+        pass
+    raise InvalidArgumentError("paginationToken is not one this server gave; send the `next` token of the "
+                               "previous page", field="paginationToken")
+
+
 class HttpRoutes:
     """The routes, as methods of the Aggregator (its class derives from this one).
 
@@ -300,7 +351,7 @@ class HttpRoutes:
             response = error_response(e)
         else:
             try:
-                response = result if isinstance(result, (JSONResponse, PlainTextResponse)) else JSONResponse(result)
+                response = result if isinstance(result, Response) else JSONResponse(result)
             except Exception as e:  # noqa: BLE001 - an answer we cannot encode (NaN, inf) is our bug, not the client's
                 log.exception("could not encode the answer", exc_info=e)
                 response = error_json(500, f"internal error: the answer could not be encoded as JSON "
@@ -317,11 +368,38 @@ class HttpRoutes:
         access_line(request.method, request.url.path, response.status_code, seconds)
         return response
 
-    def _collection(self, grant: Optional[KeyGrant], namespace: str) -> str:
-        """The collection a request's namespace means (an alias resolved once, here), if ``grant`` may use it."""
-        name = check_scope(grant, check_name(namespace, "namespace"), self.reader.resolve)
+    def _index_records(self) -> dict:
+        cache = getattr(self, "_indexes_cache", None)
+        if cache is None:
+            cache = self._indexes_cache = _JsonFileCache(Path(self.cfg.data_dir) / INDEXES_FILE, {})
+        return cache.get()
+
+    def _index(self, request: Optional[Request]) -> Optional[dict]:
+        """The Pinecone index a request was sent to (``/index/{name}/...``), or None for the root data plane."""
+        name = getattr(request.state, "index", None) if request is not None else None
+        if name is None:
+            return None
+        record = self._index_records().get(name)
+        if record is None:
+            raise NotFoundError(f"index {name!r} not found", kind="index", name=name)
+        return record
+
+    def _collection(self, grant: Optional[KeyGrant], namespace: str, request: Optional[Request] = None) -> str:
+        """The collection a request's namespace means, if ``grant`` may use it: at the root, the collection
+        of that name (an alias resolved once, here); under ``/index/{name}/``, that index's namespace."""
+        index = self._index(request)
+        if index is None:
+            name = check_scope(grant, check_name(namespace, "namespace"), self.reader.resolve)
+        else:
+            name = check_scope(grant, namespace_collection(index["name"], namespace), lambda n: n)
         COLLECTION.set(name)
         return name
+
+    @staticmethod
+    def _check_index_dim(index: Optional[dict], m: Optional[np.ndarray]) -> None:
+        if index is not None and m is not None and m.shape[1] != index["dimension"]:
+            raise InvalidArgumentError(f"vector dimension {m.shape[1]} does not match the dimension of the index "
+                                       f"({index['dimension']})")
 
     def _filter(self, flt, what: str = "filter"):
         if flt is not None:
@@ -350,13 +428,16 @@ class HttpRoutes:
             if any(v.sparse_values for v in body.vectors):
                 raise InvalidArgumentError("sparse values are not supported; send dense values only",
                                            field="sparseValues")
-            name = self._collection(grant, body.namespace)
+            name = self._collection(grant, body.namespace, request)
+            index = self._index(request)
             for i, v in enumerate(body.vectors):
                 self._id(v.id, f"vectors[{i}].id")
                 self._metadata(v.metadata, f"vectors[{i}].metadata")
             vecs = self._vectors([v.values for v in body.vectors], "vectors")
+            self._check_index_dim(index, vecs)
             r = await self.writer.upsert.remote(name, [v.id for v in body.vectors], vecs,
-                                                [v.metadata for v in body.vectors])
+                                                [v.metadata for v in body.vectors],
+                                                metric=None if index is None else PINECONE_METRICS[index["metric"]])
             return {"upsertedCount": r["count"], "sequence": r["sequence"]}
         return await self._guard(request, "upsert", True, run)
 
@@ -372,7 +453,8 @@ class HttpRoutes:
                                            f"got {given or 'none'}")
             if body.queries is not None:
                 check_count(len(body.queries), "queries in one request", self.cfg.max_batch)
-            name = self._collection(grant, body.namespace)
+            name = self._collection(grant, body.namespace, request)
+            index = self._index(request)
             queries = None
             if body.id is not None:
                 self._id(body.id, "id")
@@ -380,10 +462,18 @@ class HttpRoutes:
                 queries = json_matrix(body.queries, "queries", max_dim=self.cfg.max_dim)
             elif body.vector is not None:
                 queries = json_matrix([body.vector], "vector", max_dim=self.cfg.max_dim)
-            r = await self._search(name, queries, body.top_k, id=body.id,
-                                   texts=None if body.text is None else [body.text],
-                                   filter=self._filter(body.filter), include_metadata=body.include_metadata,
-                                   include_vectors=body.include_values, params=body.params)
+            self._check_index_dim(index, queries)
+            try:
+                r = await self._search(name, queries, body.top_k, id=body.id,
+                                       texts=None if body.text is None else [body.text],
+                                       filter=self._filter(body.filter), include_metadata=body.include_metadata,
+                                       include_vectors=body.include_values, params=body.params)
+            except Exception as e:  # an index's namespace never written: Pinecone answers with no matches
+                if index is None or not isinstance(unwrap(e), CollectionNotFound):
+                    raise
+                if body.queries is not None:
+                    return {"results": [{"matches": []} for _ in body.queries], "namespace": body.namespace}
+                return {"matches": [], "namespace": body.namespace}
             answer = {"namespace": body.namespace, "collection": r.info["collection"],
                       "sequence": r.info["sequence"], "index": r.info["index"], "lineage": r.info["lineage"],
                       "partial": r.info["partial"], "missingShards": r.info["missing_shards"]}
@@ -401,8 +491,13 @@ class HttpRoutes:
             check_count(len(ids), "ids in one fetch", self.cfg.max_batch)
             for i, rid in enumerate(ids):
                 self._id(rid, f"ids[{i}]")
-            name = self._collection(grant, namespace)
-            records = await self._fetch_records(name, ids)
+            name = self._collection(grant, namespace, request)
+            try:
+                records = await self._fetch_records(name, ids)
+            except Exception as e:  # an index's namespace never written holds nothing
+                if self._index(request) is None or not isinstance(unwrap(e), CollectionNotFound):
+                    raise
+                records = {}
             vectors = {i: {"id": i, "values": v.tolist(), "metadata": m} for i, (v, m) in records.items()}
             return {"vectors": vectors, "namespace": namespace, "collection": name}
         return await self._guard(request, "fetch", False, run)
@@ -414,10 +509,11 @@ class HttpRoutes:
                 raise InvalidArgumentError("sparse values are not supported", field="sparseValues")
             if body.dry_run:
                 raise InvalidArgumentError("dryRun is not supported", field="dryRun")
-            name = self._collection(grant, body.namespace)
+            name = self._collection(grant, body.namespace, request)
             if body.id is not None:
                 self._id(body.id, "id")
             values = None if body.values is None else self._vectors([body.values], "values")
+            self._check_index_dim(self._index(request), values)
             r = await self.writer.update.remote(name, body.id, values,
                                                 self._metadata(body.set_metadata, "setMetadata"),
                                                 self._filter(body.filter))
@@ -431,7 +527,7 @@ class HttpRoutes:
                 check_count(len(body.ids), "ids in one delete", self.cfg.max_batch)
             for i, rid in enumerate(body.ids or ()):
                 self._id(rid, f"ids[{i}]")
-            name = self._collection(grant, body.namespace)
+            name = self._collection(grant, body.namespace, request)
             try:
                 r = await self.writer.delete.remote(name, body.ids, self._filter(body.filter), body.delete_all)
             except Exception as e:  # deleting from a namespace that does not exist is a no-op in Pinecone
@@ -449,7 +545,15 @@ class HttpRoutes:
         async def run(grant):
             if body is not None and body.filter:
                 raise InvalidArgumentError("describe_index_stats does not take a filter", field="filter")
+            index = self._index(request)
             cols = (await self._listing(grant))["collections"]
+            if index is not None:  # that index's namespaces, its dimension and metric
+                mine = {collection_namespace(index["name"], n): c for n, c in cols.items()}
+                mine.pop(None, None)
+                namespaces = {ns: {"vectorCount": c["records"]} for ns, c in mine.items()}
+                return {"namespaces": namespaces, "dimension": index["dimension"], "indexFullness": 0.0,
+                        "totalVectorCount": sum(c["records"] for c in mine.values()), "metric": index["metric"],
+                        "vectorType": "dense"}
             namespaces = {("__default__" if n == "default" else n): {"vectorCount": c["records"]}
                           for n, c in cols.items()}
             first = cols.get("default") or next(iter(cols.values()), None)
@@ -457,6 +561,71 @@ class HttpRoutes:
                     "indexFullness": 0.0, "totalVectorCount": sum(c["records"] for c in cols.values()),
                     "metric": first["metric"] if first else self.cfg.metric, "vectorType": "dense"}
         return await self._guard(request, "describe_index_stats", False, run)
+
+    @api.get("/vectors/list")
+    async def http_list(self, request: Request, namespace: str = "", prefix: str = "", limit: int = 100,
+                        paginationToken: Optional[str] = None):  # noqa: N803 - Pinecone's query parameter
+        """Ids in sorted order, ``limit`` a page (at most 1000), and ``pagination.next`` while more follow."""
+        async def run(grant):
+            if not 1 <= limit <= LIST_LIMIT:
+                raise LimitExceededError(f"limit must be between 1 and {LIST_LIMIT}, got {limit}", limit_name="limit",
+                                         limit=LIST_LIMIT, value=limit, field="limit")
+            after = None if paginationToken is None else _token_id(paginationToken)
+            name = self._collection(grant, namespace, request)
+            try:
+                ids, more = await self.writer.list_ids.remote(name, prefix, after, limit)
+            except Exception as e:
+                if self._index(request) is None or not isinstance(unwrap(e), CollectionNotFound):
+                    raise
+                ids, more = [], False
+            out = {"vectors": [{"id": i} for i in ids], "namespace": namespace}
+            if more:
+                out["pagination"] = {"next": _id_token(ids[-1])}
+            return out
+        return await self._guard(request, "list", False, run)
+
+    # -- Pinecone control plane (serve/_indexes.py) -----------------------------
+    @api.get("/indexes")
+    async def http_list_indexes(self, request: Request):
+        async def run(grant):
+            records = self._index_records()
+            return {"indexes": [index_model(records[n], str(request.base_url)) for n in sorted(records)]}
+        return await self._guard(request, "indexes", False, run)
+
+    @api.post("/indexes", status_code=201)
+    async def http_create_index(self, request: Request, body: dict[str, Any] = Body(...)):
+        async def run(grant):
+            record = parse_create(body, max_dim=self.cfg.max_dim)
+            record = await self.writer.create_index.remote(record)
+            return JSONResponse(index_model(record, str(request.base_url)), status_code=201)
+        return await self._guard(request, "indexes", True, run, admin=True)
+
+    @api.get("/indexes/{name}")
+    async def http_describe_index(self, name: str, request: Request):
+        async def run(grant):
+            record = self._index_records().get(check_index_name(name))
+            if record is None:
+                raise NotFoundError(f"index {name!r} not found", kind="index", name=name)
+            return index_model(record, str(request.base_url))
+        return await self._guard(request, "indexes", False, run)
+
+    @api.patch("/indexes/{name}")
+    async def http_configure_index(self, name: str, request: Request, body: dict[str, Any] = Body(...)):
+        async def run(grant):
+            unknown = sorted(set(body) - {"deletion_protection", "tags"})
+            if unknown:
+                raise InvalidArgumentError(f"configure_index takes deletion_protection and tags here; "
+                                           f"{', '.join(unknown)} cannot be changed", field=unknown[0])
+            record = await self.writer.configure_index.remote(check_index_name(name), parse_configure(body))
+            return JSONResponse(index_model(record, str(request.base_url)), status_code=202)
+        return await self._guard(request, "indexes", True, run, admin=True)
+
+    @api.delete("/indexes/{name}", status_code=202)
+    async def http_delete_index(self, name: str, request: Request):
+        async def run(grant):
+            await self.writer.drop_index.remote(check_index_name(name))
+            return Response(status_code=202)
+        return await self._guard(request, "indexes", True, run, admin=True)
 
     # -- ours -------------------------------------------------------------------
     @api.get("/collections")

@@ -1,0 +1,194 @@
+"""Pinecone's control plane over collections: indexes, each with its dimension, metric and namespaces.
+
+How they map (README, "Pinecone indexes"):
+
+- An index ``docs`` is one record in ``<data_dir>/indexes.json`` (written by the Writer only, atomically):
+  its dimension, Pinecone metric, deployment (echoed back), deletion protection and tags.
+- Namespace ``ns`` of that index is the collection ``docs.ns``; Pinecone's default namespace (``""`` or
+  ``"__default__"``) is ``docs.__default__``. A namespace comes into being with its first accepted
+  upsert, with the index's dimension and metric (``cosine`` -> cosine, ``euclidean`` -> l2, ``dotproduct``
+  -> ip). Index names follow Pinecone's rule (lower-case letters, digits and ``-``, at most 45), so they
+  hold no ``.`` and the mapping is one to one.
+- Its data plane is served under ``/index/docs/`` (the ``host`` that ``describe_index`` answers with,
+  built from the address the client used), with the root's routes and Pinecone's answers where the
+  root's own differ: a namespace never written reads as empty rather than 404.
+- The root data plane (``/vectors/upsert`` ... without ``/index/``) is unchanged: a namespace there is a
+  collection of that name, any collection, an index's ones included.
+
+Index models carry both the 2026-07 API's fields (``schema``, ``deployment``; the ``pinecone`` SDK 10)
+and the 2025 API's (``dimension``, ``metric``, ``spec``, ``vector_type``; SDKs before 8, which
+langchain-pinecone pins), so either generation of client reads them.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+from gpusearch.errors import InvalidArgumentError, InvalidTypeError, LimitExceededError
+
+__all__ = ["INDEXES_FILE", "METRICS", "check_index_name", "namespace_collection", "collection_namespace",
+           "parse_create", "parse_configure", "index_model"]
+
+INDEXES_FILE = "indexes.json"
+
+#: Pinecone's metric names and ours.
+METRICS = {"cosine": "cosine", "euclidean": "l2", "dotproduct": "ip"}
+
+_INDEX_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,43}[a-z0-9])?$")
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEFAULT_NAMESPACE = "__default__"
+
+
+def check_index_name(name: Any) -> str:
+    """Pinecone's rule for index names.
+
+    >>> check_index_name("docs-v2")
+    'docs-v2'
+    >>> check_index_name("Docs")
+    Traceback (most recent call last):
+    ...
+    gpusearch.errors.InvalidArgumentError: index name must be 1-45 lower-case letters, digits or '-', starting and ending with a letter or digit, got 'Docs'
+    """
+    if not isinstance(name, str):
+        raise InvalidTypeError(f"index name must be a string, got {type(name).__name__}")
+    if not _INDEX_RE.match(name):
+        raise InvalidArgumentError(f"index name must be 1-45 lower-case letters, digits or '-', starting and ending "
+                                   f"with a letter or digit, got {name!r}", field="name")
+    return name
+
+
+def namespace_collection(index: str, namespace: Any) -> str:
+    """The collection that holds namespace ``namespace`` of index ``index``.
+
+    >>> namespace_collection("docs", ""), namespace_collection("docs", "tenant-7")
+    ('docs.__default__', 'docs.tenant-7')
+    """
+    if namespace is None or namespace in ("", DEFAULT_NAMESPACE):
+        return f"{index}.{DEFAULT_NAMESPACE}"
+    if not isinstance(namespace, str):
+        raise InvalidTypeError(f"namespace must be a string, got {type(namespace).__name__}")
+    if not _NAMESPACE_RE.match(namespace):
+        raise InvalidArgumentError(
+            f"namespace must be 1-64 letters, digits, '_', '.' or '-' starting with a letter or digit (or '' / "
+            f"'__default__' for the default namespace), got {namespace!r}; gpusearch does not take the other "
+            f"characters Pinecone allows yet", field="namespace")
+    return f"{index}.{namespace}"
+
+
+def collection_namespace(index: str, collection: str) -> str | None:
+    """The namespace of ``index`` that ``collection`` holds, or None when it belongs to no namespace of it.
+
+    >>> collection_namespace("docs", "docs.__default__"), collection_namespace("docs", "docs2.a")
+    ('__default__', None)
+    """
+    head = index + "."
+    return collection[len(head):] if collection.startswith(head) else None
+
+
+def _dense_field(schema: Any) -> tuple[int, str]:
+    """(dimension, metric) of the one dense-vector field of a 2026-07 ``schema``."""
+    fields = schema.get("fields") if isinstance(schema, Mapping) else None
+    if not isinstance(fields, Mapping) or not fields:
+        raise InvalidArgumentError("schema must hold fields, one of them a dense_vector", field="schema")
+    dense = [f for f in fields.values() if isinstance(f, Mapping) and f.get("type") == "dense_vector"]
+    others = sorted({str(f.get("type")) for f in fields.values() if isinstance(f, Mapping)} - {"dense_vector"})
+    if others:
+        raise InvalidArgumentError(f"gpusearch indexes hold one dense vector per record; schema fields of type "
+                                   f"{', '.join(others)} are not supported", field="schema")
+    if len(dense) != 1:
+        raise InvalidArgumentError(f"schema must hold exactly one dense_vector field, got {len(dense)}", field="schema")
+    return dense[0].get("dimension"), dense[0].get("metric", "cosine")
+
+
+def parse_create(body: Any, *, max_dim: int) -> dict:
+    """The index record a create request asks for, in either API generation's shape:
+
+    - 2026-07: ``{"name", "schema": {"fields": {F: {"type": "dense_vector", "dimension", "metric"}}},
+      "deployment": {...}, "deletion_protection", "tags"}``;
+    - 2025: ``{"name", "dimension", "metric", "spec": {"serverless": {...}}, "vector_type", ...}``.
+
+    >>> parse_create({"name": "a", "dimension": 3, "metric": "dotproduct", "spec": {"serverless": {}}}, max_dim=8)["metric"]
+    'dotproduct'
+    """
+    if not isinstance(body, Mapping):
+        raise InvalidArgumentError("the body must be a JSON object naming the index (name, dimension, metric, spec)")
+    name = check_index_name(body.get("name"))
+    if body.get("schema") is not None:
+        dimension, metric = _dense_field(body["schema"])
+    else:
+        if body.get("vector_type", "dense") != "dense":
+            raise InvalidArgumentError(f"vector_type {body.get('vector_type')!r} is not supported; gpusearch indexes "
+                                       f"are dense", field="vector_type")
+        if body.get("embed") is not None:
+            raise InvalidArgumentError("integrated embedding (embed) is not supported; create the index with a "
+                                       "dimension and send vectors", field="embed")
+        dimension, metric = body.get("dimension"), body.get("metric", "cosine")
+    if isinstance(dimension, bool) or not isinstance(dimension, int):
+        raise InvalidArgumentError(f"dimension must be an integer, got {dimension!r}", field="dimension")
+    if not 1 <= dimension <= max_dim:
+        raise LimitExceededError(f"dimension must be between 1 and {max_dim}, got {dimension}", limit_name="max_dim",
+                                 limit=max_dim, value=dimension, field="dimension")
+    if metric not in METRICS:
+        raise InvalidArgumentError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}", field="metric")
+    deployment = body.get("deployment")
+    if deployment is None:
+        spec = body.get("spec") or {"serverless": {"cloud": "aws", "region": "us-east-1"}}
+        if not isinstance(spec, Mapping):
+            raise InvalidArgumentError("spec must be an object such as {\"serverless\": {...}}", field="spec")
+        if "serverless" in spec:
+            sl = spec["serverless"] or {}
+            deployment = {"deployment_type": "managed", "cloud": sl.get("cloud", "aws"),
+                          "region": sl.get("region", "us-east-1")}
+        elif "pod" in spec:
+            pod = spec["pod"] or {}
+            deployment = {"deployment_type": "pod", "environment": pod.get("environment", "local"),
+                          "pod_type": pod.get("pod_type", "p1.x1"), "replicas": pod.get("replicas", 1),
+                          "shards": pod.get("shards", 1)}
+        else:
+            raise InvalidArgumentError("spec must name serverless or pod", field="spec")
+    if not isinstance(deployment, Mapping) or "deployment_type" not in deployment:
+        raise InvalidArgumentError("deployment must be an object with a deployment_type", field="deployment")
+    record = {"name": name, "dimension": dimension, "metric": metric, "deployment": dict(deployment),
+              "deletion_protection": "disabled", "tags": None}
+    record.update(parse_configure(body))
+    return record
+
+
+def parse_configure(body: Any) -> dict:
+    """The changes a configure request (``PATCH /indexes/{name}``) asks for: deletion protection and
+    tags (a tag set to ``""`` is removed, as Pinecone does). Other settings are refused."""
+    if not isinstance(body, Mapping):
+        raise InvalidArgumentError("the body must be a JSON object")
+    out: dict = {}
+    dp = body.get("deletion_protection")
+    if dp is not None:
+        if dp not in ("enabled", "disabled"):
+            raise InvalidArgumentError(f"deletion_protection must be 'enabled' or 'disabled', got {dp!r}",
+                                       field="deletion_protection")
+        out["deletion_protection"] = dp
+    tags = body.get("tags")
+    if tags is not None:
+        if not isinstance(tags, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+            raise InvalidArgumentError("tags must be an object of strings", field="tags")
+        out["tags"] = dict(tags)
+    return out
+
+
+def index_model(record: Mapping, base_url: str) -> dict:
+    """What ``describe_index`` answers for ``record``, its host under ``base_url`` (as the client reached us)."""
+    dep = record["deployment"]
+    spec = ({"serverless": {"cloud": dep.get("cloud"), "region": dep.get("region")}}
+            if dep.get("deployment_type") == "managed" else
+            {"pod": {k: dep.get(k) for k in ("environment", "pod_type", "replicas", "shards")}})
+    return {
+        "name": record["name"],
+        "host": f"{base_url.rstrip('/')}/index/{record['name']}",
+        "status": {"ready": True, "state": "Ready"},
+        "schema": {"fields": {"_values": {"type": "dense_vector", "dimension": record["dimension"],
+                                          "metric": record["metric"]}}},
+        "deployment": dep,
+        "deletion_protection": record["deletion_protection"],
+        "tags": record.get("tags") or None,
+        # the 2025 API's fields
+        "dimension": record["dimension"], "metric": record["metric"], "vector_type": "dense", "spec": spec,
+    }

@@ -1,0 +1,168 @@
+"""Pinecone's control plane and an index's data plane (``/index/{name}/``), driven with the real
+``pinecone`` SDK against the shared served app (conftest ``served``), as a user leaving Pinecone (or
+Pinecone Local) would: change only the host."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import RO_KEY, RW_KEY
+
+pytest.importorskip("ray")
+httpx = pytest.importorskip("httpx")
+pinecone = pytest.importorskip("pinecone")
+
+
+def url(cfg, path=""):
+    return f"http://{cfg.host}:{cfg.port}{path}"
+
+
+@pytest.fixture
+def pc(served):
+    return pinecone.Pinecone(api_key=RW_KEY, host=url(served))
+
+
+def listed(pages) -> list[str]:
+    """The ids of ``Index.list``'s pages (pages of ids in SDKs before 10, of items with ``.id`` since)."""
+    return [getattr(i, "id", i) for page in pages for i in page]
+
+
+def collections(served) -> set[str]:
+    r = httpx.get(url(served, "/collections"), headers={"Api-Key": RW_KEY}, timeout=30)
+    assert r.status_code == 200, r.text
+    return set(r.json()["collections"])
+
+
+def test_index_lifecycle_and_data_plane(served, pc, rng):
+    name = "pc-life"
+    assert not pc.has_index(name)
+    pc.create_index(name=name, dimension=4, metric="euclidean",
+                    spec=pinecone.ServerlessSpec(cloud="aws", region="us-east-1"))
+    assert pc.has_index(name) and name in pc.list_indexes().names()
+    desc = pc.describe_index(name)
+    assert (desc.dimension, desc.metric, desc.status.ready) == (4, "euclidean", True)
+    assert desc.host == url(served, f"/index/{name}")
+    with pytest.raises(pinecone.ApiError) as ei:
+        pc.create_index(name=name, dimension=4, metric="cosine", spec=pinecone.ServerlessSpec(cloud="aws",
+                                                                                             region="us-east-1"))
+    assert ei.value.status_code == 409
+
+    idx = pc.Index(name)  # found by name: the SDK asks describe_index for its host
+    X = rng.standard_normal((30, 4)).astype(np.float32)
+    assert idx.upsert(vectors=[(f"v{i}", X[i].tolist(), {"n": i}) for i in range(30)], namespace="a").upserted_count == 30
+    idx.upsert(vectors=[("d0", X[0].tolist())])  # the default namespace
+    q = X[3] + 0.01
+    out = idx.query(vector=q.tolist(), top_k=3, namespace="a", include_metadata=True)
+    d2 = ((X - q) ** 2).sum(1)
+    assert [m.id for m in out.matches] == [f"v{i}" for i in np.argsort(d2)[:3]]
+    assert out.matches[0].score == pytest.approx(float(d2[3]), abs=1e-5)  # euclidean: squared distance, smallest first
+    assert out.matches[0].metadata == {"n": 3}
+    assert idx.query(vector=X[0].tolist(), top_k=1).matches[0].id == "d0"
+
+    # Pinecone's answers where the root plane would say 404: a namespace never written is empty
+    assert idx.query(vector=q.tolist(), top_k=3, namespace="never").matches == []
+    assert dict(idx.fetch(ids=["v1"], namespace="never").vectors) == {}
+    assert set(idx.fetch(ids=["v1", "v2"], namespace="a").vectors) == {"v1", "v2"}
+    with pytest.raises(pinecone.ApiError) as ei:
+        idx.upsert(vectors=[("bad", [1.0, 2.0, 3.0])], namespace="a")
+    assert ei.value.status_code == 400 and "does not match the dimension of the index (4)" in ei.value.message
+    with pytest.raises(pinecone.ApiError) as ei:
+        idx.query(vector=[1.0] * 5, top_k=1, namespace="a")
+    assert ei.value.status_code == 400 and "dimension" in ei.value.message
+
+    stats = idx.describe_index_stats()
+    assert stats.dimension == 4 and stats.total_vector_count == 31
+    assert {ns: s.vector_count for ns, s in stats.namespaces.items()} == {"a": 30, "__default__": 1}
+
+    # the namespaces are collections {index}.{namespace}; deleting the index takes them all
+    assert {f"{name}.a", f"{name}.__default__"} <= collections(served)
+    pc.configure_index(name, deletion_protection="enabled")
+    with pytest.raises(pinecone.ApiError) as ei:
+        pc.delete_index(name)
+    assert ei.value.status_code == 403 and "deletion protection" in ei.value.message
+    pc.configure_index(name, deletion_protection="disabled")
+    pc.delete_index(name)
+    assert not pc.has_index(name)
+    assert not {c for c in collections(served) if c.startswith(name + ".")}
+    with pytest.raises(pinecone.ApiError) as ei:
+        idx.query(vector=q.tolist(), top_k=3, namespace="a")
+    assert ei.value.status_code == 404 and repr(name) in ei.value.message
+
+
+def test_list_ids_pages_in_sorted_order(served, pc, rng):
+    name = "pc-list"
+    pc.create_index(name=name, dimension=3, metric="cosine",
+                    spec=pinecone.ServerlessSpec(cloud="aws", region="us-east-1"))
+    try:
+        idx = pc.Index(name)
+        ids = [f"doc{i}#chunk{j}" for i in range(25) for j in range(9)] + ["other-1", "other-2"]
+        X = rng.standard_normal((len(ids), 3)).astype(np.float32)
+        for s in range(0, len(ids), 100):
+            idx.upsert(vectors=[(i, v.tolist()) for i, v in zip(ids[s:s + 100], X[s:s + 100])], namespace="n")
+        got = listed(idx.list(prefix="doc1", namespace="n", limit=20))
+        want = sorted(i for i in ids if i.startswith("doc1"))
+        assert got == want and len(got) == 99
+        first = idx.list_paginated(prefix="doc", namespace="n", limit=100)
+        assert [v.id for v in first.vectors] == sorted(i for i in ids if i.startswith("doc"))[:100]
+        second = idx.list_paginated(prefix="doc", namespace="n", limit=100, pagination_token=first.pagination.next)
+        assert [v.id for v in second.vectors] == sorted(i for i in ids if i.startswith("doc"))[100:200]
+        assert listed(idx.list(namespace="never")) == []
+        # LlamaIndex deletes a document's chunks by listing them by prefix
+        idx.delete(ids=listed(idx.list(prefix="doc3#", namespace="n")), namespace="n")
+        assert idx.describe_index_stats().namespaces["n"].vector_count == len(ids) - 9
+    finally:
+        pc.delete_index(name)
+
+
+def test_root_plane_lists_ids_and_rejects_bad_tokens(served, rng):
+    key = {"Api-Key": RW_KEY}
+    body = {"namespace": "root-list", "vectors": [{"id": f"r{i:02d}", "values": [1.0, float(i)]} for i in range(12)]}
+    assert httpx.post(url(served, "/vectors/upsert"), json=body, headers=key, timeout=30).status_code == 200
+    r = httpx.get(url(served, "/vectors/list"), params={"namespace": "root-list", "limit": 5}, headers=key, timeout=30)
+    assert r.status_code == 200 and [v["id"] for v in r.json()["vectors"]] == [f"r{i:02d}" for i in range(5)]
+    nxt = r.json()["pagination"]["next"]
+    r = httpx.get(url(served, "/vectors/list"), params={"namespace": "root-list", "limit": 10, "paginationToken": nxt},
+                  headers=key, timeout=30)
+    assert [v["id"] for v in r.json()["vectors"]] == [f"r{i:02d}" for i in range(5, 12)] and "pagination" not in r.json()
+    for params, needle in (({"paginationToken": "%%%"}, "paginationToken"), ({"paginationToken": ""}, "paginationToken"), ({"limit": 0}, "limit"),
+                           ({"limit": 1001}, "limit")):
+        r = httpx.get(url(served, "/vectors/list"), params={"namespace": "root-list", **params}, headers=key, timeout=30)
+        assert r.status_code == 400 and needle in r.json()["message"], r.text
+
+
+@pytest.mark.parametrize("body, needle", [
+    ({"name": "Bad_Name", "dimension": 3, "metric": "cosine", "spec": {"serverless": {}}}, "index name"),
+    ({"name": "ok-name", "dimension": 3, "metric": "manhattan", "spec": {"serverless": {}}}, "metric must be one of"),
+    ({"name": "ok-name", "dimension": 0, "metric": "cosine", "spec": {"serverless": {}}}, "dimension must be between"),
+    ({"name": "ok-name", "vector_type": "sparse", "metric": "dotproduct", "spec": {"serverless": {}}}, "sparse"),
+    ({"name": "ok-name", "schema": {"fields": {"t": {"type": "semantic_text", "model": "m"}}},
+      "deployment": {"deployment_type": "managed", "cloud": "aws", "region": "us-east-1"}}, "semantic_text"),
+    ({"dimension": 3}, "index name"),
+])
+def test_create_index_refuses_what_it_cannot_do(served, body, needle):
+    r = httpx.post(url(served, "/indexes"), json=body, headers={"Api-Key": RW_KEY}, timeout=30)
+    assert r.status_code == 400 and needle in r.json()["message"], r.text
+    assert "ok-name" not in httpx.get(url(served, "/indexes"), headers={"Api-Key": RW_KEY}, timeout=30).text
+
+
+def test_control_plane_needs_a_writing_key_and_unknown_indexes_are_404(served):
+    ro = pinecone.Pinecone(api_key=RO_KEY, host=url(served))
+    with pytest.raises(pinecone.ApiError) as ei:
+        ro.create_index(name="pc-ro", dimension=3, metric="cosine",
+                        spec=pinecone.ServerlessSpec(cloud="aws", region="us-east-1"))
+    assert ei.value.status_code == 403
+    r = httpx.post(url(served, "/index/no-such-index/query"), json={"vector": [1.0], "topK": 1},
+                   headers={"Api-Key": RW_KEY}, timeout=30)
+    assert r.status_code == 404 and "no-such-index" in r.json()["message"]
+    r = httpx.get(url(served, "/index/no-such-index/collections"), headers={"Api-Key": RW_KEY}, timeout=30)
+    assert r.status_code == 404  # only the data plane is served under /index/{name}/
+
+
+def test_a_refused_first_upsert_creates_no_namespace(served):
+    key = {"Api-Key": RW_KEY}
+    body = {"namespace": "refused-first", "vectors": [{"id": "a", "values": [1.0, 2.0], "metadata": {"k": None}}]}
+    r = httpx.post(url(served, "/vectors/upsert"), json=body, headers=key, timeout=30)
+    assert r.status_code == 400, r.text
+    assert "refused-first" not in collections(served)
+    stats = httpx.post(url(served, "/describe_index_stats"), json={}, headers=key, timeout=30).json()
+    assert "refused-first" not in stats["namespaces"]
