@@ -19,8 +19,9 @@ Semantics
 - Missing fields (MongoDB rules): a record without the field fails every
   comparison except ``$ne`` and ``$nin``, which it passes. ``$exists: true``
   matches records that have the field, ``$exists: false`` those that do not.
-  ``$exists`` may name a field the collection has never seen (every record
-  lacks it); every other operator on such a field is an error.
+  A field the collection has never seen is missing from every record, as
+  Pinecone treats it: ``$ne``, ``$nin`` and ``$exists: false`` match every
+  record, every other condition none (its operand is still checked).
 - ``int`` and ``float`` fields compare numerically with int or float operands,
   exactly as Python compares numbers (``{"year": {"$gt": 2019.5}}`` matches
   2020; ``{"year": 2020.0}`` matches 2020). Operand ints must fit in int64.
@@ -41,8 +42,7 @@ Errors
 ------
 ``TypeError`` when something has the wrong type (the filter is not a dict, an
 operand of the wrong kind, ``$exists`` with a non-bool, ``$in`` with a
-non-list); ``ValueError`` for a wrong value (an unknown operator, an unknown
-field, an empty ``$in`` list or condition object, an operator a field type
+non-list); ``ValueError`` for a wrong value (an unknown operator, an empty ``$in`` list or condition object, an operator a field type
 does not support, NaN or infinity, mixing operators and plain keys in one
 object, nesting deeper than :data:`MAX_DEPTH`).
 
@@ -313,9 +313,9 @@ class _Compiler:
                 return not operand  # a field no record has
             ref = pc.field(field)
             return _Node(pc.is_valid(ref) if operand else pc.is_null(ref), frozenset([field]))
-        if field not in self.schema:
-            known = ", ".join(repr(f) for f in sorted(self.schema)) or "none yet"
-            raise InvalidArgumentError(f"unknown metadata field {field!r} in filter; the collection's fields are: {known}")
+        if field not in self.schema:  # no record has it: a missing value everywhere (Pinecone's answer)
+            self.unseen(field, op, operand)
+            return op in ("$ne", "$nin")
         ftype = self.schema[field]
         if op in _COMPARISONS and ftype in ("bool", "string_list"):
             raise InvalidArgumentError(
@@ -332,6 +332,24 @@ class _Compiler:
         if ftype == "float" and isinstance(value, int):
             return self.float_vs_int(field, op, value)
         return self.compare(field, op, value)
+
+    def unseen(self, field: str, op: str, operand: Any) -> None:
+        """Check the operand of a condition on a field no record has, as if the field had the operand's
+        type: a malformed filter is refused whether or not the field exists yet."""
+        if op in ("$in", "$nin") and not (isinstance(operand, (list, tuple)) and operand):
+            self.operand_list(field, "string", op, operand)  # refuses a non-list or an empty list
+        first = operand[0] if op in ("$in", "$nin") else operand
+        kind = _operand_kind(first)
+        if kind is None:
+            raise InvalidTypeError(f"{op} on field {field!r} needs a string, number or bool, got "
+                                   f"{type(first).__name__} {_show(first)}")
+        ftype = {"bool": "bool", "string": "string", "number": "float"}[kind]
+        if op in _COMPARISONS and ftype == "bool":
+            raise InvalidTypeError(f"{op} on field {field!r} needs a number or a string, got bool {_show(first)}")
+        if op in ("$in", "$nin"):
+            self.operand_list(field, ftype, op, operand)
+        else:
+            self.operand(field, ftype, op, operand)
 
     # -- operands -----------------------------------------------------------
 
@@ -452,6 +470,23 @@ def _is_int_valued(value: Any) -> bool:
     if isinstance(value, int):
         return True
     return value.is_integer() and _INT64_MIN <= value <= _INT64_MAX
+
+
+def filter_fields(filter: Any) -> set[str]:
+    """The metadata fields a (well-formed) filter names.
+
+    >>> sorted(filter_fields({"$or": [{"genre": "news"}, {"year": {"$gt": 2019}}], "lang": "en"}))
+    ['genre', 'lang', 'year']
+    """
+    out: set[str] = set()
+    if isinstance(filter, Mapping):
+        for key, value in filter.items():
+            if key in LOGICAL_OPERATORS and isinstance(value, (list, tuple)):
+                for item in value:
+                    out |= filter_fields(item)
+            elif isinstance(key, str) and not key.startswith("$"):
+                out.add(key)
+    return out
 
 
 def compile_filter(filter: Any, schema: Mapping[str, str]) -> CompiledFilter | None:

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 
 from gpusearch import metadata as md
 from gpusearch.errors import GpusearchError
-from gpusearch.filters import compile_filter
+from gpusearch.filters import compile_filter, filter_fields
 from gpusearch.progress import progress
 from gpusearch.request import MAX_TOP_K, check_top_k
 
@@ -26,6 +26,17 @@ from ._worker import JoinWorker
 __all__ = ["knn_join", "range_join", "dedup", "connected_components"]
 
 log = logging.getLogger("gpusearch.join")
+
+
+def _check_filter(filter, schema: dict) -> None:
+    """Refuse a bad filter before any work, naming what was expected. Unlike a query (where a field no
+    record has matches nothing, as in Pinecone), a join refuses a field the right side lacks: an hours-long
+    join that silently finds nothing for a misspelt field is worse than an error."""
+    compile_filter(filter, schema)
+    unknown = sorted(filter_fields(filter) - set(schema))
+    if unknown:
+        known = ", ".join(repr(f) for f in sorted(schema)) or "none"
+        raise ValueError(f"unknown metadata field {unknown[0]!r} in filter; the right side's fields are: {known}")
 
 
 def _ensure_ray() -> None:
@@ -200,7 +211,7 @@ def _run(mode: str, left, right, *, k=0, threshold=0.0, max_per_row=None, metric
         rdim = None if text else _probe_dim(rsrc.dataset, vector, "right", right_id)
         rtype = inputs.id_type(rcols[right_id])
         if filter:
-            compile_filter(filter, schema)  # raises on a bad filter, naming what was expected
+            _check_filter(filter, schema)
             fields &= set(schema)
     if text:
         enc_dim = encoder_dim(None if encoder is None else os.fspath(encoder))
@@ -243,7 +254,7 @@ def _run(mode: str, left, right, *, k=0, threshold=0.0, max_per_row=None, metric
                 # The collection's field types: the union of its shards', as the engine's Collection makes it.
                 for x in loaded:
                     schema = md.merge_schemas(schema, x["schema"])
-                compile_filter(filter, schema)  # raises on a bad filter, naming what was expected
+                _check_filter(filter, schema)
                 spec.schema = schema
             ray.get([p.set_filter.remote(spec.filter, schema) for p in parts])
     except Exception as e:

@@ -62,6 +62,10 @@ def test_index_lifecycle_and_data_plane(served, pc, rng):
     # Pinecone's answers where the root plane would say 404: a namespace never written is empty
     assert idx.query(vector=q.tolist(), top_k=3, namespace="never").matches == []
     assert dict(idx.fetch(ids=["v1"], namespace="never").vectors) == {}
+    # a filter on a field no record has matches nothing ($ne: everything), in queries and deletes alike
+    assert idx.query(vector=q.tolist(), top_k=3, namespace="a", filter={"genre": "x"}).matches == []
+    assert len(idx.query(vector=q.tolist(), top_k=3, namespace="a", filter={"genre": {"$ne": "x"}}).matches) == 3
+    idx.delete(filter={"genre": "x"}, namespace="a")
     assert set(idx.fetch(ids=["v1", "v2"], namespace="a").vectors) == {"v1", "v2"}
     with pytest.raises(pinecone.ApiError) as ei:
         idx.upsert(vectors=[("bad", [1.0, 2.0, 3.0])], namespace="a")
