@@ -339,6 +339,12 @@ class Catalog:
             self._open.clear()
 
 
+def _replaced_error():
+    from .replica import CollectionReplacedError
+
+    return CollectionReplacedError
+
+
 class ShardCatalog:
     """Shard ``shard`` of every collection under ``data_dir``, read-only, caught up on every batch."""
 
@@ -376,7 +382,16 @@ class ShardCatalog:
                 raise CollectionNotFound(f"no collection or alias named {name!r}", name=name)
             if f is None:
                 f = self._followers[name] = self._Follower.open(path, self.shard, device=self.device)
-        f.refresh()
+        try:
+            f.refresh()
+        except _replaced_error():  # dropped and made again with another shape: follow the new one
+            with self._lock:
+                if self._followers.get(name) is f:
+                    self._followers.pop(name).close()
+                f = self._followers.get(name)
+                if f is None:
+                    f = self._followers[name] = self._Follower.open(path, self.shard, device=self.device)
+            f.refresh()
         return f
 
     def schema(self, name: str) -> dict[str, str] | None:

@@ -86,6 +86,12 @@ BUILD_ATTEMPTS = 8
 _RACY_NS = 2_000_000_000
 
 
+class CollectionReplacedError(ValueError):
+    """The collection at a follower's path was dropped and created again with another shape (dim, metric,
+    index, dtype or shards): a follower cannot turn into one of it; open a new one
+    (:class:`gpusearch.catalog.ShardCatalog` does)."""
+
+
 class _Stale(Exception):
     """The follower's state cannot be brought up to date from the WAL; rebuild it from the snapshot."""
 
@@ -310,8 +316,8 @@ class ShardFollower:
         changed = [f"{k} {self._config[k]!r} -> {config[k]!r}" for k in ("dim", "metric", "index", "dtype", "shards")
                    if config[k] != self._config[k]]
         if changed:
-            raise ValueError(f"{self.path} now holds another collection ({', '.join(changed)}); "
-                             f"open a new follower for it")
+            raise CollectionReplacedError(f"collection {self.path.name!r} was created anew as another collection "
+                                          f"({', '.join(changed)}); open a new follower for it")
         log.info("shard %d of %s: the collection was created anew; loading it", self.number, self.path)
         self._config, self._config_sig = config, sig
         # Its seqs start again from 1: forget every commit and cursor of the old one.

@@ -170,3 +170,23 @@ def test_a_refused_first_upsert_creates_no_namespace(served):
     assert "refused-first" not in collections(served)
     stats = httpx.post(url(served, "/describe_index_stats"), json={}, headers=key, timeout=30).json()
     assert "refused-first" not in stats["namespaces"]
+
+
+def test_a_namespace_made_again_with_another_dimension_is_served(served):
+    """Drop a collection, upsert under its name with another vector length: queries answer (they used to
+    answer 400 for good, with the server's data path in the message)."""
+    key = {"Api-Key": RW_KEY}
+
+    def call(path, body):
+        r = httpx.post(url(served, path), json=body, headers=key, timeout=30)
+        assert served.data_dir not in r.text
+        return r
+
+    assert call("/vectors/upsert", {"namespace": "reshape", "vectors": [{"id": "a", "values": [1.0, 0.0]}]}).status_code == 200
+    assert call("/query", {"namespace": "reshape", "vector": [1.0, 0.0], "topK": 1}).json()["matches"][0]["id"] == "a"
+    assert httpx.delete(url(served, "/collections/reshape"), headers=key, timeout=30).status_code == 200
+    body = {"namespace": "reshape", "vectors": [{"id": "b", "values": [0.0, 1.0, 0.0]}]}
+    assert call("/vectors/upsert", body).status_code == 200
+    for _ in range(2):  # both replicas of each shard
+        r = call("/query", {"namespace": "reshape", "vector": [0.0, 1.0, 0.0], "topK": 1})
+        assert r.status_code == 200 and r.json()["matches"][0]["id"] == "b", r.text

@@ -334,7 +334,7 @@ def test_collection_created_anew_under_the_same_path(tmp_path, rng):
     col.close()
     os.rename(col.path, tmp_path / "trash2")
     gs.Collection.create(tmp_path / "c", dim=DIM + 1, shards=SHARDS, device="cpu", fsync=False).close()
-    with pytest.raises(ValueError, match=r"now holds another collection \(dim 16 -> 17\)"):
+    with pytest.raises(ValueError, match=r"was created anew as another collection \(dim 16 -> 17\)"):
         fs[0].refresh()
 
 
@@ -533,3 +533,21 @@ def test_tail_after_seq_chunks_and_missing_files(tmp_path, monkeypatch):
         ghost.read_new(max_bytes=0)
     with pytest.raises(ValueError, match="after_seq must be an int"):
         WALTail(d, after_seq=-1)
+
+
+def test_shard_catalog_follows_a_collection_made_again_with_another_shape(tmp_path):
+    """Drop a collection and upsert again under its name with another vector length: the read side opens
+    a follower of the new one (it used to answer every query with an error naming the data path, for good)."""
+    from gpusearch.catalog import Catalog, ShardCatalog
+
+    cat = Catalog(tmp_path, shards=1, device="cpu", fsync=False)
+    cat.upsert("c", ["a", "b"], np.eye(3, dtype=np.float32)[:2])
+    reader = ShardCatalog(tmp_path, 0, device="cpu")
+    old = reader.follower("c")
+    assert old.dim == 3 and old.search(np.ones(3, np.float32), 2).counts.tolist() == [2]
+    cat.drop("c")
+    cat.upsert("c", ["x"], np.ones((1, 4), np.float32), metric="l2")
+    new = reader.follower("c")
+    assert new is not old and new.dim == 4
+    assert new.search(np.ones(4, np.float32), 2).counts.tolist() == [1]
+    assert reader.follower("c") is new
