@@ -174,6 +174,21 @@ class Writer:
     async def drop_index(self, name: str) -> None:
         await self._run(self._drop_index, name)
 
+    async def ids_matching(self, collection, filter, after=None, limit=None) -> tuple[list[str], bool]:
+        """Ids of the records ``filter`` passes, sorted, after ``after``; a page of ``limit`` and whether
+        more follow (all of them for ``limit=None``)."""
+        import heapq
+
+        def run():
+            ids = self.catalog.get(collection).ids_matching(filter)
+            if after is not None:
+                ids = [i for i in ids if i > after]
+            if limit is None:
+                return sorted(ids), False
+            page = heapq.nsmallest(limit + 1, ids)
+            return page[:limit], len(page) > limit
+        return await self._run(run)
+
     async def list_ids(self, collection, prefix: str = "", after=None, limit: int = 100) -> tuple[list[str], bool]:
         return await self._run(lambda: self.catalog.get(collection).list_ids(prefix, after=after, limit=limit))
 

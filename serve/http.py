@@ -66,7 +66,7 @@ api.add_middleware(BodyLimit)
 
 #: The routes an index's data plane serves under ``/index/{name}/`` (serve/_indexes.py).
 INDEX_ROUTES = frozenset({"/vectors/upsert", "/query", "/vectors/fetch", "/vectors/update", "/vectors/delete",
-                          "/describe_index_stats", "/vectors/list"})
+                          "/describe_index_stats", "/vectors/list", "/vectors/fetch_by_metadata", "/namespaces"})
 
 
 class IndexPrefix:
@@ -79,7 +79,7 @@ class IndexPrefix:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"].startswith("/index/"):
             name, _, rest = scope["path"][len("/index/"):].partition("/")
-            if "/" + rest in INDEX_ROUTES:
+            if "/" + rest in INDEX_ROUTES or rest.startswith("namespaces/"):
                 scope = dict(scope, path="/" + rest, raw_path=("/" + rest).encode(),
                              state={**scope.get("state", {}), "index": name})
         await self.app(scope, receive, send)
@@ -165,6 +165,13 @@ class DeleteBody(_Body):
     delete_all: bool = Field(default=False, alias="deleteAll")
     filter: Optional[dict[str, Any]] = None
     namespace: str = ""
+
+
+class FetchByMetadataBody(_Body):
+    filter: Optional[dict[str, Any]] = None
+    namespace: str = ""
+    limit: Optional[int] = None
+    pagination_token: Optional[str] = Field(default=None, alias="paginationToken")
 
 
 class StatsBody(_Body):
@@ -302,8 +309,10 @@ def _matches(r, q: int, values: bool, metadata: bool) -> list[dict]:
     return out
 
 
-#: The largest page ``GET /vectors/list`` returns.
+#: The largest page ``GET /vectors/list`` and ``GET /namespaces`` return.
 LIST_LIMIT = 1000
+#: ... and ``POST /vectors/fetch_by_metadata`` (Pinecone's own ceiling).
+FETCH_BY_METADATA_LIMIT = 10_000
 
 
 def _id_token(last_id: str) -> str:
@@ -507,9 +516,13 @@ class HttpRoutes:
         async def run(grant):
             if body.sparse_values:
                 raise InvalidArgumentError("sparse values are not supported", field="sparseValues")
-            if body.dry_run:
-                raise InvalidArgumentError("dryRun is not supported", field="dryRun")
             name = self._collection(grant, body.namespace, request)
+            if body.dry_run:  # how many records the filter would update, nothing written
+                if body.filter is None:
+                    raise InvalidArgumentError("dryRun counts the records a filter matches; send a filter",
+                                               field="dryRun")
+                ids, _ = await self.writer.ids_matching.remote(name, self._filter(body.filter))
+                return {"matchedRecords": len(ids)}
             if body.id is not None:
                 self._id(body.id, "id")
             values = None if body.values is None else self._vectors([body.values], "values")
@@ -583,6 +596,106 @@ class HttpRoutes:
                 out["pagination"] = {"next": _id_token(ids[-1])}
             return out
         return await self._guard(request, "list", False, run)
+
+    @api.post("/vectors/fetch_by_metadata")
+    async def http_fetch_by_metadata(self, body: FetchByMetadataBody, request: Request):
+        """The records a filter passes, in id order, ``limit`` a page (at most 10,000), with their values
+        and metadata, and ``pagination.next`` while more follow."""
+        async def run(grant):
+            if not body.filter:
+                raise InvalidArgumentError("fetch_by_metadata needs a non-empty filter", field="filter")
+            limit = 100 if body.limit is None else body.limit
+            if not 1 <= limit <= FETCH_BY_METADATA_LIMIT:
+                raise LimitExceededError(f"limit must be between 1 and {FETCH_BY_METADATA_LIMIT}, got {limit}",
+                                         limit_name="limit", limit=FETCH_BY_METADATA_LIMIT, value=limit, field="limit")
+            after = None if body.pagination_token is None else _token_id(body.pagination_token)
+            name = self._collection(grant, body.namespace, request)
+            try:
+                ids, more = await self.writer.ids_matching.remote(name, self._filter(body.filter), after, limit)
+                records = await self._fetch_records(name, ids) if ids else {}
+            except Exception as e:
+                if self._index(request) is None or not isinstance(unwrap(e), CollectionNotFound):
+                    raise
+                ids, more, records = [], False, {}
+            out = {"vectors": {i: {"id": i, "values": records[i][0].tolist(), "metadata": records[i][1]}
+                               for i in ids if i in records}, "namespace": body.namespace}
+            if more:
+                out["pagination"] = {"next": _id_token(ids[-1])}
+            return out
+        return await self._guard(request, "fetch_by_metadata", False, run)
+
+    # -- namespaces: an index's (under /index/{name}/), or at the root the collections ------------
+    async def _namespaces(self, grant, request) -> dict[str, int]:
+        """{namespace: records} of the index a request addresses, or of the root (every collection)."""
+        index = self._index(request)
+        cols = (await self._listing(grant))["collections"]
+        if index is None:
+            return {n: c["records"] for n, c in cols.items()}
+        out = {collection_namespace(index["name"], n): c["records"] for n, c in cols.items()}
+        out.pop(None, None)
+        return out
+
+    @api.get("/namespaces")
+    async def http_list_namespaces(self, request: Request, prefix: str = "", limit: int = 100,
+                                   paginationToken: Optional[str] = None):  # noqa: N803 - Pinecone's name
+        async def run(grant):
+            if not 1 <= limit <= LIST_LIMIT:
+                raise LimitExceededError(f"limit must be between 1 and {LIST_LIMIT}, got {limit}", limit_name="limit",
+                                         limit=LIST_LIMIT, value=limit, field="limit")
+            after = None if paginationToken is None else _token_id(paginationToken)
+            counts = await self._namespaces(grant, request)
+            names = sorted(n for n in counts if n.startswith(prefix))
+            page = [n for n in names if after is None or n > after][:limit + 1]
+            out = {"namespaces": [{"name": n, "record_count": counts[n]} for n in page[:limit]],
+                   "total_count": len(names)}
+            if len(page) > limit:
+                out["pagination"] = {"next": _id_token(page[limit - 1])}
+            return out
+        return await self._guard(request, "namespaces", False, run)
+
+    @api.get("/namespaces/{namespace}")
+    async def http_describe_namespace(self, namespace: str, request: Request):
+        async def run(grant):
+            name = self._collection(grant, namespace, request)
+            index = self._index(request)
+            shown = name if index is None else collection_namespace(index["name"], name)
+            counts = await self._namespaces(grant, request)
+            if shown not in counts:
+                raise NotFoundError(f"namespace {namespace!r} not found", kind="namespace", name=namespace)
+            return {"name": shown, "record_count": counts[shown]}
+        return await self._guard(request, "namespaces", False, run)
+
+    @api.post("/namespaces")
+    async def http_create_namespace(self, request: Request, body: dict[str, Any] = Body(...)):
+        """An empty namespace of an index (its dimension and metric); at the root, POST /collections."""
+        async def run(grant):
+            index = self._index(request)
+            if index is None:
+                raise InvalidArgumentError("at the root a namespace is a collection: create it with POST /collections "
+                                           "(it needs a dimension), or upsert into it")
+            ns = body.get("name")
+            if not isinstance(ns, str) or ns in ("", "__default__"):
+                raise InvalidArgumentError(f"name must be a namespace name, got {ns!r}", field="name")
+            if body.get("schema") is not None:
+                raise InvalidArgumentError("namespace schemas are not supported: every metadata field is filterable",
+                                           field="schema")
+            name = self._collection(grant, ns, request)
+            await self.writer.create.remote(name, index["dimension"], PINECONE_METRICS[index["metric"]])
+            return JSONResponse({"name": ns, "record_count": 0}, status_code=201)
+        return await self._guard(request, "namespaces", True, run)
+
+    @api.delete("/namespaces/{namespace}", status_code=202)
+    async def http_delete_namespace(self, namespace: str, request: Request):
+        """Drop a namespace and its records: an index's with a writing key; at the root (a collection) with
+        an admin key, as DELETE /collections/{name}."""
+        async def run(grant):
+            index = self._index(request)
+            if index is None and grant is not None and grant.scoped:
+                raise PermissionDeniedError("at the root a namespace is a collection: dropping it needs an admin key")
+            name = self._collection(grant, namespace, request)
+            await self.writer.drop.remote(name)
+            return Response(status_code=202)
+        return await self._guard(request, "namespaces", True, run)
 
     # -- Pinecone control plane (serve/_indexes.py) -----------------------------
     @api.get("/indexes")

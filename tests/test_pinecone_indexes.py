@@ -190,3 +190,44 @@ def test_a_namespace_made_again_with_another_dimension_is_served(served):
     for _ in range(2):  # both replicas of each shard
         r = call("/query", {"namespace": "reshape", "vector": [0.0, 1.0, 0.0], "topK": 1})
         assert r.status_code == 200 and r.json()["matches"][0]["id"] == "b", r.text
+
+
+def test_namespaces_fetch_by_metadata_and_update_dry_run(served, pc, rng):
+    name = "pc-ns"
+    pc.create_index(name=name, dimension=2, metric="dotproduct",
+                    spec=pinecone.ServerlessSpec(cloud="aws", region="us-east-1"))
+    try:
+        idx = pc.Index(name)
+        for ns, n in (("alpha", 5), ("beta", 3)):
+            idx.upsert(vectors=[(f"{ns}{i}", [1.0, float(i)], {"even": i % 2 == 0, "i": i}) for i in range(n)],
+                       namespace=ns)
+        got = idx.describe_namespace(name="alpha")
+        assert (got.name, got.record_count) == ("alpha", 5)
+        listed_ns = idx.list_namespaces_paginated()
+        assert {(d.name, d.record_count) for d in listed_ns.namespaces} == {("alpha", 5), ("beta", 3)}
+        assert listed_ns.total_count == 2
+        made = idx.create_namespace(name="gamma")
+        assert made.name == "gamma" and idx.describe_namespace(name="gamma").record_count == 0
+        with pytest.raises(pinecone.ApiError) as ei:
+            idx.describe_namespace(name="never")
+        assert ei.value.status_code == 404
+
+        page = idx.fetch_by_metadata(filter={"even": True}, namespace="alpha", limit=2)
+        assert sorted(page.vectors) == ["alpha0", "alpha2"] and page.vectors["alpha2"].metadata == {"even": True, "i": 2}
+        assert page.vectors["alpha2"].values == [1.0, 2.0] and page.pagination is not None
+        rest = idx.fetch_by_metadata(filter={"even": True}, namespace="alpha", limit=2,
+                                     pagination_token=page.pagination.next)
+        assert sorted(rest.vectors) == ["alpha4"] and rest.pagination is None
+        assert dict(idx.fetch_by_metadata(filter={"even": True}, namespace="never").vectors) == {}
+
+        r = httpx.post(url(served, f"/index/{name}/vectors/update"), headers={"Api-Key": RW_KEY}, timeout=30,
+                       json={"namespace": "alpha", "filter": {"i": {"$gte": 3}}, "setMetadata": {"x": 1},
+                             "dryRun": True})
+        assert r.status_code == 200 and r.json()["matchedRecords"] == 2, r.text
+        assert "x" not in idx.fetch(ids=["alpha3"], namespace="alpha").vectors["alpha3"].metadata  # nothing written
+
+        idx.delete_namespace(name="beta")
+        assert {d.name for d in idx.list_namespaces_paginated().namespaces} == {"alpha", "gamma"}
+        assert f"{name}.beta" not in collections(served)
+    finally:
+        pc.delete_index(name)

@@ -77,7 +77,9 @@ def confine(case) -> None:
             case.path_parameters["name"] = own_name(case.path_parameters["name"])
         if "alias" in case.path_parameters:
             case.path_parameters["alias"] = own_name(case.path_parameters["alias"], FUZZ_ALIASES)
-    if case.path == "/vectors/fetch":
+        if "namespace" in case.path_parameters:  # at the root a namespace is a collection
+            case.path_parameters["namespace"] = own_name(case.path_parameters["namespace"])
+    if case.path in ("/vectors/fetch", "/vectors/list"):
         if case.query is None:
             case.query = {}
         if "namespace" in case.query:
