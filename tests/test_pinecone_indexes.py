@@ -3,6 +3,8 @@
 Pinecone Local) would: change only the host."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -20,6 +22,17 @@ def url(cfg, path=""):
 @pytest.fixture
 def pc(served):
     return pinecone.Pinecone(api_key=RW_KEY, host=url(served))
+
+
+@contextlib.contextmanager
+def an_index(pc, name: str, dimension: int, metric: str):
+    """A fresh index for one test, deleted after it."""
+    pc.create_index(name=name, dimension=dimension, metric=metric,
+                    spec=pinecone.ServerlessSpec(cloud="aws", region="us-east-1"))
+    try:
+        yield pc.Index(name)
+    finally:
+        pc.delete_index(name)
 
 
 def listed(pages) -> list[str]:
@@ -94,11 +107,7 @@ def test_index_lifecycle_and_data_plane(served, pc, rng):
 
 
 def test_list_ids_pages_in_sorted_order(served, pc, rng):
-    name = "pc-list"
-    pc.create_index(name=name, dimension=3, metric="cosine",
-                    spec=pinecone.ServerlessSpec(cloud="aws", region="us-east-1"))
-    try:
-        idx = pc.Index(name)
+    with an_index(pc, "pc-list", 3, "cosine") as idx:
         ids = [f"doc{i}#chunk{j}" for i in range(25) for j in range(9)] + ["other-1", "other-2"]
         X = rng.standard_normal((len(ids), 3)).astype(np.float32)
         for s in range(0, len(ids), 100):
@@ -114,8 +123,6 @@ def test_list_ids_pages_in_sorted_order(served, pc, rng):
         # LlamaIndex deletes a document's chunks by listing them by prefix
         idx.delete(ids=listed(idx.list(prefix="doc3#", namespace="n")), namespace="n")
         assert idx.describe_index_stats().namespaces["n"].vector_count == len(ids) - 9
-    finally:
-        pc.delete_index(name)
 
 
 def test_root_plane_lists_ids_and_rejects_bad_tokens(served, rng):
@@ -194,10 +201,7 @@ def test_a_namespace_made_again_with_another_dimension_is_served(served):
 
 def test_namespaces_fetch_by_metadata_and_update_dry_run(served, pc, rng):
     name = "pc-ns"
-    pc.create_index(name=name, dimension=2, metric="dotproduct",
-                    spec=pinecone.ServerlessSpec(cloud="aws", region="us-east-1"))
-    try:
-        idx = pc.Index(name)
+    with an_index(pc, name, 2, "dotproduct") as idx:
         for ns, n in (("alpha", 5), ("beta", 3)):
             idx.upsert(vectors=[(f"{ns}{i}", [1.0, float(i)], {"even": i % 2 == 0, "i": i}) for i in range(n)],
                        namespace=ns)
@@ -229,5 +233,3 @@ def test_namespaces_fetch_by_metadata_and_update_dry_run(served, pc, rng):
         idx.delete_namespace(name="beta")
         assert {d.name for d in idx.list_namespaces_paginated().namespaces} == {"alpha", "gamma"}
         assert f"{name}.beta" not in collections(served)
-    finally:
-        pc.delete_index(name)
