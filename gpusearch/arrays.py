@@ -172,8 +172,10 @@ def _check_squared_norms(m, name: str) -> None:
                          f"scale the vector down")
 
 
-def prepare_vectors(x, *, name: str, dim: int, metric: str, device: str = "cpu"):
-    """An (n, dim) float32 matrix on ``device``, unit length for ``metric="cosine"`` (all-zero rows refused)."""
+def prepare_vectors(x, *, name: str, dim: int, metric: str, device: str = "cpu", zero_rows: bool = False):
+    """An (n, dim) float32 matrix on ``device``, unit length for ``metric="cosine"``. All-zero rows are
+    refused there, unless ``zero_rows`` (queries: a zero query scores 0 against every record, and is
+    answered, as Pinecone answers it; LlamaIndex sends one to list nodes)."""
     if (type(x) is np.ndarray and x.dtype == np.float32 and device == "cpu" and 1 <= x.ndim <= 2
             and x.shape[-1] == dim and x.size and x.flags.c_contiguous):
         # Fast path for the common case (a float32 NumPy query or batch, as a search sends one at a
@@ -198,7 +200,9 @@ def prepare_vectors(x, *, name: str, dim: int, metric: str, device: str = "cpu")
         else:
             norms = m.norm(dim=1, keepdim=True)
             zero = np.flatnonzero(to_host(norms)[:, 0] == 0)
-        if len(zero):
+        if len(zero) and not zero_rows:
             raise InvalidArgumentError(f"{name} row {int(zero[0])} is all zeros; cosine similarity needs non-zero vectors")
+        if len(zero):
+            norms[zero] = 1  # stays all zeros
         m = m / norms
     return m

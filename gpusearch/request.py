@@ -250,7 +250,7 @@ def build_request(queries, k: Any = 10, *, dim: int, metric: str, device: str = 
         compiled = compile_filter(filter, schema or {})
     q = _one_query(queries, dim, metric) if device == "cpu" else None
     if q is None:
-        q = prepare_vectors(queries, name="queries", dim=dim, metric=metric, device=device)
+        q = prepare_vectors(queries, name="queries", dim=dim, metric=metric, device=device, zero_rows=True)
     return SearchRequest(q, k, compiled, typed, bool(include_metadata), bool(include_vectors))
 
 

@@ -120,6 +120,9 @@ def test_list_ids_pages_in_sorted_order(served, pc, rng):
         second = idx.list_paginated(prefix="doc", namespace="n", limit=100, pagination_token=first.pagination.next)
         assert [v.id for v in second.vectors] == sorted(i for i in ids if i.startswith("doc"))[100:200]
         assert listed(idx.list(namespace="never")) == []
+        # an all-zero query on a cosine index is answered, every score 0 (LlamaIndex's get_nodes sends one)
+        zero = idx.query(vector=[0.0, 0.0, 0.0], top_k=4, namespace="n")
+        assert len(zero.matches) == 4 and all(m.score == 0 for m in zero.matches)
         # LlamaIndex deletes a document's chunks by listing them by prefix
         idx.delete(ids=listed(idx.list(prefix="doc3#", namespace="n")), namespace="n")
         assert idx.describe_index_stats().namespaces["n"].vector_count == len(ids) - 9
