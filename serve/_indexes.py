@@ -21,6 +21,7 @@ langchain-pinecone pins), so either generation of client reads them.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any, Mapping
 
@@ -57,32 +58,52 @@ def check_index_name(name: Any) -> str:
     return name
 
 
+#: Pinecone's namespace names: printable ASCII, at most this long.
+MAX_NAMESPACE = 512
+_PRINTABLE_RE = re.compile(r"^[\x20-\x7e]+$")
+
+
 def namespace_collection(index: str, namespace: Any) -> str:
-    """The collection that holds namespace ``namespace`` of index ``index``.
+    """The collection that holds namespace ``namespace`` of index ``index``: ``{index}.{namespace}`` for a
+    name of letters, digits, ``_ . -`` (at most 64, starting with a letter or digit), else
+    ``{index}._`` and a SHA-256 of the name (never a path built from it; :func:`is_hashed`; the index
+    record keeps the name for listings).
 
     >>> namespace_collection("docs", ""), namespace_collection("docs", "tenant-7")
     ('docs.__default__', 'docs.tenant-7')
+    >>> namespace_collection("docs", "user@example.com")
+    'docs._b4c9a289323b21a01c3e940f150eb9b8c542587f1abfd8f0e1cc1ffc5e475514'
     """
     if namespace is None or namespace in ("", DEFAULT_NAMESPACE):
         return f"{index}.{DEFAULT_NAMESPACE}"
     if not isinstance(namespace, str):
         raise InvalidTypeError(f"namespace must be a string, got {type(namespace).__name__}")
-    if not _NAMESPACE_RE.match(namespace):
-        raise InvalidArgumentError(
-            f"namespace must be 1-64 letters, digits, '_', '.' or '-' starting with a letter or digit (or '' / "
-            f"'__default__' for the default namespace), got {namespace!r}; gpusearch does not take the other "
-            f"characters Pinecone allows yet", field="namespace")
-    return f"{index}.{namespace}"
+    if _NAMESPACE_RE.match(namespace):
+        return f"{index}.{namespace}"
+    if len(namespace) > MAX_NAMESPACE or not _PRINTABLE_RE.match(namespace):
+        raise InvalidArgumentError(f"namespace must be 1-{MAX_NAMESPACE} printable ASCII characters, got "
+                                   f"{namespace[:80]!r}{'...' if len(namespace) > 80 else ''}", field="namespace")
+    return f"{index}._{hashlib.sha256(namespace.encode()).hexdigest()}"
 
 
-def collection_namespace(index: str, collection: str) -> str | None:
-    """The namespace of ``index`` that ``collection`` holds, or None when it belongs to no namespace of it.
+def is_hashed(suffix: str) -> bool:
+    """Whether a collection's part after ``{index}.`` is a hashed namespace (a plain one never starts with
+    ``_``, and the default is ``__default__``)."""
+    return suffix.startswith("_") and suffix != DEFAULT_NAMESPACE
+
+
+def collection_namespace(index: str, collection: str, names: Mapping[str, str] | None = None) -> str | None:
+    """The namespace of ``index`` that ``collection`` holds, or None when it belongs to no namespace of it;
+    ``names`` maps hashed suffixes to the names they stand for (the index record's ``namespaces``).
 
     >>> collection_namespace("docs", "docs.__default__"), collection_namespace("docs", "docs2.a")
     ('__default__', None)
     """
     head = index + "."
-    return collection[len(head):] if collection.startswith(head) else None
+    if not collection.startswith(head):
+        return None
+    suffix = collection[len(head):]
+    return (names or {}).get(suffix, suffix) if is_hashed(suffix) else suffix
 
 
 def _dense_field(schema: Any) -> tuple[int, str]:

@@ -165,6 +165,20 @@ class Writer:
             del indexes[name]
             self._save_indexes(indexes)
 
+    def _name_namespace(self, index: str, suffix: str, namespace: str) -> None:
+        with self._index_lock:
+            indexes = self._indexes()
+            if index not in indexes:
+                raise NotFoundError(f"index {index!r} not found", name=index)
+            names = indexes[index].setdefault("namespaces", {})
+            if names.get(suffix) != namespace:
+                names[suffix] = namespace
+                self._save_indexes(indexes)
+
+    async def name_namespace(self, index: str, suffix: str, namespace: str) -> None:
+        """Record which namespace name the hashed collection ``{index}.{suffix}`` holds (for listings)."""
+        await self._run(self._name_namespace, index, suffix, namespace)
+
     async def create_index(self, record: dict) -> dict:
         return await self._run(self._create_index, record)
 

@@ -48,7 +48,7 @@ from gpusearch.errors import InvalidArgumentError, LimitExceededError, NotFoundE
 from ._auth import authenticate, check_scope, scoped_listing
 from ._errors import error_json, error_response, unwrap
 from ._indexes import (INDEXES_FILE, METRICS as PINECONE_METRICS, check_index_name, collection_namespace,
-                       index_model, namespace_collection, parse_configure, parse_create)
+                       index_model, is_hashed, namespace_collection, parse_configure, parse_create)
 from ._logs import COLLECTION, access_line
 from ._limits import BodyLimit, check_count, check_id, check_lengths, json_limits, json_matrix
 from .config import KeyGrant, ServeConfig
@@ -404,6 +404,15 @@ class HttpRoutes:
         COLLECTION.set(name)
         return name
 
+    async def _name_namespace(self, index: Optional[dict], collection: str, namespace: str) -> None:
+        """Before a write that may create a hashed namespace's collection, have its name recorded (listings
+        show it); once per namespace."""
+        if index is None:
+            return
+        suffix = collection[len(index["name"]) + 1:]
+        if is_hashed(suffix) and suffix not in (index.get("namespaces") or {}):
+            await self.writer.name_namespace.remote(index["name"], suffix, namespace)
+
     @staticmethod
     def _check_index_dim(index: Optional[dict], m: Optional[np.ndarray]) -> None:
         if index is not None and m is not None and m.shape[1] != index["dimension"]:
@@ -444,6 +453,7 @@ class HttpRoutes:
                 self._metadata(v.metadata, f"vectors[{i}].metadata")
             vecs = self._vectors([v.values for v in body.vectors], "vectors")
             self._check_index_dim(index, vecs)
+            await self._name_namespace(index, name, body.namespace)
             r = await self.writer.upsert.remote(name, [v.id for v in body.vectors], vecs,
                                                 [v.metadata for v in body.vectors],
                                                 metric=None if index is None else PINECONE_METRICS[index["metric"]])
@@ -561,7 +571,7 @@ class HttpRoutes:
             index = self._index(request)
             cols = (await self._listing(grant))["collections"]
             if index is not None:  # that index's namespaces, its dimension and metric
-                mine = {collection_namespace(index["name"], n): c for n, c in cols.items()}
+                mine = {collection_namespace(index["name"], n, index.get("namespaces")): c for n, c in cols.items()}
                 mine.pop(None, None)
                 namespaces = {ns: {"vectorCount": c["records"]} for ns, c in mine.items()}
                 return {"namespaces": namespaces, "dimension": index["dimension"], "indexFullness": 0.0,
@@ -631,7 +641,7 @@ class HttpRoutes:
         cols = (await self._listing(grant))["collections"]
         if index is None:
             return {n: c["records"] for n, c in cols.items()}
-        out = {collection_namespace(index["name"], n): c["records"] for n, c in cols.items()}
+        out = {collection_namespace(index["name"], n, index.get("namespaces")): c["records"] for n, c in cols.items()}
         out.pop(None, None)
         return out
 
@@ -653,12 +663,13 @@ class HttpRoutes:
             return out
         return await self._guard(request, "namespaces", False, run)
 
-    @api.get("/namespaces/{namespace}")
+    @api.get("/namespaces/{namespace:path}")
     async def http_describe_namespace(self, namespace: str, request: Request):
         async def run(grant):
             name = self._collection(grant, namespace, request)
             index = self._index(request)
-            shown = name if index is None else collection_namespace(index["name"], name)
+            shown = name if index is None else collection_namespace(index["name"], name, {
+                name[len(index["name"]) + 1:]: namespace})
             counts = await self._namespaces(grant, request)
             if shown not in counts:
                 raise NotFoundError(f"namespace {namespace!r} not found", kind="namespace", name=namespace)
@@ -680,11 +691,12 @@ class HttpRoutes:
                 raise InvalidArgumentError("namespace schemas are not supported: every metadata field is filterable",
                                            field="schema")
             name = self._collection(grant, ns, request)
+            await self._name_namespace(index, name, ns)
             await self.writer.create.remote(name, index["dimension"], PINECONE_METRICS[index["metric"]])
             return JSONResponse({"name": ns, "record_count": 0}, status_code=201)
         return await self._guard(request, "namespaces", True, run)
 
-    @api.delete("/namespaces/{namespace}", status_code=202)
+    @api.delete("/namespaces/{namespace:path}", status_code=202)
     async def http_delete_namespace(self, namespace: str, request: Request):
         """Drop a namespace and its records: an index's with a writing key; at the root (a collection) with
         an admin key, as DELETE /collections/{name}."""

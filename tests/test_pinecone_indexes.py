@@ -233,6 +233,21 @@ def test_namespaces_fetch_by_metadata_and_update_dry_run(served, pc, rng):
         assert r.status_code == 200 and r.json()["matchedRecords"] == 2, r.text
         assert "x" not in idx.fetch(ids=["alpha3"], namespace="alpha").vectors["alpha3"].metadata  # nothing written
 
+        # any printable ASCII up to 512 characters names a namespace (stored under a hash, never as a path)
+        odd = ["tenant:42", "user@example.com", "_private", "../../etc", "x" * 512]
+        for i, ns in enumerate(odd):
+            idx.upsert(vectors=[(f"o{i}", [1.0, float(i)])], namespace=ns)
+            assert idx.query(vector=[1.0, float(i)], top_k=1, namespace=ns).matches[0].id == f"o{i}"
+            assert idx.describe_namespace(name=ns).record_count == 1
+        assert {d.name for d in idx.list_namespaces_paginated(limit=100).namespaces} == {"alpha", "beta", "gamma", *odd}
+        assert idx.describe_index_stats().namespaces["tenant:42"].vector_count == 1
+        assert not any(".." in c or "@" in c for c in collections(served))
+        idx.delete_namespace(name="user@example.com")
+        for bad in ("x" * 513, "caf\u00e9"):
+            with pytest.raises(pinecone.ApiError) as ei:
+                idx.upsert(vectors=[("z", [1.0, 0.0])], namespace=bad)
+            assert ei.value.status_code == 400 and "printable ASCII" in ei.value.message
         idx.delete_namespace(name="beta")
-        assert {d.name for d in idx.list_namespaces_paginated().namespaces} == {"alpha", "gamma"}
+        assert {d.name for d in idx.list_namespaces_paginated().namespaces} == {"alpha", "gamma", *odd} - {
+            "user@example.com"}
         assert f"{name}.beta" not in collections(served)
