@@ -251,3 +251,34 @@ def test_namespaces_fetch_by_metadata_and_update_dry_run(served, pc, rng):
         assert {d.name for d in idx.list_namespaces_paginated().namespaces} == {"alpha", "gamma", *odd} - {
             "user@example.com"}
         assert f"{name}.beta" not in collections(served)
+
+
+def test_asyncio_client(served, rng):
+    """The SDK's asyncio client, the same server: control plane, then an index's data plane."""
+    import asyncio
+
+    async def run():
+        async with pinecone.PineconeAsyncio(api_key=RW_KEY, host=url(served)) as apc:
+            await apc.create_index(name="pc-async", dimension=3, metric="cosine",
+                                   spec=pinecone.ServerlessSpec(cloud="aws", region="us-east-1"))
+            try:
+                desc = await apc.describe_index("pc-async")
+                assert desc.host == url(served, "/index/pc-async")
+                async with apc.IndexAsyncio(host=desc.host) as idx:
+                    X = rng.standard_normal((20, 3)).astype(np.float32)
+                    res = await idx.upsert(vectors=[(f"a{i}", X[i].tolist(), {"i": i}) for i in range(20)],
+                                           namespace="n")
+                    assert res.upserted_count == 20
+                    out = await idx.query(vector=X[5].tolist(), top_k=2, namespace="n", filter={"i": {"$gte": 5}})
+                    assert out.matches[0].id == "a5"
+                    assert (await idx.query(vector=X[5].tolist(), top_k=2, namespace="none")).matches == []
+                    got = await idx.fetch(ids=["a1"], namespace="n")
+                    assert got.vectors["a1"].metadata == {"i": 1}
+                    await idx.delete(ids=["a1"], namespace="n")
+                    stats = await idx.describe_index_stats()
+                    assert stats.namespaces["n"].vector_count == 19 and stats.dimension == 3
+            finally:
+                await apc.delete_index("pc-async")
+            assert not await apc.has_index("pc-async")
+
+    asyncio.run(run())
