@@ -425,7 +425,7 @@ class ShardCatalog:
                 stacked = first.with_k(k) if len(qs) == 1 else dataclasses.replace(first, queries=np.concatenate(qs), k=k)
                 hits = f.search_request(stacked, schema=self.schema(name))
                 info = {"metric": f.metric, "dim": f.dim, "index": f.config["index"], "lineage": f.lineage,
-                        "sequence": f.applied_seq}
+                        "sequence": f.applied_seq, "records": len(f)}
             except Exception as e:  # noqa: BLE001 - handed back per request, raised by the caller
                 for p in members:
                     out[p] = e

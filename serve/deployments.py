@@ -388,7 +388,7 @@ class AggregatorServer(_http.HttpRoutes):
         (hits, info of the last shard that answered, missing shards, search seconds per shard)."""
         answers = await asyncio.gather(*(self._ask(i, "search", name, request) for i in range(len(self.shards))),
                                        return_exceptions=True)
-        hits, missing, seconds, info = [], [], {}, None
+        hits, missing, seconds, info, records = [], [], {}, None, 0
         for i, a in enumerate(answers):
             if isinstance(a, (asyncio.TimeoutError, *RETRYABLE)):
                 missing.append(i)
@@ -398,9 +398,10 @@ class AggregatorServer(_http.HttpRoutes):
             h, info, sec, _batch = a
             hits.append(h)
             seconds[i] = sec
+            records += info.get("records", 0)
         if not hits:
             raise DeadlineExceededError(f"no shard answered within {self.cfg.shard_timeout_s} s (shards {missing})")
-        return hits, info, missing, seconds
+        return hits, {**info, "records": records}, missing, seconds
 
     # -- text ------------------------------------------------------------------
     def _load_encoder(self) -> None:
@@ -502,7 +503,8 @@ class AggregatorServer(_http.HttpRoutes):
         self.metrics.answered(seconds, bool(missing))
         return SearchResult(ids, scores, metas, vecs, {
             "collection": name, "sequence": info["sequence"], "index": info["index"], "lineage": info["lineage"],
-            "partial": bool(missing), "missing_shards": missing, "shard_seconds": seconds})
+            "partial": bool(missing), "missing_shards": missing, "shard_seconds": seconds,
+            "records": info["records"], "dim": info["dim"]})
 
     # -- stopping ----------------------------------------------------------------
     async def drain(self, grace_s: float) -> int:

@@ -309,6 +309,25 @@ def _matches(r, q: int, values: bool, metadata: bool) -> list[dict]:
     return out
 
 
+def read_units(op: str, *, queries: int = 1, records: int = 0, dim: int = 0, fetched: int = 0) -> dict:
+    """``usage`` as Pinecone reports it, by its published serverless rules (pinecone.io/learn/read-units):
+    a query costs in proportion to its namespace's size, here 1 per GiB of stored vectors (records x dim x 4
+    bytes; metadata not counted), at least 1, per query vector; a fetch 1 per 10 records, at least 1; a
+    list page 1.
+
+    >>> read_units("query", queries=2, records=1_000_000, dim=384)
+    {'readUnits': 4}
+    >>> read_units("fetch", fetched=25), read_units("list")
+    ({'readUnits': 3}, {'readUnits': 1})
+    """
+    if op == "query":
+        per = max(1, -(-records * dim * 4 // (1 << 30)))
+        return {"readUnits": per * max(1, queries)}
+    if op == "fetch":
+        return {"readUnits": max(1, -(-fetched // 10))}
+    return {"readUnits": 1}
+
+
 #: The largest page ``GET /vectors/list`` and ``GET /namespaces`` return.
 LIST_LIMIT = 1000
 #: ... and ``POST /vectors/fetch_by_metadata`` (Pinecone's own ceiling).
@@ -490,12 +509,15 @@ class HttpRoutes:
             except Exception as e:  # an index's namespace never written: Pinecone answers with no matches
                 if index is None or not isinstance(unwrap(e), CollectionNotFound):
                     raise
+                usage = read_units("query", queries=len(body.queries or [None]))
                 if body.queries is not None:
-                    return {"results": [{"matches": []} for _ in body.queries], "namespace": body.namespace}
-                return {"matches": [], "namespace": body.namespace}
+                    return {"results": [{"matches": []} for _ in body.queries], "namespace": body.namespace,
+                            "usage": usage}
+                return {"matches": [], "namespace": body.namespace, "usage": usage}
             answer = {"namespace": body.namespace, "collection": r.info["collection"],
                       "sequence": r.info["sequence"], "index": r.info["index"], "lineage": r.info["lineage"],
-                      "partial": r.info["partial"], "missingShards": r.info["missing_shards"]}
+                      "partial": r.info["partial"], "missingShards": r.info["missing_shards"],
+                      "usage": read_units("query", queries=len(r), records=r.info["records"], dim=r.info["dim"])}
             if body.queries is not None:
                 return {"results": [{"matches": _matches(r, q, body.include_values, body.include_metadata)}
                                     for q in range(len(r))], **answer}
@@ -518,7 +540,8 @@ class HttpRoutes:
                     raise
                 records = {}
             vectors = {i: {"id": i, "values": v.tolist(), "metadata": m} for i, (v, m) in records.items()}
-            return {"vectors": vectors, "namespace": namespace, "collection": name}
+            return {"vectors": vectors, "namespace": namespace, "collection": name,
+                    "usage": read_units("fetch", fetched=len(vectors))}
         return await self._guard(request, "fetch", False, run)
 
     @api.post("/vectors/update")
@@ -601,7 +624,7 @@ class HttpRoutes:
                 if self._index(request) is None or not isinstance(unwrap(e), CollectionNotFound):
                     raise
                 ids, more = [], False
-            out = {"vectors": [{"id": i} for i in ids], "namespace": namespace}
+            out = {"vectors": [{"id": i} for i in ids], "namespace": namespace, "usage": read_units("list")}
             if more:
                 out["pagination"] = {"next": _id_token(ids[-1])}
             return out
@@ -628,7 +651,8 @@ class HttpRoutes:
                     raise
                 ids, more, records = [], False, {}
             out = {"vectors": {i: {"id": i, "values": records[i][0].tolist(), "metadata": records[i][1]}
-                               for i in ids if i in records}, "namespace": body.namespace}
+                               for i in ids if i in records}, "namespace": body.namespace,
+                   "usage": read_units("fetch", fetched=len(ids))}
             if more:
                 out["pagination"] = {"next": _id_token(ids[-1])}
             return out

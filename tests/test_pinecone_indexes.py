@@ -219,6 +219,12 @@ def test_namespaces_fetch_by_metadata_and_update_dry_run(served, pc, rng):
             idx.describe_namespace(name="never")
         assert ei.value.status_code == 404
 
+        # query_namespaces merges per-namespace answers and reports each one's read units
+        res = idx.query_namespaces(vector=[1.0, 1.0], namespaces=["alpha", "beta"], metric="dotproduct", top_k=3)
+        assert [m.id for m in res.matches] == ["alpha4", "alpha3", "alpha2"]
+        assert set(res.ns_usage) == {"alpha", "beta"} and res.usage.read_units == 2
+        assert idx.fetch(ids=["alpha1", "alpha2"], namespace="alpha").usage.read_units == 1
+
         page = idx.fetch_by_metadata(filter={"even": True}, namespace="alpha", limit=2)
         assert sorted(page.vectors) == ["alpha0", "alpha2"] and page.vectors["alpha2"].metadata == {"even": True, "i": 2}
         assert page.vectors["alpha2"].values == [1.0, 2.0] and page.pagination is not None
