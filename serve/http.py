@@ -711,13 +711,20 @@ class HttpRoutes:
             ns = body.get("name")
             if not isinstance(ns, str) or ns in ("", "__default__"):
                 raise InvalidArgumentError(f"name must be a namespace name, got {ns!r}", field="name")
-            if body.get("schema") is not None:
-                raise InvalidArgumentError("namespace schemas are not supported: every metadata field is filterable",
+            schema = body.get("schema")
+            fields = schema.get("fields") if isinstance(schema, dict) else None
+            if schema is not None and not (isinstance(fields, dict) and all(
+                    isinstance(c, dict) and set(c) <= {"filterable"} and isinstance(c.get("filterable", True), bool)
+                    for c in fields.values())):
+                raise InvalidArgumentError('schema must look like {"fields": {"genre": {"filterable": true}}}',
                                            field="schema")
             name = self._collection(grant, ns, request)
             await self._name_namespace(index, name, ns)
             await self.writer.create.remote(name, index["dimension"], PINECONE_METRICS[index["metric"]])
-            return JSONResponse({"name": ns, "record_count": 0}, status_code=201)
+            # every metadata field is filterable here, so a schema (which names the filterable ones) is
+            # accepted and echoed, and changes nothing
+            return JSONResponse({"name": ns, "record_count": 0, **({"schema": schema} if schema else {})},
+                                status_code=201)
         return await self._guard(request, "namespaces", True, run)
 
     @api.delete("/namespaces/{namespace:path}", status_code=202)

@@ -213,7 +213,7 @@ def test_namespaces_fetch_by_metadata_and_update_dry_run(served, pc, rng):
         listed_ns = idx.list_namespaces_paginated()
         assert {(d.name, d.record_count) for d in listed_ns.namespaces} == {("alpha", 5), ("beta", 3)}
         assert listed_ns.total_count == 2
-        made = idx.create_namespace(name="gamma")
+        made = idx.create_namespace(name="gamma", schema={"fields": {"genre": {"filterable": True}}})
         assert made.name == "gamma" and idx.describe_namespace(name="gamma").record_count == 0
         with pytest.raises(pinecone.ApiError) as ei:
             idx.describe_namespace(name="never")
