@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The outside yardstick of Pinecone compatibility (issue 15): the pinecone SDK's own integration tests
+# (its public repository's tests/integration/test_data_plane*.py and test_query_namespaces*.py, REST
+# and asyncio; gRPC is not served), run unchanged against `gpusearch serve`, their fixtures pointed at
+# it by the SDK's own environment variables (PINECONE_CONTROLLER_HOST, PINECONE_API_KEY).
+#
+#   bench/pinecone_suite.sh SDK_CHECKOUT [PYTHON]
+#
+# SDK_CHECKOUT: a checkout of github.com/pinecone-io/pinecone-python-client (its tests/ are read there,
+# never copied into this project). PYTHON: a Python with the SDK at that checkout's version and its
+# test needs (python -m venv /tmp/pc9 && /tmp/pc9/bin/pip install "pinecone[grpc]==9.0.1" pytest
+# pytest-timeout pytest-anyio pytest-asyncio respx python-dotenv orjson httpx anyio).
+# Not part of `make test`: it needs that checkout and environment, and takes about 5 minutes.
+# Writes the server's and the suite's logs to $OUT_DIR (default /tmp/pinecone-suite) and prints the tally.
+set -u
+SDK=${1:?usage: bench/pinecone_suite.sh SDK_CHECKOUT [PYTHON]}
+PY=${2:-python3}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT_DIR=${OUT_DIR:-/tmp/pinecone-suite}
+PORT=${PORT:-18800}
+rm -rf "$OUT_DIR" && mkdir -p "$OUT_DIR"
+export RAY_AUTH_MODE=disabled GPUSEARCH_API_KEYS=suite-key:rw HF_HUB_OFFLINE=1
+"$ROOT/.venv/bin/gpusearch" serve --port "$PORT" --data-dir "$OUT_DIR/data" --no-demo --log-level WARNING \
+  >"$OUT_DIR/server.log" 2>&1 &
+server=$!
+trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null' EXIT
+for _ in $(seq 1 180); do
+  curl -s -o /dev/null "http://127.0.0.1:$PORT/healthz" && break
+  kill -0 $server 2>/dev/null || { cat "$OUT_DIR/server.log"; exit 1; }
+  sleep 1
+done
+cd "$SDK" || exit 1
+PINECONE_API_KEY=suite-key PINECONE_CONTROLLER_HOST="http://127.0.0.1:$PORT" \
+  timeout 1800 "$PY" -m pytest -q -p no:cacheprovider -o timeout=120 -rf -k "not grpc" \
+  tests/integration/test_data_plane.py tests/integration/test_data_plane_async.py \
+  tests/integration/test_query_namespaces.py tests/integration/test_query_namespaces_async.py \
+  >"$OUT_DIR/suite.log" 2>&1
+rc=$?
+grep -E "^FAILED" "$OUT_DIR/suite.log" | sed 's/ - .*//'
+tail -n 1 "$OUT_DIR/suite.log"
+exit $rc
