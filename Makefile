@@ -8,7 +8,7 @@ TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || ech
 # A machine with an NVIDIA driver also gets the gpu extra (CuPy for our kernels, FAISS GPU).
 EXTRAS ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo dev,embed,serve,join,gpu || echo dev,embed,serve,join)
 
-.PHONY: install run demo test test-gpu check-cuda bench clean gpu-check gpu-pieces
+.PHONY: install run demo test test-gpu check-cuda bench clean gpu-check gpu-pieces frameworks
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -27,7 +27,19 @@ run: install
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/gpusearch demo
 
-test: install
+# LangChain, LlamaIndex and Haystack each get an environment of their own (their pinecone pins conflict
+# with each other and with ours); tests/test_frameworks.py runs tests/frameworks/<name>_check.py in it.
+FRAMEWORKS := langchain llamaindex haystack
+.venv-%/.installed: tests/frameworks/requirements-%.txt
+	rm -rf .venv-$*
+	$(PY) -m venv .venv-$*
+	.venv-$*/bin/python -m pip install -q --upgrade pip
+	.venv-$*/bin/python -m pip install -q -r $<
+	touch $@
+
+frameworks: $(FRAMEWORKS:%=.venv-%/.installed)
+
+test: install frameworks
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 test-gpu: install
@@ -45,7 +57,7 @@ gpu-pieces: .whl/.ready
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/gpu_pieces.py .whl
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(FRAMEWORKS:%=.venv-%) build *.egg-info
 
 # The recall-versus-speed suite (bench/README.md): the other systems' packages, then the WordNet run.
 $(BIN)/.bench-installed: $(BIN)/.installed
