@@ -38,7 +38,8 @@ import numpy as np
 
 from .arrays import as_ids, as_matrix
 from .collection import METRICS, Collection
-from .errors import AlreadyExistsError, CollectionNotFoundError, InvalidArgumentError, InvalidTypeError
+from .errors import (AlreadyExistsError, CollectionNotFoundError, CollectionReplacedError, InvalidArgumentError,
+                     InvalidTypeError)
 from .fileio import atomic_write_json, read_json
 from .request import MAX_TOP_K, SearchRequest, build_request
 from .results import WriteResult
@@ -339,12 +340,6 @@ class Catalog:
             self._open.clear()
 
 
-def _replaced_error():
-    from .replica import CollectionReplacedError
-
-    return CollectionReplacedError
-
-
 class ShardCatalog:
     """Shard ``shard`` of every collection under ``data_dir``, read-only, caught up on every batch."""
 
@@ -384,7 +379,7 @@ class ShardCatalog:
                 f = self._followers[name] = self._Follower.open(path, self.shard, device=self.device)
         try:
             f.refresh()
-        except _replaced_error():  # dropped and made again with another shape: follow the new one
+        except CollectionReplacedError:  # dropped and made again with another shape: follow the new one
             with self._lock:
                 if self._followers.get(name) is f:
                     self._followers.pop(name).close()

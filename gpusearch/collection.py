@@ -171,6 +171,23 @@ def read_config(path) -> dict:
     return config
 
 
+def sorted_page(keys, after: str | None = None, limit: int | None = None) -> tuple[list[str], bool]:
+    """The first ``limit`` of ``keys`` in sorted order that sort after ``after``, and whether more follow
+    (all of them for ``limit=None``): one page of a listing, in n log limit.
+
+    >>> sorted_page(["b", "d", "a", "c"], after="a", limit=2)
+    (['b', 'c'], True)
+    """
+    import heapq
+
+    if after is not None:
+        keys = [k for k in keys if k > after]
+    if limit is None:
+        return sorted(keys), False
+    page = heapq.nsmallest(limit + 1, keys)
+    return page[:limit], len(page) > limit
+
+
 class Collection:
     """A named, persistent set of records with a fixed ``dim``, ``metric`` and index.
 
@@ -520,16 +537,12 @@ class Collection:
         >>> col.list_ids("doc#", after="doc#10", limit=2)
         (['doc#2'], False)
         """
-        import heapq
-
         self._check_open()
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidArgumentError(f"limit must be a positive int, got {limit!r}")
         with self._write_lock:
-            keys = [i for s in self._shards for i in s.id_to_row
-                    if i.startswith(prefix) and (after is None or i > after)]
-        page = heapq.nsmallest(limit + 1, keys)
-        return page[:limit], len(page) > limit
+            keys = [i for s in self._shards for i in s.id_to_row if i.startswith(prefix)]
+        return sorted_page(keys, after, limit)
 
     def train(self, sample) -> None:
         """Train every shard's index on ``sample`` (an (n, dim) array) now, instead of on the first vectors.

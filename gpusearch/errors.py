@@ -40,6 +40,7 @@ __all__ = [
     "LimitExceededError",
     "NotFoundError",
     "CollectionNotFoundError",
+    "CollectionReplacedError",
     "AlreadyExistsError",
     "PermissionDeniedError",
     "UnauthenticatedError",
@@ -162,3 +163,9 @@ class UnavailableError(GpusearchError):
 
 class DeadlineExceededError(GpusearchError, TimeoutError):
     """The work did not finish within its deadline."""
+
+
+class CollectionReplacedError(ValueError):
+    """The collection at a follower's path was dropped and created again with another shape (dim, metric,
+    index, dtype or shards): a follower cannot turn into one of it; open a new one
+    (:class:`gpusearch.catalog.ShardCatalog` does)."""

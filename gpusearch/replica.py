@@ -61,7 +61,7 @@ from . import ops as ops_mod
 from .arrays import as_ids
 from .collection import index_options_of, read_config
 from .devices import resolve_device
-from .errors import ClosedError, InvalidTypeError
+from .errors import ClosedError, CollectionReplacedError, InvalidTypeError
 from .fileio import read_json
 from .filters import compile_filter
 from .hits import Hits
@@ -84,12 +84,6 @@ BUILD_ATTEMPTS = 8
 # A manifest modified this recently is parsed again even when its stat looks unchanged: file times are
 # coarse (a few ms, seconds on some file systems), so a replacement within one tick could look identical.
 _RACY_NS = 2_000_000_000
-
-
-class CollectionReplacedError(ValueError):
-    """The collection at a follower's path was dropped and created again with another shape (dim, metric,
-    index, dtype or shards): a follower cannot turn into one of it; open a new one
-    (:class:`gpusearch.catalog.ShardCatalog` does)."""
 
 
 class _Stale(Exception):

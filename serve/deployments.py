@@ -39,7 +39,7 @@ from ray import serve
 from gpusearch.arrays import as_ids
 from gpusearch.backends import import_on_first_batch, warm_up
 from gpusearch.catalog import Catalog, CatalogReader, ShardCatalog
-from gpusearch.collection import shard_of
+from gpusearch.collection import shard_of, sorted_page
 from gpusearch.errors import (AlreadyExistsError, DeadlineExceededError, InvalidArgumentError, InvalidTypeError,
                               NotFoundError, PermissionDeniedError, UnavailableError)
 from gpusearch.fileio import atomic_write_json, read_json
@@ -191,17 +191,7 @@ class Writer:
     async def ids_matching(self, collection, filter, after=None, limit=None) -> tuple[list[str], bool]:
         """Ids of the records ``filter`` passes, sorted, after ``after``; a page of ``limit`` and whether
         more follow (all of them for ``limit=None``)."""
-        import heapq
-
-        def run():
-            ids = self.catalog.get(collection).ids_matching(filter)
-            if after is not None:
-                ids = [i for i in ids if i > after]
-            if limit is None:
-                return sorted(ids), False
-            page = heapq.nsmallest(limit + 1, ids)
-            return page[:limit], len(page) > limit
-        return await self._run(run)
+        return await self._run(lambda: sorted_page(self.catalog.get(collection).ids_matching(filter), after, limit))
 
     async def list_ids(self, collection, prefix: str = "", after=None, limit: int = 100) -> tuple[list[str], bool]:
         return await self._run(lambda: self.catalog.get(collection).list_ids(prefix, after=after, limit=limit))

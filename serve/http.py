@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gpusearch.catalog import CollectionNotFound, _JsonFileCache, check_name
-from gpusearch.collection import METRICS
+from gpusearch.collection import METRICS, sorted_page
 from gpusearch.errors import InvalidArgumentError, LimitExceededError, NotFoundError, PermissionDeniedError
 
 from ._auth import authenticate, check_scope, scoped_listing
@@ -403,14 +403,23 @@ class HttpRoutes:
         return cache.get()
 
     def _index(self, request: Optional[Request]) -> Optional[dict]:
-        """The Pinecone index a request was sent to (``/index/{name}/...``), or None for the root data plane."""
+        """The Pinecone index a request was sent to (``/index/{name}/...``), or None for the root data plane
+        (looked up once per request)."""
         name = getattr(request.state, "index", None) if request is not None else None
         if name is None:
             return None
-        record = self._index_records().get(name)
+        record = getattr(request.state, "index_record", None)
         if record is None:
-            raise NotFoundError(f"index {name!r} not found", kind="index", name=name)
+            record = self._index_records().get(name)
+            if record is None:
+                raise NotFoundError(f"index {name!r} not found", kind="index", name=name)
+            request.state.index_record = record
         return record
+
+    def _never_written(self, request: Request, error: BaseException) -> bool:
+        """Whether ``error`` says an index's namespace was never written, which Pinecone answers as empty
+        (the root data plane answers 404: there a namespace names a collection)."""
+        return self._index(request) is not None and isinstance(unwrap(error), CollectionNotFound)
 
     def _collection(self, grant: Optional[KeyGrant], namespace: str, request: Optional[Request] = None) -> str:
         """The collection a request's namespace means, if ``grant`` may use it: at the root, the collection
@@ -507,7 +516,7 @@ class HttpRoutes:
                                        filter=self._filter(body.filter), include_metadata=body.include_metadata,
                                        include_vectors=body.include_values, params=body.params)
             except Exception as e:  # an index's namespace never written: Pinecone answers with no matches
-                if index is None or not isinstance(unwrap(e), CollectionNotFound):
+                if not self._never_written(request, e):
                     raise
                 usage = read_units("query", queries=len(body.queries or [None]))
                 if body.queries is not None:
@@ -536,7 +545,7 @@ class HttpRoutes:
             try:
                 records = await self._fetch_records(name, ids)
             except Exception as e:  # an index's namespace never written holds nothing
-                if self._index(request) is None or not isinstance(unwrap(e), CollectionNotFound):
+                if not self._never_written(request, e):
                     raise
                 records = {}
             vectors = {i: {"id": i, "values": v.tolist(), "metadata": m} for i, (v, m) in records.items()}
@@ -592,14 +601,12 @@ class HttpRoutes:
             if body is not None and body.filter:
                 raise InvalidArgumentError("describe_index_stats does not take a filter", field="filter")
             index = self._index(request)
-            cols = (await self._listing(grant))["collections"]
             if index is not None:  # that index's namespaces, its dimension and metric
-                mine = {collection_namespace(index["name"], n, index.get("namespaces")): c for n, c in cols.items()}
-                mine.pop(None, None)
-                namespaces = {ns: {"vectorCount": c["records"]} for ns, c in mine.items()}
-                return {"namespaces": namespaces, "dimension": index["dimension"], "indexFullness": 0.0,
-                        "totalVectorCount": sum(c["records"] for c in mine.values()), "metric": index["metric"],
-                        "vectorType": "dense"}
+                counts = await self._namespaces(grant, request)
+                return {"namespaces": {ns: {"vectorCount": n} for ns, n in counts.items()},
+                        "dimension": index["dimension"], "indexFullness": 0.0,
+                        "totalVectorCount": sum(counts.values()), "metric": index["metric"], "vectorType": "dense"}
+            cols = (await self._listing(grant))["collections"]
             namespaces = {("__default__" if n == "default" else n): {"vectorCount": c["records"]}
                           for n, c in cols.items()}
             first = cols.get("default") or next(iter(cols.values()), None)
@@ -621,7 +628,7 @@ class HttpRoutes:
             try:
                 ids, more = await self.writer.list_ids.remote(name, prefix, after, limit)
             except Exception as e:
-                if self._index(request) is None or not isinstance(unwrap(e), CollectionNotFound):
+                if not self._never_written(request, e):
                     raise
                 ids, more = [], False
             out = {"vectors": [{"id": i} for i in ids], "namespace": namespace, "usage": read_units("list")}
@@ -647,7 +654,7 @@ class HttpRoutes:
                 ids, more = await self.writer.ids_matching.remote(name, self._filter(body.filter), after, limit)
                 records = await self._fetch_records(name, ids) if ids else {}
             except Exception as e:
-                if self._index(request) is None or not isinstance(unwrap(e), CollectionNotFound):
+                if not self._never_written(request, e):
                     raise
                 ids, more, records = [], False, {}
             out = {"vectors": {i: {"id": i, "values": records[i][0].tolist(), "metadata": records[i][1]}
@@ -678,12 +685,11 @@ class HttpRoutes:
                                          limit=LIST_LIMIT, value=limit, field="limit")
             after = None if paginationToken is None else _token_id(paginationToken)
             counts = await self._namespaces(grant, request)
-            names = sorted(n for n in counts if n.startswith(prefix))
-            page = [n for n in names if after is None or n > after][:limit + 1]
-            out = {"namespaces": [{"name": n, "record_count": counts[n]} for n in page[:limit]],
-                   "total_count": len(names)}
-            if len(page) > limit:
-                out["pagination"] = {"next": _id_token(page[limit - 1])}
+            names = [n for n in counts if n.startswith(prefix)]
+            page, more = sorted_page(names, after, limit)
+            out = {"namespaces": [{"name": n, "record_count": counts[n]} for n in page], "total_count": len(names)}
+            if more:
+                out["pagination"] = {"next": _id_token(page[-1])}
             return out
         return await self._guard(request, "namespaces", False, run)
 
