@@ -38,4 +38,22 @@ PINECONE_API_KEY=suite-key PINECONE_CONTROLLER_HOST="http://127.0.0.1:$PORT" \
 rc=$?
 grep -E "^FAILED" "$OUT_DIR/suite.log" | sed 's/ - .*//'
 tail -n 1 "$OUT_DIR/suite.log"
+# The tally, with the machine and the SDK's version, into bench/results/pinecone-suite-cpuN.json.
+cd "$ROOT/bench" && "$ROOT/.venv/bin/python" - "$OUT_DIR/suite.log" "$SDK" "$PY" <<'PYEOF'
+import json, re, subprocess, sys
+from machine import machine_info, result_path
+log, sdk, py = sys.argv[1:]
+text = open(log).read()
+tally = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|deselected|skipped|error)", text.splitlines()[-1])}
+failed = [line.split(" - ")[0].removeprefix("FAILED ") for line in text.splitlines() if line.startswith("FAILED ")]
+version = subprocess.run([py, "-c", "import pinecone; print(pinecone.__version__)"], capture_output=True, text=True).stdout.strip()
+commit = subprocess.run(["git", "-C", sdk, "log", "-1", "--format=%h %s"], capture_output=True, text=True).stdout.strip()
+machine = machine_info()
+out = {"benchmark": "pinecone_suite", "command": "bench/pinecone_suite.sh SDK_CHECKOUT PYTHON", "machine": machine,
+       "sdk_tests": commit, "pinecone": version, "selection": "test_data_plane*.py, test_query_namespaces*.py, -k 'not grpc'",
+       "tally": tally, "failed": failed}
+path = result_path("pinecone-suite", machine)
+path.write_text(json.dumps(out, indent=1) + "\n")
+print(f"wrote {path}")
+PYEOF
 exit $rc
