@@ -172,10 +172,19 @@ def _check_squared_norms(m, name: str) -> None:
                          f"scale the vector down")
 
 
-def prepare_vectors(x, *, name: str, dim: int, metric: str, device: str = "cpu", zero_rows: bool = False):
+def prepare_vectors(x, *, name: str, dim: int, metric: str, device: str = "cpu", zero_rows: bool = False,
+                    with_norms: bool = False):
     """An (n, dim) float32 matrix on ``device``, unit length for ``metric="cosine"``. All-zero rows are
     refused there, unless ``zero_rows`` (queries: a zero query scores 0 against every record, and is
-    answered, as Pinecone answers it; LlamaIndex sends one to list nodes)."""
+    answered, as Pinecone answers it; LlamaIndex sends one to list nodes).
+
+    ``with_norms`` (records to store): return ``(matrix, norms)``, ``norms`` the rows' lengths as
+    sent, float32 on the host, for cosine (so that what was sent can be given back), else ``None``."""
+    m = _prepare(x, name, dim, metric, device, zero_rows, with_norms)
+    return m if with_norms else m[0]
+
+
+def _prepare(x, name, dim, metric, device, zero_rows, with_norms):
     if (type(x) is np.ndarray and x.dtype == np.float32 and device == "cpu" and 1 <= x.ndim <= 2
             and x.shape[-1] == dim and x.size and x.flags.c_contiguous):
         # Fast path for the common case (a float32 NumPy query or batch, as a search sends one at a
@@ -190,7 +199,10 @@ def prepare_vectors(x, *, name: str, dim: int, metric: str, device: str = "cpu",
         else:
             ok = bool((sq <= MAX_SQUARED_NORM).all()) and (metric != "cosine" or sq.all())
         if ok:
-            return m / np.sqrt(sq) if metric == "cosine" else m
+            if metric != "cosine":
+                return m, None
+            norms = np.sqrt(sq)
+            return m / norms, (norms[:, 0] if with_norms else None)
     m = as_matrix(x, name=name, dim=dim, device=device)
     _check_squared_norms(m, name)
     if metric == "cosine":
@@ -205,4 +217,5 @@ def prepare_vectors(x, *, name: str, dim: int, metric: str, device: str = "cpu",
         if len(zero):
             norms[zero] = 1  # stays all zeros
         m = m / norms
-    return m
+        return m, (np.asarray(to_host(norms), dtype=np.float32)[:, 0] if with_norms else None)
+    return m, None

@@ -406,7 +406,7 @@ class Collection:
         """
         self._check_open()
         ids = as_ids(ids)
-        vecs = self._prepare_vectors(vectors, "vectors")
+        vecs, norms = prepare_vectors(vectors, name="vectors", dim=self.dim, metric=self.metric, with_norms=True)
         if len(ids) != vecs.shape[0]:
             raise InvalidArgumentError(f"ids and vectors must have the same length, got {len(ids)} ids and {vecs.shape[0]} vectors")
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
@@ -425,7 +425,8 @@ class Collection:
             with progress(len(keep), "upsert", min_total=100_000) as bar:
                 for lo in range(0, len(keep), step):
                     sel = keep[lo : lo + step]
-                    seq = self._upsert_rows([ids[p] for p in sel.tolist()], vecs[sel], md.take(table, sel), schema)
+                    seq = self._upsert_rows([ids[p] for p in sel.tolist()], vecs[sel], md.take(table, sel), schema,
+                                            None if norms is None else norms[sel])
                     bar.update(len(sel))
             self.schema = schema
             self._maybe_checkpoint()
@@ -433,7 +434,9 @@ class Collection:
             release_freed()  # the batch's WAL record and copies went through pools that keep freed pages
         return WriteResult(len(keep), seq)
 
-    def _upsert_rows(self, ids: list[str], vecs: np.ndarray, table, schema) -> int:
+    def _upsert_rows(self, ids: list[str], vecs: np.ndarray, table, schema, norms: np.ndarray | None) -> int:
+        """Log and apply one batch: ``vecs`` as stored (unit length for cosine), ``norms`` their lengths as
+        sent (cosine; ``None`` otherwise)."""
         groups: dict[int, list[int]] = {}
         for pos, i in enumerate(ids):
             groups.setdefault(shard_of(i, len(self._shards)), []).append(pos)
@@ -442,8 +445,9 @@ class Collection:
             p = np.asarray(positions, dtype=np.int64)
             sub_ids = [ids[j] for j in positions]
             sub_meta = md.take(table, p)
-            parts[s] = ops_mod.encode_upsert(sub_ids, vecs[p], sub_meta, len(groups))
-            apply[s] = ops_mod.Op(ops_mod.UPSERT, len(groups), sub_ids, vecs[p], sub_meta)
+            sub_norms = None if norms is None else norms[p]
+            parts[s] = ops_mod.encode_upsert(sub_ids, vecs[p], sub_meta, len(groups), sub_norms)
+            apply[s] = ops_mod.Op(ops_mod.UPSERT, len(groups), sub_ids, vecs[p], sub_meta, sub_norms)
         if schema != self.schema:
             # Read replicas compile filters against the collection-wide fields, so a field is
             # published before the first record that has it is acknowledged.
@@ -499,7 +503,8 @@ class Collection:
             raise InvalidArgumentError("update needs values=[...] and/or set_metadata={...}")
         if set_metadata is not None and not isinstance(set_metadata, Mapping):
             raise InvalidTypeError(f"set_metadata must be a dict, got {type(set_metadata).__name__}")
-        new_vec = None if values is None else self._prepare_vectors(values, "values")
+        new_vec, new_norm = (None, None) if values is None else prepare_vectors(
+            values, name="values", dim=self.dim, metric=self.metric, with_norms=True)
         with self._write_lock:
             shard = self._shards[shard_of(rid, len(self._shards))]
             with shard.lock.read():
@@ -507,13 +512,14 @@ class Collection:
                 if r is None:
                     return WriteResult(0, self._seq)
                 vec = shard.store.host[r].copy()[None, :]
+                norm = shard.norms_of([r])
                 meta = shard.metadata_of([r], dict(self.schema))[0]
             if new_vec is not None:
-                vec = to_host(new_vec)
+                vec, norm = to_host(new_vec), new_norm
             if set_metadata is not None:
                 meta = {**meta, **dict(set_metadata)}
             table, schema = md.normalize_metadata([meta], 1, self.schema)
-            seq = self._upsert_rows([rid], np.asarray(vec, np.float32), table, schema)
+            seq = self._upsert_rows([rid], np.asarray(vec, np.float32), table, schema, norm)
             self._maybe_checkpoint()
         return WriteResult(1, seq)
 
@@ -633,7 +639,7 @@ class Collection:
                     missing.append(i)
                     continue
                 found.append(i)
-                vecs.append(shard.store.host[r].copy())
+                vecs.append(shard.values_of([r])[0])
                 metas.append(shard.metadata_of([r], schema)[0])
         v = np.stack(vecs) if vecs else np.empty((0, self.dim), np.float32)
         return FetchResult(found, v, metas, missing)

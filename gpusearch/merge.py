@@ -122,7 +122,8 @@ def rescore_exact(queries, hits: Hits, k: int, *, metric: str) -> Hits:
 
     The second stage after shards searched compressed codes (IVF-PQ, say) and
     over-fetched: ``hits`` must carry the candidates' full-precision ``vectors``
-    (unit length for cosine) and their ``ids``; ``queries`` are the request's.
+    (as sent: for cosine they are scaled to unit length here) and their ``ids``;
+    ``queries`` are the request's (unit length for cosine).
     """
     q = np.asarray(queries, dtype=np.float64)
     largest = metric != "l2"
@@ -133,6 +134,9 @@ def rescore_exact(queries, hits: Hits, k: int, *, metric: str) -> Hits:
     for qi in range(nq):
         n = int(np.count_nonzero(hits.keys[qi] >= 0))
         V = np.asarray(hits.vectors[qi, :n], dtype=np.float64)
+        if metric == "cosine":
+            nv = np.linalg.norm(V, axis=1, keepdims=True)
+            V = V / np.where(nv > 0, nv, 1.0)
         row = hits.ids[qi, :n].tolist()
         s = ((V - q[qi]) ** 2).sum(axis=1) if metric == "l2" else V @ q[qi]
         sign = 1.0 if metric == "l2" else -1.0

@@ -3,8 +3,11 @@
 Layout of a payload: ``b"GSop"``, u8 format version, u8 kind (1 upsert,
 2 delete), u16 number of shards the batch spans, then an Arrow IPC stream of
 one table: ``id`` (string), and for upserts ``vector``
-(fixed_size_list<float32>[dim]) plus the batch's metadata columns as
-``meta.<field>``. The WAL adds its own framing and CRC around this.
+(fixed_size_list<float32>[dim]), for a cosine collection (format 2) ``norm``
+(float32: the length each vector had when it was sent; ``vector`` holds it unit
+length, and ``vector * norm`` gives back what was sent), plus the batch's
+metadata columns as ``meta.<field>``. Format 1 records (no ``norm``) decode with
+``norms=None``. The WAL adds its own framing and CRC around this.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import pyarrow as pa
 __all__ = ["Op", "encode_upsert", "encode_delete", "decode", "UPSERT", "DELETE"]
 
 UPSERT, DELETE = 1, 2
-_MAGIC, _VERSION = b"GSop", 1
+_MAGIC, _VERSION, _VERSION_NORMS = b"GSop", 1, 2
 _HEAD = struct.Struct("<4sBBH")
 _META = "meta."
 
@@ -29,6 +32,7 @@ class Op:
     ids: list[str]
     vectors: np.ndarray | None = None
     metadata: pa.Table | None = None
+    norms: np.ndarray | None = None  # float32 (n,): cosine collections' sent lengths; None: not recorded
 
 
 def _ipc(table: pa.Table) -> bytes:
@@ -38,13 +42,17 @@ def _ipc(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def encode_upsert(ids: list[str], vectors: np.ndarray, metadata: pa.Table, participants: int) -> bytes:
+def encode_upsert(ids: list[str], vectors: np.ndarray, metadata: pa.Table, participants: int,
+                  norms: np.ndarray | None = None) -> bytes:
     n, dim = vectors.shape
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
     cols = {"id": pa.array(ids, pa.string()), "vector": pa.FixedSizeListArray.from_arrays(flat, dim)}
+    if norms is not None:
+        cols["norm"] = pa.array(np.asarray(norms, dtype=np.float32).reshape(-1))
     for name in metadata.column_names:
         cols[_META + name] = metadata.column(name)
-    return _HEAD.pack(_MAGIC, _VERSION, UPSERT, participants) + _ipc(pa.table(cols))
+    version = _VERSION if norms is None else _VERSION_NORMS
+    return _HEAD.pack(_MAGIC, version, UPSERT, participants) + _ipc(pa.table(cols))
 
 
 def encode_delete(ids: list[str], participants: int) -> bytes:
@@ -53,7 +61,7 @@ def encode_delete(ids: list[str], participants: int) -> bytes:
 
 def decode(payload: bytes) -> Op:
     magic, version, kind, participants = _HEAD.unpack_from(payload)
-    if magic != _MAGIC or version != _VERSION or kind not in (UPSERT, DELETE):
+    if magic != _MAGIC or version not in (_VERSION, _VERSION_NORMS) or kind not in (UPSERT, DELETE):
         raise ValueError(f"WAL record is not a gpusearch op (magic {magic!r}, version {version}, kind {kind})")
     table = pa.ipc.open_stream(pa.py_buffer(payload)[_HEAD.size :]).read_all()
     ids = table.column("id").to_pylist()
@@ -62,6 +70,9 @@ def decode(payload: bytes) -> Op:
     vec = table.column("vector").combine_chunks()
     dim = vec.type.list_size
     vectors = vec.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+    norms = None
+    if "norm" in table.column_names:
+        norms = table.column("norm").combine_chunks().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     meta_names = [c for c in table.column_names if c.startswith(_META)]
     metadata = table.select(meta_names).rename_columns([c[len(_META) :] for c in meta_names])
-    return Op(UPSERT, participants, ids, vectors, metadata)
+    return Op(UPSERT, participants, ids, vectors, metadata, norms)

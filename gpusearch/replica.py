@@ -527,8 +527,8 @@ class ShardFollower:
         with shard.lock.read():
             found = [(i, r) for i in wanted if (r := shard.id_to_row.get(i)) is not None]
             metas = shard.metadata_of([r for _, r in found], None)
-            host = shard.store.host
-            return [(i, host[r].copy(), meta) for (i, r), meta in zip(found, metas)]
+            values = shard.values_of([r for _, r in found]) if found else ()
+            return [(i, v, meta) for (i, _), v, meta in zip(found, values, metas)]
 
     def ids_matching(self, filter: Mapping | None = None, *, schema: Mapping[str, str] | None = None) -> list[str]:
         """Ids of this shard's live records that pass ``filter`` (every record for ``None`` or ``{}``).

@@ -8,12 +8,15 @@ the stream format) holding a single record batch with these columns:
 ``vector``
     ``fixed_size_list<float32 or float16>[dim]``, not null. The list size is the
     dimension, so it round-trips even with no rows.
+``norm`` (format 2 only, optional)
+    ``float32``, not null: for a cosine collection, the length each vector had when
+    it was sent (``vector`` holds it unit length; ``vector * norm`` is what was sent).
 ``meta.<name>``
     One column per metadata field, any Arrow type, nulls allowed. The ``meta.``
     prefix keeps a field called ``id`` or ``vector`` from clashing.
 
 The schema metadata carries ``gpusearch.format = "gpusearch-segment"``,
-``gpusearch.version`` (an integer, currently 1) and ``gpusearch.extra`` (a JSON
+``gpusearch.version`` (an integer: 1, or 2 when the file has a ``norm`` column) and ``gpusearch.extra`` (a JSON
 object of strings chosen by the caller, e.g. the WAL seq a snapshot covers).
 
 Files are written atomically (temp file, fsync, rename, directory fsync; see
@@ -42,7 +45,8 @@ __all__ = ["FORMAT_VERSION", "META_PREFIX", "Segment", "read_segment", "write_se
 logger = logging.getLogger(__name__)
 
 FORMAT_MARKER = b"gpusearch-segment"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this release reads; a file without norms is still written as 1
+NORM_COLUMN = "norm"
 KEY_FORMAT = b"gpusearch.format"
 KEY_VERSION = b"gpusearch.version"
 KEY_EXTRA = b"gpusearch.extra"
@@ -69,12 +73,16 @@ class Segment:
         prefix); may have no columns.
     extra : dict of str to str
         The caller's annotations given to :func:`write_segment`.
+    norms : numpy.ndarray or None
+        ``(n,)`` float32 lengths the vectors were sent with (cosine collections), or
+        ``None`` when the file records none.
     """
 
     ids: pa.StringArray
     vectors: np.ndarray
     metadata: pa.Table
     extra: dict[str, str] = field(default_factory=dict)
+    norms: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -162,6 +170,7 @@ def write_segment(
     metadata: pa.Table | None = None,
     *,
     extra: dict[str, str] | None = None,
+    norms: np.ndarray | None = None,
 ) -> int:
     """Write a segment file atomically and durably.
 
@@ -180,6 +189,9 @@ def write_segment(
         or a table with no columns stores no metadata.
     extra : dict of str to str, optional
         Annotations kept in the schema metadata and returned as ``Segment.extra``.
+    norms : numpy.ndarray, optional
+        ``(n,)`` finite float32 row lengths (see the module docstring); the file is
+        then format 2.
 
     Returns
     -------
@@ -211,12 +223,19 @@ def write_segment(
     id_array = _check_ids(ids, n)
     metadata = _check_metadata(metadata, n)
     extra = _check_extra(extra)
+    if norms is not None:
+        norms = np.ascontiguousarray(norms, dtype=np.float32).reshape(-1)
+        if norms.shape[0] != n:
+            raise ValueError(f"norms must hold one value per vector ({n}), got {norms.shape[0]}")
 
     value_type = _VECTOR_TYPES[vectors.dtype]
     vector_type = pa.list_(pa.field("item", value_type, nullable=False), dim)
     vector_array = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=value_type), type=vector_type)
     fields = [pa.field(ID_COLUMN, pa.string(), nullable=False), pa.field(VECTOR_COLUMN, vector_type, nullable=False)]
     arrays = [id_array, vector_array]
+    if norms is not None:
+        fields.append(pa.field(NORM_COLUMN, pa.float32(), nullable=False))
+        arrays.append(pa.array(norms, type=pa.float32()))
     for name, column in zip(metadata.column_names, metadata.columns):
         fields.append(pa.field(META_PREFIX + name, column.type))
         arrays.append(_single_chunk(column))
@@ -224,7 +243,7 @@ def write_segment(
         fields,
         metadata={
             KEY_FORMAT: FORMAT_MARKER,
-            KEY_VERSION: str(FORMAT_VERSION).encode(),
+            KEY_VERSION: str(1 if norms is None else 2).encode(),
             KEY_EXTRA: json.dumps(extra, sort_keys=True).encode(),
         },
     )
@@ -238,8 +257,8 @@ def write_segment(
     return size
 
 
-def _parse_schema(schema: pa.Schema, path: Path) -> tuple[dict[str, str], list[str]]:
-    """Check the schema of a segment; return its extra and its metadata column names."""
+def _parse_schema(schema: pa.Schema, path: Path) -> tuple[dict[str, str], list[str], bool]:
+    """Check the schema of a segment; return its extra, its metadata column names and whether it has norms."""
     meta = schema.metadata or {}
     if meta.get(KEY_FORMAT) != FORMAT_MARKER:
         raise ValueError(f"{path} is not a gpusearch segment (no {KEY_FORMAT.decode()} marker in its schema)")
@@ -272,11 +291,14 @@ def _parse_schema(schema: pa.Schema, path: Path) -> tuple[dict[str, str], list[s
         raise ValueError(
             f"{path}: column {VECTOR_COLUMN!r} must be fixed_size_list<float32 or float16>, got {vector_type}"
         )
-    meta_names = names[2:]
+    has_norms = version >= 2 and len(names) > 2 and names[2] == NORM_COLUMN
+    if has_norms and schema.field(NORM_COLUMN).type != pa.float32():
+        raise ValueError(f"{path}: column {NORM_COLUMN!r} must be float32, got {schema.field(NORM_COLUMN).type}")
+    meta_names = names[3:] if has_norms else names[2:]
     bad = [name for name in meta_names if not name.startswith(META_PREFIX)]
     if bad:
         raise ValueError(f"{path}: metadata columns must start with {META_PREFIX!r}, got {bad}")
-    return extra, meta_names
+    return extra, meta_names, has_norms
 
 
 def _vectors_of(column: pa.ChunkedArray, path: Path) -> np.ndarray:
@@ -327,13 +349,19 @@ def read_segment(path: str | os.PathLike, *, memory_map: bool = True) -> Segment
         raise ValueError(f"{path} cannot be opened as a gpusearch segment: {exc}") from None
     try:
         reader = pa.ipc.open_file(source)
-        extra, meta_names = _parse_schema(reader.schema, path)
+        extra, meta_names, has_norms = _parse_schema(reader.schema, path)
         table = reader.read_all()
         table.validate(full=True)
         vectors = _vectors_of(table.column(VECTOR_COLUMN), path)
         ids = _single_chunk(table.column(ID_COLUMN))
         if ids.null_count:
             raise ValueError(f"{path}: column {ID_COLUMN!r} has {ids.null_count} nulls")
+        norms = None
+        if has_norms:
+            col = _single_chunk(table.column(NORM_COLUMN))
+            if col.null_count:
+                raise ValueError(f"{path}: column {NORM_COLUMN!r} has {col.null_count} nulls")
+            norms = col.to_numpy(zero_copy_only=True)
         metadata = table.select(meta_names).rename_columns([name[len(META_PREFIX):] for name in meta_names])
     except ValueError as exc:  # includes pyarrow's ArrowInvalid
         if str(path) in str(exc):
@@ -344,4 +372,4 @@ def read_segment(path: str | os.PathLike, *, memory_map: bool = True) -> Segment
     finally:
         if not memory_map:
             source.close()  # read buffers own their memory; a map must stay open for the views
-    return Segment(ids=ids, vectors=vectors, metadata=metadata, extra=extra)
+    return Segment(ids=ids, vectors=vectors, metadata=metadata, extra=extra, norms=norms)

@@ -8,7 +8,7 @@ overwrite or delete marks the old row dead; ``compact()`` drops dead rows.
 On-disk layout of ``<collection>/shard-NNN/``::
 
     manifest.json          format version, applied sequence number, files below
-    seg-<seq>.arrow        snapshot segments, rows in order (ids, vectors, metadata)
+    seg-<seq>.arrow        snapshot segments, rows in order (ids, vectors, norms for cosine, metadata)
     alive-<seq>.bits       which snapshot rows are alive (packed bits)
     index-<seq>.faiss      the FAISS index over the first n_indexed rows
     wal/                   ops after the snapshot (see gpusearch.wal)
@@ -53,6 +53,9 @@ class Shard:
         self.ids: list[str] = []
         self.id_to_row: dict[str, int] = {}
         self._alive = np.zeros(1024, dtype=bool)
+        # Cosine rows are stored unit length (that is what is searched); their lengths as sent are kept
+        # beside them so that fetch and includeValues give back the values that were upserted.
+        self._norms = np.ones(1024, dtype=np.float32) if metric == "cosine" else None
         self._meta_chunks: list[pa.Table] = []
         self._meta_cache: pa.Table | None = None
         self._meta_cache_schema: dict | None = None
@@ -91,14 +94,19 @@ class Shard:
                 f"this version reads format {SHARD_FORMAT_VERSION} or older: upgrade gpusearch"
             )
         self._manifest = m
-        ids, vecs, tables = [], [], []
+        ids, vecs, tables, norms = [], [], [], []
         for seg in m["segments"]:
             s = read_segment(self.path / seg)
             ids.extend(s.ids.to_pylist())
             vecs.append(s.vectors)
+            norms.append(np.ones(len(s), np.float32) if s.norms is None else s.norms)
             tables.append(s.metadata if s.metadata.num_columns else md.empty_table(len(s.vectors)))
         n = len(ids)
         self.schema = dict(m.get("schema", {}))
+        for t in tables:
+            # A checkpoint writes the collection's fields, some of which this shard may never have
+            # seen (all null here): they are the shard's fields too, or its own reads refuse its rows.
+            self.schema = md.merge_schemas(self.schema, md.schema_of(t))
         if self.store.external:
             # The rows live in the index: load it whole (they come with it), then insert the rest.
             if m.get("index"):
@@ -120,6 +128,10 @@ class Shard:
             bits = np.frombuffer((self.path / m["alive"]).read_bytes(), dtype=np.uint8)
             self._alive[:n] = np.unpackbits(bits, count=n, bitorder="little").astype(bool)
         self._alive[n:] = False
+        if self._norms is not None:
+            self._norms = np.ones(max(n, 1024), dtype=np.float32)
+            if n:
+                self._norms[:n] = np.concatenate(norms)
         self.id_to_row = {ids[r]: r for r in np.flatnonzero(self._alive[:n]).tolist()}
         self._meta_chunks, self._meta_cache = tables, None
         if m.get("index") and not self.store.external:
@@ -167,12 +179,13 @@ class Shard:
         """Apply a logged op in memory (the caller logged it, or is replaying it)."""
         with self.lock.write():
             if op.kind == ops_mod.UPSERT:
-                self._apply_upsert(op.ids, op.vectors, op.metadata)
+                self._apply_upsert(op.ids, op.vectors, op.metadata, op.norms)
             else:
                 self._apply_delete(op.ids)
             self.applied_seq = max(self.applied_seq, seq)
 
-    def _apply_upsert(self, ids: list[str], vectors: np.ndarray, meta: pa.Table) -> None:
+    def _apply_upsert(self, ids: list[str], vectors: np.ndarray, meta: pa.Table,
+                      norms: np.ndarray | None = None) -> None:
         for i in ids:
             old = self.id_to_row.get(i)
             if old is not None:
@@ -183,6 +196,12 @@ class Shard:
             grown[: rows.start] = self._alive[: rows.start]
             self._alive = grown
         self._alive[rows.start : rows.stop] = True
+        if self._norms is not None:
+            if self._norms.shape[0] < rows.stop:
+                grown_n = np.ones(self._alive.shape[0], dtype=np.float32)
+                grown_n[: rows.start] = self._norms[: rows.start]
+                self._norms = grown_n
+            self._norms[rows.start : rows.stop] = 1.0 if norms is None else norms
         self.ids.extend(ids)
         for i, r in zip(ids, rows):
             self.id_to_row[i] = r
@@ -198,6 +217,19 @@ class Shard:
                 self._alive[r] = False
 
     # -- reads ---------------------------------------------------------------
+    def values_of(self, rows) -> np.ndarray:
+        """The rows' vectors as they were sent (float32 copies; under the caller's lock): the stored
+        rows, scaled back to their sent lengths on a cosine collection."""
+        rows = np.asarray(rows, dtype=np.int64)
+        v = self.store.host[rows]  # fancy indexing: a copy
+        if self._norms is not None:
+            v *= self._norms[rows][..., None]
+        return v
+
+    def norms_of(self, rows) -> np.ndarray | None:
+        """The rows' sent lengths (cosine), else ``None``."""
+        return None if self._norms is None else self._norms[np.asarray(rows, dtype=np.int64)].copy()
+
     def metadata_table(self, schema: dict[str, str] | None = None) -> pa.Table:
         """All rows' metadata as one table (dead rows included, so row numbers line up)."""
         schema = self.schema if schema is None else schema
@@ -259,7 +291,7 @@ class Shard:
             hits.metadata = [[found[r] for r in row] for row in rows]
         if request.include_vectors:
             if self.n_rows:
-                vecs = self.store.host[np.maximum(keys, 0)]
+                vecs = self.values_of(np.maximum(keys, 0))
                 vecs[keys < 0] = 0
             else:  # no row to gather from: every hit is absent
                 vecs = np.zeros((*keys.shape, self.dim), np.float32)
@@ -345,7 +377,8 @@ class Shard:
             if self.n_rows > start:
                 name = f"seg-{seq:020d}.arrow"
                 table = self.metadata_table(schema)
-                write_segment(self.path / name, self.ids[start:], self.store.host[start:], table.slice(start))
+                write_segment(self.path / name, self.ids[start:], self.store.host[start:], table.slice(start),
+                              norms=None if self._norms is None else self._norms[start : self.n_rows])
                 segments.append(name)
                 new_files.append(name)
             # On failure (a full disk) the new files go: the old manifest and the WAL still hold everything.
@@ -359,6 +392,7 @@ class Shard:
             table = self.metadata_table(schema)
             ids = [self.ids[r] for r in rows.tolist()]
             vecs = self.store.host[rows]
+            norms = None if self._norms is None else self._norms[rows]
             meta = md.take(table, rows)
             gen = int((self._manifest or {}).get("generation", 0)) + 1
             name = f"seg-{seq:020d}-c{gen}.arrow"
@@ -367,13 +401,17 @@ class Shard:
                 with contextlib.suppress(FileNotFoundError):
                     (self.path / self._pending_segment).unlink()
                 self._pending_segment = None
-            write_segment(self.path / name, ids, vecs, meta)  # on failure nothing has changed yet
+            write_segment(self.path / name, ids, vecs, meta, norms=norms)  # on failure nothing has changed yet
             self.store.replace(vecs)
             self.ids = ids
             self.id_to_row = {i: r for r, i in enumerate(ids)}
             self._alive = np.ones(max(len(ids), 1024), dtype=bool)
             self._alive[len(ids):] = False
+            if norms is not None:
+                self._norms = np.ones(self._alive.shape[0], dtype=np.float32)
+                self._norms[: len(ids)] = norms
             self._meta_chunks, self._meta_cache = [meta], None
+            self.schema = md.merge_schemas(self.schema, md.schema_of(meta))
             with progress(len(ids), f"rebuilding shard {self.number} index", min_total=100_000):
                 self.backend.rebuild(self.store)
             try:

@@ -142,7 +142,7 @@ class Partition:
                 with sh.lock.read():
                     rows = np.flatnonzero(sh.alive[: sh.n_rows])
                     ids = pa.array([sh.ids[r] for r in rows.tolist()], pa.string())
-                    vecs = np.array(sh.store.host[rows], dtype=np.float32)
+                    vecs = sh.values_of(rows)  # as upserted; the join normalises for its own metric
                     meta = None
                     if spec.filter_fields:
                         have = [x for x in spec.filter_fields if x in sh.schema]

@@ -262,7 +262,7 @@ def _rewrite_schema_metadata(path: Path, **changes) -> None:
 @pytest.mark.parametrize(
     "changes, match",
     [
-        ({"gpusearch.version": "2"}, "version 2.*upgrade gpusearch"),
+        ({"gpusearch.version": "3"}, "version 3.*upgrade gpusearch"),
         ({"gpusearch.version": "one"}, "unreadable segment version"),
         ({"gpusearch.extra": "{not json"}, "corrupt segment annotations"),
     ],
