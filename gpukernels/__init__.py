@@ -15,7 +15,7 @@ Examples
 >>> I
 array([[1, 2]])
 """
-from ._checks import MAX_K
+from ._checks import KERNEL_K, MAX_K
 from ._cuda import cuda_sources
 from .fused import fused_search, fused_search_reference
 from .ivf import IvfLists, ivf_build, ivf_search, ivf_search_reference, ivf_train
@@ -24,6 +24,7 @@ from .topk import topk, topk_reference
 
 __all__ = [
     "MAX_K",
+    "KERNEL_K",
     "topk",
     "topk_reference",
     "fused_search",

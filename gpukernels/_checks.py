@@ -13,6 +13,7 @@ import numpy as np
 
 __all__ = [
     "MAX_K",
+    "KERNEL_K",
     "METRICS",
     "check_k",
     "check_lists",
@@ -23,8 +24,13 @@ __all__ = [
     "sentinel",
 ]
 
-#: Largest ``k`` any kernel accepts (the GPU kernels keep k keys in shared memory).
-MAX_K = 1024
+#: Largest ``k`` any kernel wrapper accepts: above the engine's MAX_TOP_K (10,000), whose exact
+#: search asks a shard for k + 1 rows.
+MAX_K = 16384
+#: Largest ``k`` of the one-block CUDA kernels (``topk.cu``, ``fused_search.cu``, ``merge.cu``: they
+#: keep k keys in shared memory). A larger ``k`` on a CUDA device takes a stable sort instead
+#: (:func:`gpukernels._select.sort_select`): exact, with the same tie rule, and slower.
+KERNEL_K = 1024
 
 #: Metrics of :func:`gpusearch.kernels.fused_search`, with whether larger is better.
 METRICS = {"ip": True, "l2": False}
@@ -47,7 +53,7 @@ def check_k(k) -> int:
     >>> check_k(0)
     Traceback (most recent call last):
     ...
-    ValueError: k must be in [1, 1024], got 0
+    ValueError: k must be in [1, 16384], got 0
     """
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral):
         raise TypeError(f"k must be an int in [1, {MAX_K}], got {type(k).__name__} {k!r}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["select_k", "gather"]
+__all__ = ["select_k", "gather", "sort_select"]
 
 #: Rows redone for ties at once hold at most about this many entries.
 TIE_GROUP_ELEMENTS = 1 << 22
@@ -81,6 +81,28 @@ def select_k(w: np.ndarray, k: int, ids: np.ndarray | None = None) -> np.ndarray
     else:
         order = np.lexsort((gather(ids, pos, -1), wk), axis=1)
     return np.take_along_axis(pos, order, axis=1).astype(np.int64, copy=False)
+
+
+def sort_select(xp, w, k: int, ids=None):
+    """:func:`select_k` by stable sorts, for NumPy or CuPy (``xp``): the CUDA path's way for a ``k``
+    above the one-block kernels' KERNEL_K. Same result: the ``min(k, n)`` smallest costs of each
+    row best first, ties to the smaller id (``ids``) then the smaller position, ``-1`` past the
+    finite entries.
+
+    >>> sort_select(np, np.array([[3.0, 1.0, 1.0, np.inf]]), 4, ids=np.array([[0, 9, 5, 1]]))
+    array([[ 2,  1,  0, -1]])
+    """
+    nq, n = w.shape
+    kk = min(k, n)
+    stable = {"kind": "stable"} if xp is np else {}  # CuPy's sorts are always stable
+    if ids is None:
+        pos = xp.argsort(w, axis=1, **stable)[:, :kk]
+    else:  # by id, then (stably) by cost: cost order, equal costs in id order, then position order
+        by_id = xp.argsort(ids, axis=1, **stable)
+        by_cost = xp.argsort(xp.take_along_axis(w, by_id, axis=1), axis=1, **stable)[:, :kk]
+        pos = xp.take_along_axis(by_id, by_cost, axis=1)
+    pos = pos.astype(xp.int64, copy=False)
+    return xp.where(xp.isposinf(xp.take_along_axis(w, pos, axis=1)), -1, pos)
 
 
 def _where(cand: np.ndarray):

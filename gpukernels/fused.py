@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._arrays import common_placement, compute_context, from_compute, to_compute
-from ._checks import METRICS, check_k, check_matrix, check_metric, check_vector, sentinel
+from ._checks import KERNEL_K, METRICS, check_k, check_matrix, check_metric, check_vector, sentinel
 from ._select import gather, select_k
 from .reference import fused_search_reference
 from .topk import GPU_DTYPES, pad_results, topk_cuda
@@ -193,7 +193,7 @@ def fused_cuda(xq, xb, k: int, metric: str, mask, bn):
     xb = cupy.ascontiguousarray(xb)
     mask = None if mask is None else cupy.ascontiguousarray(mask)
     bn = None if bn is None else cupy.ascontiguousarray(bn, dtype=cupy.float32)
-    if nq <= GPU_FUSED_MAX_NQ and d <= GPU_FUSED_MAX_D:
+    if nq <= GPU_FUSED_MAX_NQ and d <= GPU_FUSED_MAX_D and k <= KERNEL_K:
         chunks = max(1, GPU_CANDIDATE_BYTES // (12 * nq * k))
         return _walk_base(xq, xb, k, metric, mask, bn, GPU_CHUNK * chunks, _chunked_segment)
     D = cupy.empty((nq, k), dtype=cupy.float32)

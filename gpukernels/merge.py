@@ -7,7 +7,9 @@ from ._arrays import common_placement, compute_context, from_compute, to_compute
 from ._checks import check_k, check_list_arrays, check_lists, sentinel
 from ._select import gather, select_k
 from .reference import merge_topk_reference
-from .topk import GPU_DTYPES, pad_results
+from ._checks import KERNEL_K
+from ._select import sort_select
+from .topk import GPU_DTYPES, _pad, pad_results
 
 __all__ = ["merge_topk", "merge_topk_reference"]
 
@@ -78,6 +80,16 @@ def merge_host(scores_list: list, ids_list: list, k: int, largest: bool):
     return pad_results(D, gather(ids, pos, -1), k, largest)
 
 
+def merge_sorted(xp, S, ids, k: int, largest: bool):
+    """Merge by stable sorts (NumPy or CuPy): a ``k`` above the kernels' KERNEL_K."""
+    w = -S if largest else S + 0  # costs, a fresh array
+    w[ids == -1] = xp.inf
+    pos = sort_select(xp, w, k, ids=ids)
+    D = xp.where(pos >= 0, xp.take_along_axis(S, xp.maximum(pos, 0), axis=1), xp.float32(sentinel(largest)))
+    I = xp.where(pos >= 0, xp.take_along_axis(ids, xp.maximum(pos, 0), axis=1), -1)
+    return _pad(xp, D.astype(xp.float32), I, k, largest)
+
+
 def merge_cuda(scores_list: list, ids_list: list, k: int, largest: bool):
     """The CUDA path: one block per row ranks every entry by binary search (``merge.cu``)."""
     import cupy
@@ -89,6 +101,8 @@ def merge_cuda(scores_list: list, ids_list: list, k: int, largest: bool):
     nq, m = S.shape
     if m >= 2**31:
         raise ValueError(f"the lists must hold fewer than 2**31 entries per row on a CUDA device, got {m}")
+    if k > KERNEL_K:  # beyond the kernel's shared memory: stable sorts, the same rule
+        return merge_sorted(cupy, S, ids, k, largest)
     offsets = cupy.asarray(np.cumsum([0] + [a.shape[1] for a in scores_list]), dtype=cupy.int32)
     D = cupy.empty((nq, k), dtype=cupy.float32)
     I = cupy.empty((nq, k), dtype=cupy.int64)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from ._arrays import common_placement, compute_context, from_compute, to_compute
-from ._checks import check_k, check_matrix, sentinel
-from ._select import gather, select_k
+from ._checks import KERNEL_K, check_k, check_matrix, sentinel
+from ._select import gather, select_k, sort_select
 from .reference import topk_reference
 
 __all__ = ["topk", "topk_reference"]
@@ -68,6 +68,26 @@ def topk_host(x: np.ndarray, k: int, largest: bool):
     return pad_results(gather(x, pos, sentinel(largest)).astype(np.float32), pos, k, largest)
 
 
+def topk_sorted(xp, x, k: int, largest: bool):
+    """Top-k by a stable sort of each row (NumPy or CuPy): a ``k`` above the kernels' KERNEL_K."""
+    x = x.astype(xp.float32, copy=False)
+    w = -x if largest else x  # costs; the sentinel becomes +inf either way
+    pos = sort_select(xp, w, k)
+    D = xp.take_along_axis(x, xp.maximum(pos, 0), axis=1)
+    D = xp.where(pos >= 0, D, xp.float32(sentinel(largest)))
+    return _pad(xp, D, pos, k, largest)
+
+
+def _pad(xp, D, I, k: int, largest: bool):
+    nq, m = D.shape
+    if m == k:
+        return xp.ascontiguousarray(D, dtype=xp.float32), xp.ascontiguousarray(I, dtype=xp.int64)
+    Dk = xp.full((nq, k), sentinel(largest), dtype=xp.float32)
+    Ik = xp.full((nq, k), -1, dtype=xp.int64)
+    Dk[:, :m], Ik[:, :m] = D, I
+    return Dk, Ik
+
+
 def pad_results(D: np.ndarray, I: np.ndarray, k: int, largest: bool):
     """Widen (nq, m <= k) results to (nq, k) with the sentinel and ``-1``."""
     nq, m = D.shape
@@ -88,6 +108,8 @@ def topk_cuda(x, k: int, largest: bool):
     nq, n = x.shape
     if n >= 2**31:
         raise ValueError(f"scores must have fewer than 2**31 columns on a CUDA device, got {n}")
+    if k > KERNEL_K:
+        return topk_sorted(cupy, x, k, largest)
     x = cupy.ascontiguousarray(x)
     D = cupy.empty((nq, k), dtype=cupy.float32)
     I = cupy.empty((nq, k), dtype=cupy.int64)

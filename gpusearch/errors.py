@@ -23,9 +23,9 @@ so ``except ValueError`` keeps working.
 
 Anything else that escapes is a bug (HTTP 500, and the client sees no internal text).
 
->>> e = LimitExceededError("k must be between 1 and 1000, got 1500", limit_name="MAX_TOP_K", limit=1000, value=1500)
+>>> e = LimitExceededError("k must be between 1 and 10000, got 15000", limit_name="MAX_TOP_K", limit=10000, value=15000)
 >>> isinstance(e, ValueError), e.limit, e.field
-(True, 1000, None)
+(True, 10000, None)
 >>> import pickle; pickle.loads(pickle.dumps(e)).limit_name
 'MAX_TOP_K'
 """

@@ -6,7 +6,8 @@ turns what its caller sent into a :class:`SearchRequest` with :func:`build_reque
 - ``queries``: a float32 ``(nq, dim)`` matrix (NumPy, or a torch tensor on the
   collection's device), unit length for ``cosine``, every value finite, no row too long;
 - ``k``: an int in ``1..limit``, where the limit is :data:`MAX_TOP_K` or a server's
-  lower ``max_top_k`` (one check, one message: :func:`check_top_k`);
+  lower ``max_top_k`` (one check, one message: :func:`check_top_k`), and at most
+  :data:`MAX_TOP_K_WITH_PAYLOAD` when metadata or vectors come back with the hits;
 - ``params``: typed search parameters of the index's family (:class:`SearchParams`,
   :class:`IVFParams`, :class:`HNSWParams`);
 - ``filter``: compiled once (:class:`gpusearch.filters.CompiledFilter`); hashable, so
@@ -18,10 +19,10 @@ Below the edge, shards, backends and kernels do not check these again.
 >>> r = build_request(np.array([[3.0, 4.0]]), 2, dim=2, metric="cosine")
 >>> r.queries, r.k, r.params
 (array([[0.6, 0.8]], dtype=float32), 2, SearchParams())
->>> check_top_k(1001)
+>>> check_top_k(10001)
 Traceback (most recent call last):
 ...
-gpusearch.errors.LimitExceededError: k must be between 1 and 1000, got 1001
+gpusearch.errors.LimitExceededError: k must be between 1 and 10000, got 10001
 >>> parse_params({"efSearch": 128}, "hnsw")
 HNSWParams(ef_search=128)
 """
@@ -41,6 +42,7 @@ from .filters import CompiledFilter, compile_filter
 
 __all__ = [
     "MAX_TOP_K",
+    "MAX_TOP_K_WITH_PAYLOAD",
     "check_top_k",
     "SearchParams",
     "IVFParams",
@@ -57,7 +59,10 @@ __all__ = [
 #: The largest ``k`` anything in gpusearch answers: the engine, the kernels' callers, the joins and
 #: a server (whose ``max_top_k`` may be lower, never higher). The exact search asks a shard for
 #: ``k + 1`` rows to see a tie at the k-th place, so it stays below the kernels' own capacity.
-MAX_TOP_K = 1000
+MAX_TOP_K = 10_000
+#: The largest ``k`` when the hits carry their metadata or vectors (Pinecone's two limits: top_k up
+#: to 10,000, and up to 1,000 with include_metadata or include_values).
+MAX_TOP_K_WITH_PAYLOAD = 1000
 if MAX_TOP_K + 1 > kernels.MAX_K:  # pragma: no cover - a constant pair edited apart
     raise ImportError(f"MAX_TOP_K ({MAX_TOP_K}) + 1 must fit the kernels' MAX_K ({kernels.MAX_K})")
 
@@ -243,6 +248,11 @@ def build_request(queries, k: Any = 10, *, dim: int, metric: str, device: str = 
     :class:`~gpusearch.errors.InvalidTypeError` (a ``TypeError``) naming the problem.
     """
     k = check_top_k(k, limit)
+    if k > MAX_TOP_K_WITH_PAYLOAD and (include_metadata or include_vectors):
+        raise LimitExceededError(
+            f"k must be at most {MAX_TOP_K_WITH_PAYLOAD} when metadata or vectors are included "
+            f"(includeMetadata, includeValues), got {k}", limit_name="MAX_TOP_K_WITH_PAYLOAD",
+            limit=MAX_TOP_K_WITH_PAYLOAD, value=k, field="k")
     typed = parse_params(params, family)
     if filter is None or isinstance(filter, CompiledFilter):
         compiled = filter

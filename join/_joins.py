@@ -317,7 +317,7 @@ def knn_join(left, right, *, k: int, metric: str = "cosine", left_id: str = "id"
     right : ray.data.Dataset, str or list of str
         As ``left``, or the directory of a gpusearch collection.
     k : int
-        Neighbours per left row, 1..1000 (``gpusearch.MAX_TOP_K``, the limit every edge shares).
+        Neighbours per left row, 1..10000 (``gpusearch.MAX_TOP_K``, the limit every edge shares).
     metric : {"cosine", "ip", "l2"}
         Must be the collection's metric when ``right`` is a collection.
     left_id, right_id : str

@@ -24,10 +24,10 @@ holds a traceback); :func:`unwrap` finds the exception that was raised.
 
 >>> import json
 >>> from gpusearch.errors import LimitExceededError
->>> r = error_response(LimitExceededError("k must be between 1 and 1000, got 1001", limit_name="MAX_TOP_K",
-...                                       limit=1000, value=1001, field="k"))
+>>> r = error_response(LimitExceededError("k must be between 1 and 10000, got 10001", limit_name="MAX_TOP_K",
+...                                       limit=10000, value=10001, field="k"))
 >>> r.status_code, json.loads(r.body)["message"]
-(400, 'k must be between 1 and 1000, got 1001')
+(400, 'k must be between 1 and 10000, got 10001')
 >>> error_response(ValueError("/srv/data: boom")).status_code
 500
 """

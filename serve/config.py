@@ -9,10 +9,10 @@ True
 Traceback (most recent call last):
 ...
 ValueError: shards must be an int between 1 and 256, got 0
->>> ServeConfig(max_top_k=2000)
+>>> ServeConfig(max_top_k=20000)
 Traceback (most recent call last):
 ...
-ValueError: max_top_k 2000 is above the engine's limit MAX_TOP_K 1000; set max_top_k to at most 1000
+ValueError: max_top_k 20000 is above the engine's limit MAX_TOP_K 10000; set max_top_k to at most 10000
 """
 from __future__ import annotations
 

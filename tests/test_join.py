@@ -254,19 +254,19 @@ def test_collection_as_right_side(tmp_path, data):
 
 
 def test_k_limit_is_the_engines_one_limit_and_message(data, tmp_path):
-    """k=1001: the join refuses it with the Python Collection's error, class and message alike
+    """k=10001: the join refuses it with the Python Collection's error, class and message alike
     (gpusearch.request.check_top_k), before any output."""
     import gpusearch as gs
 
     col = gs.Collection.create(tmp_path / "c", dim=D, device="cpu")
     col.upsert(["a"], data["R"][:1])
     with pytest.raises(ValueError) as engine:
-        col.search(data["R"][0], k=1001)
+        col.search(data["R"][0], k=10001)
     col.close()
     out = tmp_path / "never"
     with pytest.raises(ValueError) as joined:
-        join.knn_join(data["left"], data["right"], k=1001, output=str(out))
-    assert str(joined.value) == str(engine.value) == "k must be between 1 and 1000, got 1001"
+        join.knn_join(data["left"], data["right"], k=10001, output=str(out))
+    assert str(joined.value) == str(engine.value) == "k must be between 1 and 10000, got 10001"
     assert type(joined.value) is type(engine.value)
     assert not out.exists()
 
@@ -423,8 +423,8 @@ def _bad_table(tmp_path, name, vecs, ids=None):
 
 
 @pytest.mark.parametrize("kwargs,exc,msg", [
-    ({"k": 0}, ValueError, "k must be between 1 and 1000"),
-    ({"k": 1001}, ValueError, "k must be between 1 and 1000"),
+    ({"k": 0}, ValueError, "k must be between 1 and 10000"),
+    ({"k": 10001}, ValueError, "k must be between 1 and 10000"),
     ({"k": 2.5}, TypeError, "k must be an int"),
     ({"k": 3, "metric": "hamming"}, ValueError, "metric must be one of"),
     ({"k": 3, "vector": "emb"}, ValueError, "left has no column 'emb'"),

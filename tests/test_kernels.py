@@ -106,7 +106,7 @@ def test_topk_matches_reference(rng, nq, n, k, largest, dtype):
     assert_same(topk(y, k, largest=largest), topk_reference(y, k, largest=largest))
 
 
-@pytest.mark.parametrize("k", [1, 7, MAX_K])
+@pytest.mark.parametrize("k", [1, 7, 1024, 1500])
 def test_topk_heavy_ties_pick_smallest_columns(rng, k):
     x = np.zeros((6, 2000), np.float32)
     x[:, rng.integers(0, 2000, 5)] = 1.0
@@ -291,10 +291,10 @@ def test_fused_zero_queries_and_empty_base(rng):
 @pytest.mark.parametrize(
     "k,exc,message",
     [
-        (0, ValueError, r"k must be in \[1, 1024\], got 0"),
-        (MAX_K + 1, ValueError, r"k must be in \[1, 1024\], got 1025"),
+        (0, ValueError, r"k must be in \[1, 16384\], got 0"),
+        (MAX_K + 1, ValueError, r"k must be in \[1, 16384\], got 16385"),
         (-3, ValueError, r"got -3"),
-        (2.0, TypeError, r"k must be an int in \[1, 1024\], got float"),
+        (2.0, TypeError, r"k must be an int in \[1, 16384\], got float"),
         ("5", TypeError, r"got str"),
         (True, TypeError, r"got bool"),
     ],
@@ -403,7 +403,31 @@ def test_host_paths_never_import_cuda_libraries():
 
 def test_public_names_and_sources():
     assert set(kernels.__all__) >= {"MAX_K", "topk", "fused_search", "merge_topk", "cuda_sources"}
-    assert kernels.MAX_K == 1024
+    assert kernels.MAX_K == 16384 and kernels.KERNEL_K == 1024
     names = sorted(p.name for p in kernels.cuda_sources())
     assert names == ["fused_search.cu", "merge.cu", "topk.cu"]
     assert all(p.is_file() for p in kernels.cuda_sources())
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_sort_paths_for_k_above_the_kernels_match_the_references(rng, largest):
+    """A k above KERNEL_K on a CUDA device goes through stable sorts (gpukernels.topk.topk_sorted,
+    gpukernels.merge.merge_sorted), written for NumPy and CuPy alike: checked here with NumPy
+    against the references, ties, sentinels and padding included."""
+    import importlib
+
+    merge_sorted = importlib.import_module("gpukernels.merge").merge_sorted
+    topk_sorted = importlib.import_module("gpukernels.topk").topk_sorted
+
+    x = tied_scores(rng, (5, 3000), np.float32, largest)
+    x[1, ::3] = -np.inf if largest else np.inf  # sentinels are never returned
+    for k in (1, 1025, 2999, 4000):
+        assert_same(topk_sorted(np, x, k, largest), topk_reference(x, k, largest=largest))
+    S = [np.sort(tied_scores(rng, (4, m), np.float32, largest), axis=1)[:, ::-1 if largest else 1].copy()
+         for m in (700, 900)]
+    ids = [rng.permutation(5000)[: 4 * m].reshape(4, m).astype(np.int64) for m in (700, 900)]
+    ids[1][0, -5:] = -1
+    for k in (3, 1100, 2000):
+        want = kernels.merge_topk_reference(S, ids, k, largest=largest)
+        got = merge_sorted(np, np.concatenate(S, axis=1), np.concatenate(ids, axis=1), k, largest)
+        assert_same(got, want)

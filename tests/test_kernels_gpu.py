@@ -167,3 +167,25 @@ def test_torch_cuda_in_and_out_on_current_stream(rng, torch_cuda):
     assert_same((D.cpu().numpy(), I.cpu().numpy()), topk_reference(x, 100))
     assert_same((Dm.cpu().numpy(), Im.cpu().numpy()), topk_reference(x, 100))
     assert_same((Df.cpu().numpy(), If.cpu().numpy()), fused_search_reference(xq, xb, 50, metric="l2", mask=mask))
+
+
+# ---------------------------------------------------------------- k above the one-block kernels
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_k_above_kernel_k_on_gpu(rng, cp, stream, small_gpu_tiles, largest):
+    """k > KERNEL_K (1024) takes stable sorts on the device (topk_sorted, merge_sorted, and the GEMM
+    path of fused_search): the same answers as the references, ties included."""
+    x = tied_scores(rng, (3, 20_000), np.float32, largest, values=50)
+    for k in (1025, 10_001):
+        assert_same(host(topk(cp.asarray(x), k, largest=largest)), topk_reference(x, k, largest=largest))
+    S, I = sorted_lists(rng, 9, [700, 0, 1500], largest, id_high=5000)
+    got = merge_topk([cp.asarray(s) for s in S], [cp.asarray(i) for i in I], 1500, largest=largest)
+    assert_same(host(got), merge_topk_reference(S, I, 1500, largest=largest))
+    metric = "ip" if largest else "l2"
+    xb = int_vectors(rng, (9001, 12), np.float32)
+    mask = make_mask(rng, "dense", 9001)
+    for nq in (1, 200):
+        xq = int_vectors(rng, (nq, 12), np.float32)
+        got = fused_search(cp.asarray(xq), cp.asarray(xb), 5000, metric=metric, mask=cp.asarray(mask))
+        assert_same(host(got), fused_search_reference(xq, xb, 5000, metric=metric, mask=mask))

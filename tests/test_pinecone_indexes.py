@@ -288,3 +288,24 @@ def test_asyncio_client(served, rng):
             assert not await apc.has_index("pc-async")
 
     asyncio.run(run())
+
+
+def test_top_k_up_to_ten_thousand_and_upserted_values_back(served, pc, rng):
+    """top_k above 1,000 is answered (up to 10,000; with values or metadata at most 1,000, refused
+    with a 400 that says so), and a cosine index gives back the values that were upserted."""
+    with an_index(pc, "pc-topk", 4, "cosine") as idx:
+        x = (rng.standard_normal((1500, 4)) * 7).astype(np.float32)
+        idx.upsert(vectors=[(f"v{i}", x[i].tolist()) for i in range(len(x))], namespace="n", batch_size=500)
+        out = idx.query(vector=[1.0, 0.0, 0.0, 0.0], top_k=1200, namespace="n")
+        assert len(out.matches) == 1200
+        assert all(a.score >= b.score for a, b in zip(out.matches, out.matches[1:]))
+        assert len(idx.query(vector=[1.0, 0.0, 0.0, 0.0], top_k=10_000, namespace="n").matches) == 1500
+        with pytest.raises(pinecone.ApiError) as ei:
+            idx.query(vector=[1.0, 0.0, 0.0, 0.0], top_k=1001, namespace="n", include_metadata=True)
+        assert ei.value.status_code == 400 and "at most 1000" in ei.value.message
+        got = idx.fetch(ids=["v3", "v77"], namespace="n").vectors
+        np.testing.assert_allclose(got["v3"].values, x[3], rtol=1e-5)
+        np.testing.assert_allclose(got["v77"].values, x[77], rtol=1e-5)
+        top = idx.query(vector=x[9].tolist(), top_k=1, namespace="n", include_values=True).matches[0]
+        assert top.id == "v9"
+        np.testing.assert_allclose(top.values, x[9], rtol=1e-5)

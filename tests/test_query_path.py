@@ -13,7 +13,7 @@ from gpusearch.merge import merge
 from gpusearch.replica import ShardFollower
 from gpusearch.request import (MAX_TOP_K, HNSWParams, IVFParams, IVFRefineParams, SearchParams, SearchRequest,
                                build_request, check_top_k, parse_params)
-from knn_check import brute_force, clustered, recall_at
+from knn_check import assert_same_knn, brute_force, clustered, recall_at
 
 
 def make(tmp_path, name="c", n=300, dim=8, shards=3, index="Flat", metric="cosine", rng=None, **kw):
@@ -42,6 +42,30 @@ def test_the_k_limit_has_one_check_and_one_message(tmp_path):
     assert MAX_TOP_K + 1 <= gs.kernels.MAX_K  # the exact search asks a shard for k + 1 rows
     assert col.search(x[0], k=MAX_TOP_K).ids[0]  # the limit itself is answered
     f.close()
+    col.close()
+
+
+@pytest.mark.parametrize("index", ["Flat", "HNSW16", "IVF16,Flat"])
+def test_top_k_up_to_ten_thousand_as_pinecone_allows(tmp_path, index):
+    """k up to MAX_TOP_K (10,000) over several shards, exact for Flat and matching brute force for the
+    approximate indexes at their widest; with metadata or vectors at most 1,000, as Pinecone allows."""
+    rng = np.random.default_rng(3)
+    col, x = make(tmp_path, n=12_000, dim=8, shards=2, index=index, rng=rng)
+    if col.stats()["shards"][0]["index_trained"] is False:
+        col.train(x)
+    q = rng.standard_normal(8).astype(np.float32)
+    params = {"nprobe": 16} if index.startswith("IVF") else None
+    res = col.search(q, k=MAX_TOP_K, params=params)
+    ref_ids, ref_scores = brute_force([f"r{i}" for i in range(len(x))], x, q, MAX_TOP_K, "cosine")
+    assert len(res.ids[0]) == MAX_TOP_K
+    if index == "Flat":
+        assert_same_knn(res.ids, res.scores, ref_ids, ref_scores)
+    else:
+        assert recall_at(res.ids, ref_ids, MAX_TOP_K) >= 0.99
+    assert len(col.search(q, k=1000, include_metadata=True, params=params).ids[0]) == 1000
+    for kw in ({"include_metadata": True}, {"include_vectors": True}):
+        with pytest.raises(LimitExceededError, match="k must be at most 1000 when metadata or vectors are included"):
+            col.search(q, k=1001, **kw)
     col.close()
 
 

@@ -414,7 +414,7 @@ def test_open_and_input_errors(tmp_path, rng):
     # an all-zero query on a cosine collection is answered (every score 0), as Pinecone answers it
     zero = f0.search(np.stack([np.ones(DIM), np.zeros(DIM)]).astype(np.float32), 3)
     assert zero.counts.tolist() == [3, 3] and not zero.scores[3:].any()
-    with pytest.raises(ValueError, match="k must be between 1 and 1000, got 0"):
+    with pytest.raises(ValueError, match="k must be between 1 and 10000, got 0"):
         f0.search(np.ones(DIM, np.float32), 0)
     with pytest.raises(TypeError, match="k must be an int"):
         f0.search(np.ones(DIM, np.float32), "3")

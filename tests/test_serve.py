@@ -36,10 +36,6 @@ def upsert(cfg, ns, ids, vecs, metas=None):
     return r.json()
 
 
-def unit(x):
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
 def test_http_round_trip(served, rng):
     X = rng.standard_normal((200, DIM)).astype(np.float32)
     ids = [f"r{i}" for i in range(200)]
@@ -65,7 +61,7 @@ def test_http_round_trip(served, rng):
                   headers={"Api-Key": RO_KEY})
     got = r.json()["vectors"]
     assert set(got) == {"r1", "r2"}
-    np.testing.assert_allclose(got["r1"]["values"], unit(X[1]), rtol=1e-5)
+    np.testing.assert_allclose(got["r1"]["values"], X[1], rtol=1e-5)  # what was sent, on a cosine collection too
     r = post(served, "/vectors/update", {"namespace": "http-rt", "id": "r1", "setMetadata": {"genre": "poetry"}})
     assert r.status_code == 200, r.text
     r = httpx.get(url(served, "/vectors/fetch"), params={"ids": ["r1"], "namespace": "http-rt"},
@@ -124,7 +120,7 @@ def test_pinecone_sdk(served, rng):
     assert [m.id for m in out.matches] == ref_ids[0]
     best = ids.index(ref_ids[0][0])
     assert out.matches[0].metadata == {"n": best}
-    np.testing.assert_allclose(out.matches[0].values, unit(X[best]), rtol=1e-5)
+    np.testing.assert_allclose(out.matches[0].values, X[best], rtol=1e-5)
     by_id = idx.query(id="p7", top_k=3, namespace="sdk")
     assert by_id.matches[0].id == "p7"
     out = idx.query(vector=q.tolist(), top_k=5, namespace="sdk", filter={"n": {"$lt": 10}})
@@ -301,9 +297,11 @@ def test_auth(served):
 
 @pytest.mark.parametrize("path,body,status,needle", [
     ("/query", {"namespace": "bad", "vector": [1.0] * (DIM + 3), "topK": 3}, 400, "19"),
-    ("/query", {"namespace": "bad", "vector": [1.0] * DIM, "topK": 0}, 400, "k must be between 1 and 1000, got 0"),
-    ("/query", {"namespace": "bad", "vector": [1.0] * DIM, "topK": 5000}, 400,
-     "k must be between 1 and 1000, got 5000"),
+    ("/query", {"namespace": "bad", "vector": [1.0] * DIM, "topK": 0}, 400, "k must be between 1 and 10000, got 0"),
+    ("/query", {"namespace": "bad", "vector": [1.0] * DIM, "topK": 50000}, 400,
+     "k must be between 1 and 10000, got 50000"),
+    ("/query", {"namespace": "bad", "vector": [1.0] * DIM, "topK": 5000, "includeMetadata": True}, 400,
+     "k must be at most 1000 when metadata or vectors are included (includeMetadata, includeValues), got 5000"),
     ("/query", {"namespace": "bad", "topK": 3}, 400, "exactly one of vector, id, text or queries"),
     ("/query", {"namespace": "bad", "vector": [1.0] * DIM, "topK": 3, "filter": {"x": {"$regex": "a"}}}, 400, "$regex"),
     ("/query", {"namespace": "no-such-collection", "vector": [1.0] * DIM, "topK": 3}, 404, "no-such-collection"),
@@ -515,7 +513,7 @@ def test_k_has_one_limit_and_one_message_on_every_edge(served, tmp_path, rng):
     with pytest.raises(LimitExceededError) as engine:
         check_top_k(MAX_TOP_K + 1)
     message = str(engine.value)
-    assert message == "k must be between 1 and 1000, got 1001" and served.max_top_k == MAX_TOP_K
+    assert message == "k must be between 1 and 10000, got 10001" and served.max_top_k == MAX_TOP_K
     X = rng.standard_normal((5, DIM)).astype(np.float32)
     upsert(served, "one-k", [f"k{i}" for i in range(5)], X)
     r = post(served, "/query", {"namespace": "one-k", "vector": X[0].tolist(), "topK": MAX_TOP_K + 1}, key=RO_KEY)

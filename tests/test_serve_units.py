@@ -446,13 +446,13 @@ def test_k_has_one_limit_and_one_message(two_shards):
     shards = [_ShardHandle(ShardCatalog(path, i, device="cpu")) for i in range(2)]
     with pytest.raises(LimitExceededError) as engine:
         check_top_k(MAX_TOP_K + 1)
-    assert str(engine.value) == "k must be between 1 and 1000, got 1001"
+    assert str(engine.value) == "k must be between 1 and 10000, got 10001"
     agg = _aggregator(ServeConfig(data_dir=str(path), shards=2), shards)
     assert agg.cfg.max_top_k == MAX_TOP_K
     with pytest.raises(LimitExceededError) as served:
         asyncio.run(agg.query("c", X[:1], MAX_TOP_K + 1))
     assert str(served.value) == str(engine.value)
-    with pytest.raises(LimitExceededError, match="^k must be between 1 and 1000, got 1001$"):
+    with pytest.raises(LimitExceededError, match="^k must be between 1 and 10000, got 10001$"):
         cat.get("c").search(X[:1], k=MAX_TOP_K + 1)
     response = error_response(served.value)
     assert response.status_code == 400 and __import__("json").loads(response.body)["message"] == str(engine.value)
@@ -598,8 +598,8 @@ def test_http_routes_without_a_cluster(two_shards, monkeypatch):
     r = http.post("/query", json={"namespace": "c", "vector": X[0].tolist(), "topK": 3}, headers=key)
     assert r.status_code == 200, r.text
     assert [m["id"] for m in r.json()["matches"]] == cat.get("c").search(X[0], k=3).ids[0]
-    r = http.post("/query", json={"namespace": "c", "vector": X[0].tolist(), "topK": 1001}, headers=key)
-    assert r.status_code == 400 and r.json()["message"] == "k must be between 1 and 1000, got 1001", r.text
+    r = http.post("/query", json={"namespace": "c", "vector": X[0].tolist(), "topK": 10001}, headers=key)
+    assert r.status_code == 400 and r.json()["message"] == "k must be between 1 and 10000, got 10001", r.text
     r = http.post("/query", json={"namespace": "c", "queries": [X[0].tolist()] * 4, "topK": 1}, headers=key)
     assert r.status_code == 400 and r.json()["message"] == "4 queries in one request; the limit is 3"
     r = http.post("/query", json={"namespace": "c", "vector": X[0].tolist()[:5], "topK": 1}, headers=key)

@@ -196,8 +196,8 @@ def _nested(depth):
 LONG_ID = "i" * 513
 BAD_INPUT = [
     # (method, path, JSON body or raw bytes, query params, status, needle)
-    ("POST", "/query", {"namespace": "sec-a", "vector": [1.0] * DIM, "topK": 1001}, None, 400,
-     "k must be between 1 and 1000, got 1001"),
+    ("POST", "/query", {"namespace": "sec-a", "vector": [1.0] * DIM, "topK": 10001}, None, 400,
+     "k must be between 1 and 10000, got 10001"),
     ("POST", "/query", {"namespace": "sec-a", "vector": [1.0] * 4097, "topK": 1}, None, 400, "limit is dim 4096"),
     ("POST", "/query", {"namespace": "sec-a", "vector": [1.0] * (DIM + 1), "topK": 1}, None, 400, str(DIM)),
     ("POST", "/query", {"namespace": "sec-a", "queries": [[1.0] * DIM] * 501, "topK": 1}, None, 400, "limit is 500"),
