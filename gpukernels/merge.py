@@ -9,7 +9,7 @@ from ._select import gather, select_k
 from .reference import merge_topk_reference
 from ._checks import KERNEL_K
 from ._select import sort_select
-from .topk import GPU_DTYPES, _pad, pad_results
+from .topk import GPU_DTYPES, pad_results
 
 __all__ = ["merge_topk", "merge_topk_reference"]
 
@@ -87,7 +87,7 @@ def merge_sorted(xp, S, ids, k: int, largest: bool):
     pos = sort_select(xp, w, k, ids=ids)
     D = xp.where(pos >= 0, xp.take_along_axis(S, xp.maximum(pos, 0), axis=1), xp.float32(sentinel(largest)))
     I = xp.where(pos >= 0, xp.take_along_axis(ids, xp.maximum(pos, 0), axis=1), -1)
-    return _pad(xp, D.astype(xp.float32), I, k, largest)
+    return pad_results(D.astype(xp.float32), I, k, largest, xp)
 
 
 def merge_cuda(scores_list: list, ids_list: list, k: int, largest: bool):

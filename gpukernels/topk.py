@@ -75,26 +75,16 @@ def topk_sorted(xp, x, k: int, largest: bool):
     pos = sort_select(xp, w, k)
     D = xp.take_along_axis(x, xp.maximum(pos, 0), axis=1)
     D = xp.where(pos >= 0, D, xp.float32(sentinel(largest)))
-    return _pad(xp, D, pos, k, largest)
+    return pad_results(D, pos, k, largest, xp)
 
 
-def _pad(xp, D, I, k: int, largest: bool):
+def pad_results(D, I, k: int, largest: bool, xp=np):
+    """Widen (nq, m <= k) results to (nq, k) with the sentinel and ``-1`` (NumPy, or CuPy as ``xp``)."""
     nq, m = D.shape
     if m == k:
         return xp.ascontiguousarray(D, dtype=xp.float32), xp.ascontiguousarray(I, dtype=xp.int64)
     Dk = xp.full((nq, k), sentinel(largest), dtype=xp.float32)
     Ik = xp.full((nq, k), -1, dtype=xp.int64)
-    Dk[:, :m], Ik[:, :m] = D, I
-    return Dk, Ik
-
-
-def pad_results(D: np.ndarray, I: np.ndarray, k: int, largest: bool):
-    """Widen (nq, m <= k) results to (nq, k) with the sentinel and ``-1``."""
-    nq, m = D.shape
-    if m == k:
-        return np.ascontiguousarray(D, dtype=np.float32), np.ascontiguousarray(I, dtype=np.int64)
-    Dk = np.full((nq, k), sentinel(largest), dtype=np.float32)
-    Ik = np.full((nq, k), -1, dtype=np.int64)
     Dk[:, :m], Ik[:, :m] = D, I
     return Dk, Ik
 

@@ -116,6 +116,20 @@ def _details(e: BaseException) -> list:
     return []
 
 
+def status_code_of(e: BaseException) -> int:
+    """The HTTP status :func:`status_of` gives ``e``, without its message or its log lines (a Python
+    handle's access line: the exception itself goes back to the caller)."""
+    e = unwrap(e)
+    if is_disk_full(e):
+        return 507
+    if isinstance(e, (CorruptLogError, ClosedError)):
+        return 503
+    for cls, status in _BY_CLASS:
+        if isinstance(e, cls):
+            return status
+    return 503 if isinstance(e, _UNAVAILABLE) else 500
+
+
 def status_of(e: BaseException) -> tuple[int, str, list]:
     """(status, message, details) for the exception ``e`` (unwrapped first); logs what the client is not told."""
     e = unwrap(e)

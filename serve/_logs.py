@@ -7,7 +7,8 @@ one JSON object a line (Serve's own JSON formatter: timestamp, level, message, r
 the engine's warnings land in that file with the replica's name, at the configured level.
 
 What is logged at INFO. The Aggregator writes one line per HTTP request (:func:`access_line`):
-method, route, status, milliseconds and the collection, never a vector, text, id or metadata
+method, route, status, milliseconds and the collection (and one per Python handle read, method
+``HANDLE`` and the call's name: ``HANDLE query 200 2.1ms collection=docs``), never a vector, text, id or metadata
 value (the route is the path alone, never its query string). Serve's own access lines (one per
 hop: proxy, Aggregator, every shard and the Writer) are turned off (``enable_access_log=False``).
 
@@ -121,6 +122,27 @@ class JsonLines(logging.Formatter):
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out)
+
+
+def json_ray_driver_lines() -> None:
+    """With ``log_format: json``, before ``ray.init(configure_logging=False)``: Ray's own driver lines
+    ("Started a local Ray instance.") come out as JSON lines too. Ray then leaves the ``ray`` logger
+    without handlers, so its records reach the root logger; one handler there, for ``ray`` records
+    only, writes them with :class:`JsonLines` (installed once)."""
+    import sys
+
+    root = logging.getLogger()
+    if any(getattr(h, "_gpusearch_ray_json", False) for h in root.handlers):
+        return
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(JsonLines())
+    h.addFilter(logging.Filter("ray"))
+    h._gpusearch_ray_json = True
+    root.addHandler(h)
+    ray_log = logging.getLogger("ray")
+    ray_log.propagate = True  # Ray's import-time set-up turns it off, and ray.init then leaves no handler
+    if ray_log.level == logging.NOTSET or ray_log.level > logging.INFO:
+        ray_log.setLevel(logging.INFO)
 
 
 def driver_logging(log_format: str, level: str = "INFO") -> None:

@@ -112,16 +112,19 @@ def start(cfg: ServeConfig, *, ray_temp_dir: str | None = None, num_cpus: int | 
 
     from gpusearch._signals import signals_ignored
 
+    from ._logs import StartNoiseFilter, driver_logging, json_ray_driver_lines, serve_logging_config
+
+    json_mode = cfg.log_format == "json"
+    if json_mode:
+        json_ray_driver_lines()  # ray.init's own lines ("Started a local Ray instance.") as JSON too
     if not ray.is_initialized():
         # Ray 2.60 turns token auth on by default; the in-process cluster is private to this machine.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # Ray's processes inherit ignored SIGINT/SIGTERM: a Ctrl-C to the terminal's process group
         # leaves them running for this process to drain and stop (gpusearch/_signals.py).
         with signals_ignored():
-            ray.init(include_dashboard=False, num_cpus=num_cpus, log_to_driver=False,
+            ray.init(include_dashboard=False, num_cpus=num_cpus, log_to_driver=False, configure_logging=not json_mode,
                      _temp_dir=ray_temp_dir or tempfile.mkdtemp(prefix="gsray-"))
-    from ._logs import StartNoiseFilter, driver_logging, serve_logging_config
-
     driver_logging(cfg.log_format, cfg.log_level)  # after ray.init, which sets Ray's handlers anew
 
     logging_config = serve_logging_config(cfg)

@@ -49,8 +49,8 @@ from gpusearch.results import FetchResult, SearchResult
 
 from . import _limits
 from . import http as _http
-from ._errors import unwrap
-from ._logs import replica_logging
+from ._errors import status_code_of, unwrap
+from ._logs import COLLECTION, access_line, replica_logging
 from ._metrics import Metrics
 from .batching import GreedyBatcher
 from ._indexes import INDEXES_FILE, collection_namespace
@@ -504,15 +504,29 @@ class AggregatorServer(_http.HttpRoutes):
         return await _settled(lambda: self.in_flight, grace_s)
 
     @contextlib.asynccontextmanager
-    async def _handle_call(self):
-        """A Python handle's call: refused while draining, else counted in ``in_flight`` until it ends."""
-        if self.draining:
-            raise UnavailableError("the server is stopping; retry in a moment (or against another server)")
-        self.in_flight += 1
+    async def _handle_call(self, method: str, collection=None):
+        """A Python handle's call: refused while draining, else counted in ``in_flight`` until it ends;
+        one access line either way, as for an HTTP request (``HANDLE query 200 2.1ms collection=docs``)."""
+        t0, status, name = time.perf_counter(), 200, None
+        if isinstance(collection, str):  # the name an alias resolves to, as an HTTP route logs it
+            with contextlib.suppress(Exception):
+                name = self.resolve(collection)
+        token = COLLECTION.set(name)
+        counted = False
         try:
+            if self.draining:
+                raise UnavailableError("the server is stopping; retry in a moment (or against another server)")
+            self.in_flight += 1
+            counted = True
             yield
+        except BaseException as e:
+            status = status_code_of(e)
+            raise
         finally:
-            self.in_flight -= 1
+            if counted:
+                self.in_flight -= 1
+            access_line("HANDLE", method, status, time.perf_counter() - t0)
+            COLLECTION.reset(token)
 
     # -- the Python handle's methods -------------------------------------------
     def resolve(self, collection) -> str:
@@ -522,7 +536,7 @@ class AggregatorServer(_http.HttpRoutes):
                     include_metadata: bool = False, include_vectors: bool = False, params=None) -> SearchResult:
         """The ``k`` best records of ``collection`` (a name or alias) for each row of ``queries``
         (NumPy, a list, a CPU torch tensor), or for the stored record ``id``."""
-        async with self._handle_call():
+        async with self._handle_call("query", collection):
             return await self._search(self.resolve(collection), queries, k, id=id, filter=filter,
                                       include_metadata=include_metadata, include_vectors=include_vectors,
                                       params=params)
@@ -530,7 +544,7 @@ class AggregatorServer(_http.HttpRoutes):
     async def query_text(self, collection, texts, k=10, *, filter=None, include_metadata: bool = False,
                          include_vectors: bool = False, params=None) -> SearchResult:
         """Embed ``texts`` (a str or a list) with this server's encoder, then :meth:`query`."""
-        async with self._handle_call():
+        async with self._handle_call("query_text", collection):
             return await self._search(self.resolve(collection), None, k, texts=texts, filter=filter,
                                       include_metadata=include_metadata, include_vectors=include_vectors,
                                       params=params)
@@ -538,7 +552,7 @@ class AggregatorServer(_http.HttpRoutes):
     async def fetch(self, collection, ids) -> FetchResult:
         """Records by id, in the order asked; ids that do not exist are listed in ``missing``."""
         wanted = list(dict.fromkeys(as_ids(ids)))
-        async with self._handle_call():
+        async with self._handle_call("fetch", collection):
             records = await self._fetch_records(self.resolve(collection), wanted)
         found = [i for i in wanted if i in records]
         vecs = np.stack([records[i][0] for i in found]) if found else np.empty((0, 0), np.float32)
@@ -547,7 +561,7 @@ class AggregatorServer(_http.HttpRoutes):
     async def encode(self, texts) -> np.ndarray:
         """``texts`` (a str or a list) embedded with this server's encoder: an (n, dim) float32 array
         (bulk loads, e.g. ``gpusearch serve``'s demo corpus)."""
-        async with self._handle_call():
+        async with self._handle_call("encode"):
             texts = self._texts(texts)
             await self._encoder_ready()
             return await self.texts.submit(texts)

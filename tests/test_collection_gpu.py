@@ -42,6 +42,23 @@ def test_gpu_collection_round_trip(tmp_path, rng):
     assert again.search(x[:5], k=5).ids == before and len(again) == 999
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_gpu_cosine_gives_back_the_values_sent(tmp_path, rng, dtype):
+    """On the device too, a cosine collection searches unit rows and fetches what was sent; a torch
+    CUDA tensor upserted keeps its lengths."""
+    import torch
+
+    x = (rng.standard_normal((300, 16)) * rng.uniform(0.1, 20, (300, 1))).astype(np.float32)
+    col = gs.Collection.create(tmp_path / "c", dim=16, metric="cosine", device="cuda", dtype=dtype, fsync=False)
+    col.upsert(range(200), x[:200])
+    col.upsert(range(200, 300), torch.from_numpy(x[200:]).cuda())
+    np.testing.assert_allclose(np.asarray(col.fetch([str(i) for i in range(300)]).vectors), x, rtol=1e-6)
+    res = col.search(x[7], k=1, include_vectors=True)
+    assert res.ids == [["7"]]
+    np.testing.assert_allclose(res[0].vectors[0], x[7], rtol=1e-6)
+    col.close()
+
+
 def test_gpu_deletes_updates_and_filters_match_the_cpu(tmp_path, rng):
     """The same writes on a CUDA collection and a CPU one give the same answers, filters included."""
     n, d = 4000, 48

@@ -7,6 +7,8 @@ in tests/test_serve.py."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import threading
 
 import numpy as np
@@ -146,6 +148,34 @@ def test_aggregator_merges_like_the_collection(two_shards):
     assert r.ids == ref.ids and not r.info["partial"]
     for a, b in zip(r.scores, ref.scores):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_handle_calls_write_one_access_line_each(two_shards):
+    """A Python handle's read gets the access line an HTTP request gets: method HANDLE, the call's
+    name, its status (the error's HTTP status when it fails), time and collection; never the query."""
+    from gpusearch.errors import CollectionNotFoundError
+
+    path, X, cat = two_shards
+    agg = _aggregator(ServeConfig(data_dir=str(path), shards=2),
+                      [_ShardHandle(ShardCatalog(path, i, device="cpu")) for i in range(2)])
+    access, got = logging.getLogger("gpusearch.access"), []
+    grab = logging.Handler()
+    grab.emit = got.append
+    access.addHandler(grab)  # the replica's set-up may keep gpusearch.* from the root logger (and caplog)
+    level = access.level
+    access.setLevel(logging.INFO)
+    asyncio.run(agg.query("c", X[:1], 3))
+    asyncio.run(agg.fetch("c", ["i1"]))
+    with pytest.raises(CollectionNotFoundError):
+        asyncio.run(agg.query("nope", X[:1], 3))
+    access.removeHandler(grab)
+    access.setLevel(level)
+    lines = [r.getMessage() for r in got]
+    assert len(lines) == 3, lines
+    assert re.fullmatch(r"HANDLE query 200 [0-9.]+ms collection=c", lines[0]), lines
+    assert re.fullmatch(r"HANDLE fetch 200 [0-9.]+ms collection=c", lines[1]), lines
+    assert re.fullmatch(r"HANDLE query 404 [0-9.]+ms collection=nope", lines[2]), lines
+    assert agg.in_flight == 0
 
 
 def test_aggregator_retries_a_dead_replica_and_reports_a_late_shard(two_shards):

@@ -209,8 +209,12 @@ def test_sigterm_drains_exits_0_and_a_second_signal_stops_at_once(tmp_path):
 
     # -- life 3: still every record acknowledged in life 1; logs as JSON ---------------------------
     with life(data, {**env, "GPUSEARCH_LOG_FORMAT": "json"}, hold, acked) as server:
-        own = [json.loads(ln) for ln in server.log_tail(20000).splitlines() if '"logger": "gpusearch.cli"' in ln]
+        lines = server.log_tail(20000).splitlines()
+        own = [json.loads(ln) for ln in lines if '"logger": "gpusearch.cli"' in ln]
         assert any(o["message"].startswith("app up in") for o in own), server.log_tail()
+        # Ray's own start line is a JSON line too, not Ray's text format
+        started = [ln for ln in lines if "Started a local Ray instance" in ln]
+        assert started and all(json.loads(ln)["logger"].startswith("ray") for ln in started), started
 
         def fetch_lines():
             found = []
