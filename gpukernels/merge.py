@@ -4,11 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from ._arrays import common_placement, compute_context, from_compute, to_compute
-from ._checks import check_k, check_list_arrays, check_lists, sentinel
-from ._select import gather, select_k
+from ._checks import KERNEL_K, check_k, check_list_arrays, check_lists, sentinel
+from ._select import gather, select_k, sort_select
 from .reference import merge_topk_reference
-from ._checks import KERNEL_K
-from ._select import sort_select
 from .topk import GPU_DTYPES, pad_results
 
 __all__ = ["merge_topk", "merge_topk_reference"]

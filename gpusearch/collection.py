@@ -349,8 +349,8 @@ class Collection:
         if self._closed:
             raise ClosedError(f"collection {self.path} is closed; open it again with Collection.open")
 
-    def _prepare_vectors(self, x, name: str, device: str = "cpu"):
-        return prepare_vectors(x, name=name, dim=self.dim, metric=self.metric, device=device)
+    def _prepare_vectors(self, x, name: str, device: str = "cpu", with_norms: bool = False):
+        return prepare_vectors(x, name=name, dim=self.dim, metric=self.metric, device=device, with_norms=with_norms)
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -406,7 +406,7 @@ class Collection:
         """
         self._check_open()
         ids = as_ids(ids)
-        vecs, norms = prepare_vectors(vectors, name="vectors", dim=self.dim, metric=self.metric, with_norms=True)
+        vecs, norms = self._prepare_vectors(vectors, "vectors", with_norms=True)
         if len(ids) != vecs.shape[0]:
             raise InvalidArgumentError(f"ids and vectors must have the same length, got {len(ids)} ids and {vecs.shape[0]} vectors")
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
@@ -503,8 +503,7 @@ class Collection:
             raise InvalidArgumentError("update needs values=[...] and/or set_metadata={...}")
         if set_metadata is not None and not isinstance(set_metadata, Mapping):
             raise InvalidTypeError(f"set_metadata must be a dict, got {type(set_metadata).__name__}")
-        new_vec, new_norm = (None, None) if values is None else prepare_vectors(
-            values, name="values", dim=self.dim, metric=self.metric, with_norms=True)
+        new_vec, new_norm = (None, None) if values is None else self._prepare_vectors(values, "values", with_norms=True)
         with self._write_lock:
             shard = self._shards[shard_of(rid, len(self._shards))]
             with shard.lock.read():

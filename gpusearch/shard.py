@@ -39,6 +39,23 @@ __all__ = ["Shard", "SHARD_FORMAT_VERSION"]
 log = logging.getLogger(__name__)
 SHARD_FORMAT_VERSION = 1
 _META_CHUNKS_BEFORE_MERGE = 32
+_MIN_ROWS = 1024  # per-row arrays (alive, norms) start this long and double as rows are added
+
+
+def _padded(values: np.ndarray, fill, dtype) -> np.ndarray:
+    """A per-row array: ``values``, then ``fill`` up to at least _MIN_ROWS."""
+    out = np.full(max(len(values), _MIN_ROWS), fill, dtype=dtype)
+    out[: len(values)] = values
+    return out
+
+
+def _room(a: np.ndarray, rows: int, fill) -> np.ndarray:
+    """``a``, or a copy at least twice as long (the new places ``fill``) when it has fewer than ``rows``."""
+    if a.shape[0] >= rows:
+        return a
+    out = np.full(max(rows, 2 * a.shape[0]), fill, dtype=a.dtype)
+    out[: a.shape[0]] = a
+    return out
 
 
 class Shard:
@@ -52,10 +69,10 @@ class Shard:
                                  rows=self.backend if getattr(self.backend, "holds_rows", False) else None)
         self.ids: list[str] = []
         self.id_to_row: dict[str, int] = {}
-        self._alive = np.zeros(1024, dtype=bool)
+        self._alive = np.zeros(_MIN_ROWS, dtype=bool)
         # Cosine rows are stored unit length (that is what is searched); their lengths as sent are kept
         # beside them so that fetch and includeValues give back the values that were upserted.
-        self._norms = np.ones(1024, dtype=np.float32) if metric == "cosine" else None
+        self._norms = np.ones(_MIN_ROWS, dtype=np.float32) if metric == "cosine" else None
         self._meta_chunks: list[pa.Table] = []
         self._meta_cache: pa.Table | None = None
         self._meta_cache_schema: dict | None = None
@@ -123,15 +140,13 @@ class Shard:
         elif vecs:
             self.store.replace(vecs)
         self.ids = ids
-        self._alive = np.ones(max(n, 1024), dtype=bool)
+        alive = np.ones(n, dtype=bool)
         if m.get("alive"):
             bits = np.frombuffer((self.path / m["alive"]).read_bytes(), dtype=np.uint8)
-            self._alive[:n] = np.unpackbits(bits, count=n, bitorder="little").astype(bool)
-        self._alive[n:] = False
+            alive = np.unpackbits(bits, count=n, bitorder="little").astype(bool)
+        self._alive = _padded(alive, False, bool)
         if self._norms is not None:
-            self._norms = np.ones(max(n, 1024), dtype=np.float32)
-            if n:
-                self._norms[:n] = np.concatenate(norms)
+            self._norms = _padded(np.concatenate(norms) if n else [], 1.0, np.float32)
         self.id_to_row = {ids[r]: r for r in np.flatnonzero(self._alive[:n]).tolist()}
         self._meta_chunks, self._meta_cache = tables, None
         if m.get("index") and not self.store.external:
@@ -191,16 +206,10 @@ class Shard:
             if old is not None:
                 self._alive[old] = False
         rows = self.store.append(np.ascontiguousarray(vectors, dtype=np.float32))
-        if self._alive.shape[0] < rows.stop:
-            grown = np.zeros(max(rows.stop, 2 * self._alive.shape[0]), dtype=bool)
-            grown[: rows.start] = self._alive[: rows.start]
-            self._alive = grown
+        self._alive = _room(self._alive, rows.stop, False)
         self._alive[rows.start : rows.stop] = True
         if self._norms is not None:
-            if self._norms.shape[0] < rows.stop:
-                grown_n = np.ones(self._alive.shape[0], dtype=np.float32)
-                grown_n[: rows.start] = self._norms[: rows.start]
-                self._norms = grown_n
+            self._norms = _room(self._norms, rows.stop, 1.0)
             self._norms[rows.start : rows.stop] = 1.0 if norms is None else norms
         self.ids.extend(ids)
         for i, r in zip(ids, rows):
@@ -405,11 +414,9 @@ class Shard:
             self.store.replace(vecs)
             self.ids = ids
             self.id_to_row = {i: r for r, i in enumerate(ids)}
-            self._alive = np.ones(max(len(ids), 1024), dtype=bool)
-            self._alive[len(ids):] = False
+            self._alive = _padded(np.ones(len(ids), dtype=bool), False, bool)
             if norms is not None:
-                self._norms = np.ones(self._alive.shape[0], dtype=np.float32)
-                self._norms[: len(ids)] = norms
+                self._norms = _padded(norms, 1.0, np.float32)
             self._meta_chunks, self._meta_cache = [meta], None
             self.schema = md.merge_schemas(self.schema, md.schema_of(meta))
             with progress(len(ids), f"rebuilding shard {self.number} index", min_total=100_000):

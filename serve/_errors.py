@@ -116,39 +116,31 @@ def _details(e: BaseException) -> list:
     return []
 
 
-def status_code_of(e: BaseException) -> int:
-    """The HTTP status :func:`status_of` gives ``e``, without its message or its log lines (a Python
-    handle's access line: the exception itself goes back to the caller)."""
+def status_of(e: BaseException, *, quiet: bool = False) -> tuple[int, str, list]:
+    """(status, message, details) for the exception ``e`` (unwrapped first); logs what the client is not
+    told, unless ``quiet`` (a Python handle's access line: the exception itself goes back to the caller)."""
     e = unwrap(e)
-    if is_disk_full(e):
-        return 507
-    if isinstance(e, (CorruptLogError, ClosedError)):
-        return 503
-    for cls, status in _BY_CLASS:
-        if isinstance(e, cls):
-            return status
-    return 503 if isinstance(e, _UNAVAILABLE) else 500
 
+    def note(level: int, msg: str, *args, **kw) -> None:
+        if not quiet:
+            log.log(level, msg, *args, **kw)
 
-def status_of(e: BaseException) -> tuple[int, str, list]:
-    """(status, message, details) for the exception ``e`` (unwrapped first); logs what the client is not told."""
-    e = unwrap(e)
     if is_disk_full(e):
-        log.warning("write refused, disk full: %s", e)  # the path is for the operator, not the client
+        note(logging.WARNING, "write refused, disk full: %s", e)  # the path is for the operator, not the client
         return 507, _DISK_FULL, []
     if isinstance(e, CorruptLogError):
-        log.error("a collection cannot be opened: %s", e)
+        note(logging.ERROR, "a collection cannot be opened: %s", e)
         return 503, _CORRUPT, []
     if isinstance(e, ClosedError):
-        log.warning("request met a closed collection: %s", e)
+        note(logging.WARNING, "request met a closed collection: %s", e)
         return 503, _CLOSED, []
     for cls, status in _BY_CLASS:
         if isinstance(e, cls):
             return status, str(e), _details(e)
     if isinstance(e, _UNAVAILABLE):
-        log.warning("a replica is unavailable: %s", type(e).__name__)
+        note(logging.WARNING, "a replica is unavailable: %s", type(e).__name__)
         return 503, _REPLICA, []
-    log.error("internal error", exc_info=(type(e), e, e.__traceback__))
+    note(logging.ERROR, "internal error", exc_info=(type(e), e, e.__traceback__))
     return 500, f"internal error ({type(e).__name__}); this is a bug, please report it", []
 
 

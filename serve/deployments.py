@@ -49,7 +49,7 @@ from gpusearch.results import FetchResult, SearchResult
 
 from . import _limits
 from . import http as _http
-from ._errors import status_code_of, unwrap
+from ._errors import status_of, unwrap
 from ._logs import COLLECTION, access_line, replica_logging
 from ._metrics import Metrics
 from .batching import GreedyBatcher
@@ -506,21 +506,20 @@ class AggregatorServer(_http.HttpRoutes):
     @contextlib.asynccontextmanager
     async def _handle_call(self, method: str, collection=None):
         """A Python handle's call: refused while draining, else counted in ``in_flight`` until it ends;
-        one access line either way, as for an HTTP request (``HANDLE query 200 2.1ms collection=docs``)."""
-        t0, status, name = time.perf_counter(), 200, None
-        if isinstance(collection, str):  # the name an alias resolves to, as an HTTP route logs it
-            with contextlib.suppress(Exception):
-                name = self.resolve(collection)
-        token = COLLECTION.set(name)
-        counted = False
+        one access line either way, as for an HTTP request (``HANDLE query 200 2.1ms collection=docs``).
+        Yields the name ``collection`` (a name or alias) resolves to, the one the line logs."""
+        t0, status, counted = time.perf_counter(), 200, False
+        token = COLLECTION.set(None)
         try:
             if self.draining:
                 raise UnavailableError("the server is stopping; retry in a moment (or against another server)")
             self.in_flight += 1
             counted = True
-            yield
+            name = None if collection is None else self.resolve(collection)
+            COLLECTION.set(name)
+            yield name
         except BaseException as e:
-            status = status_code_of(e)
+            status = status_of(e, quiet=True)[0]
             raise
         finally:
             if counted:
@@ -536,24 +535,24 @@ class AggregatorServer(_http.HttpRoutes):
                     include_metadata: bool = False, include_vectors: bool = False, params=None) -> SearchResult:
         """The ``k`` best records of ``collection`` (a name or alias) for each row of ``queries``
         (NumPy, a list, a CPU torch tensor), or for the stored record ``id``."""
-        async with self._handle_call("query", collection):
-            return await self._search(self.resolve(collection), queries, k, id=id, filter=filter,
+        async with self._handle_call("query", collection) as name:
+            return await self._search(name, queries, k, id=id, filter=filter,
                                       include_metadata=include_metadata, include_vectors=include_vectors,
                                       params=params)
 
     async def query_text(self, collection, texts, k=10, *, filter=None, include_metadata: bool = False,
                          include_vectors: bool = False, params=None) -> SearchResult:
         """Embed ``texts`` (a str or a list) with this server's encoder, then :meth:`query`."""
-        async with self._handle_call("query_text", collection):
-            return await self._search(self.resolve(collection), None, k, texts=texts, filter=filter,
+        async with self._handle_call("query_text", collection) as name:
+            return await self._search(name, None, k, texts=texts, filter=filter,
                                       include_metadata=include_metadata, include_vectors=include_vectors,
                                       params=params)
 
     async def fetch(self, collection, ids) -> FetchResult:
         """Records by id, in the order asked; ids that do not exist are listed in ``missing``."""
         wanted = list(dict.fromkeys(as_ids(ids)))
-        async with self._handle_call("fetch", collection):
-            records = await self._fetch_records(self.resolve(collection), wanted)
+        async with self._handle_call("fetch", collection) as name:
+            records = await self._fetch_records(name, wanted)
         found = [i for i in wanted if i in records]
         vecs = np.stack([records[i][0] for i in found]) if found else np.empty((0, 0), np.float32)
         return FetchResult(found, vecs, [records[i][1] for i in found], [i for i in wanted if i not in records])
