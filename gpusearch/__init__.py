@@ -12,6 +12,7 @@ from . import errors
 from .collection import FORMAT_VERSION, METRICS, Collection, shard_of
 from .request import MAX_TOP_K, HNSWParams, IVFParams, SearchParams, SearchRequest
 from .results import FetchResult, QueryResult, SearchResult, WriteResult
+from .sparse import SparseVector
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,7 @@ __all__ = [
     "SearchParams",
     "IVFParams",
     "HNSWParams",
+    "SparseVector",
     "errors",
     "FORMAT_VERSION",
     "shard_of",

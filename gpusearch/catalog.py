@@ -168,12 +168,13 @@ class CatalogReader:
         return cache.get() or {}
 
     def request(self, name: str, queries, k, *, filter=None, params=None, include_metadata: bool = False,
-                include_vectors: bool = False, limit: int = MAX_TOP_K) -> SearchRequest:
+                include_vectors: bool = False, limit: int = MAX_TOP_K, sparse_vector=None) -> SearchRequest:
         """Check a search of collection ``name`` (resolved) and build its request: the edge's one validation."""
         info = self.info(name)
         return build_request(queries, k, dim=info.dim, metric=info.metric, family=info.family,
                              schema=self.schema(name), filter=filter, params=params,
-                             include_metadata=include_metadata, include_vectors=include_vectors, limit=limit)
+                             include_metadata=include_metadata, include_vectors=include_vectors, limit=limit,
+                             sparse_vector=sparse_vector)
 
 
 class Catalog:
@@ -243,19 +244,24 @@ class Catalog:
             atomic_write_json(self._aliases_path, aliases)
 
     # -- collections ---------------------------------------------------------
-    def create(self, name, *, dim: int, metric: str | None = None, index: str | None = None,
-               lineage: Mapping | None = None, index_options: Mapping | None = None) -> Collection:
+    def create(self, name, *, dim: int | None, metric: str | None = None, index: str | None = None,
+               lineage: Mapping | None = None, index_options: Mapping | None = None,
+               vector_type: str = "dense") -> Collection:
+        """A new collection ``name``; ``vector_type="sparse"`` (no ``dim``, metric ``ip``, index ``Flat``)
+        for records with sparse vectors only."""
         name = check_name(name)
         with self._lock:
             if name in self.aliases():
                 raise AlreadyExistsError(f"{name!r} is an alias; pick another collection name")
             if name in self.names():
                 raise AlreadyExistsError(f"collection {name!r} already exists")
+            sparse = vector_type == "sparse"
             col = Collection.create(_collection_dir(self.data_dir, name), dim=dim, metric=metric or self.metric,
-                                    index=index or self.index, shards=self.shards, device=self.device,
-                                    lineage=lineage, fsync=self.fsync,
+                                    index="Flat" if sparse else index or self.index, shards=self.shards,
+                                    device=self.device, lineage=lineage, fsync=self.fsync,
                                     index_options=index_options if index_options is not None else
-                                    (self.index_options if not index else None))
+                                    (self.index_options if not index and not sparse else None),
+                                    vector_type=vector_type)
             self._open[name] = col
             return col
 
@@ -290,34 +296,43 @@ class Catalog:
             shutil.rmtree(doomed, ignore_errors=True)
 
     # -- writes --------------------------------------------------------------
-    def upsert(self, name, ids, vectors, metadata=None, *, create: bool = True, metric: str | None = None) -> WriteResult:
+    def upsert(self, name, ids, vectors, metadata=None, *, create: bool = True, metric: str | None = None,
+               sparse_values=None, vector_type: str | None = None) -> WriteResult:
         """Upsert into ``name``; with ``create`` a missing collection is made (dim from the vectors, ``metric``
-        or the catalog's). A collection made for a write that is then refused (a bad id, metadata value or
-        vector) is removed again: a refused request leaves nothing behind, not even an empty collection."""
+        or the catalog's; a sparse one, metric ``ip``, when ``vector_type`` is ``"sparse"`` or the records
+        have sparse values and no vectors). A collection made for a write that is then refused (a bad id,
+        metadata value or vector) is removed again: a refused request leaves nothing behind, not even an
+        empty collection."""
         with self._lock:
             target = self.resolve(name)
             if not (create and target not in self.names()):
                 col = self._get(target)
             else:
-                m = as_matrix(vectors, name="vectors")
-                col = self.create(target, dim=int(m.shape[1]), metric=metric)
+                if vector_type is None:
+                    vector_type = "sparse" if vectors is None and sparse_values is not None else "dense"
+                if vector_type == "sparse":
+                    col = self.create(target, dim=None, metric="ip", vector_type="sparse")
+                else:
+                    m = as_matrix(vectors, name="vectors")
+                    col = self.create(target, dim=int(m.shape[1]), metric=metric)
                 try:
-                    return col.upsert(ids, vectors, metadata)
+                    return col.upsert(ids, vectors, metadata, sparse_values=sparse_values)
                 except Exception:
                     if len(col) == 0:
                         self.drop(target)
                     raise
-        return col.upsert(ids, vectors, metadata)
+        return col.upsert(ids, vectors, metadata, sparse_values=sparse_values)
 
-    def update(self, name, record_id=None, *, values=None, set_metadata=None, filter=None) -> WriteResult:
+    def update(self, name, record_id=None, *, values=None, set_metadata=None, filter=None,
+               sparse_values=None) -> WriteResult:
         """Pinecone's update: one id (new values and/or merged metadata), or every record a filter passes."""
         col = self.get(name)
         if (record_id is None) == (filter is None):
             raise InvalidArgumentError("update takes exactly one of id or filter")
         if record_id is not None:
-            return col.update(record_id, values=values, set_metadata=set_metadata)
-        if values is not None:
-            raise InvalidArgumentError("update by filter can only set metadata, not values")
+            return col.update(record_id, values=values, set_metadata=set_metadata, sparse_values=sparse_values)
+        if values is not None or sparse_values is not None:
+            raise InvalidArgumentError("update by filter can only set metadata, not values or sparse values")
         if not isinstance(set_metadata, Mapping):
             raise InvalidArgumentError("update by filter needs setMetadata={...}")
         count, seq = 0, 0
@@ -431,7 +446,7 @@ class ShardCatalog:
                 lo += q.shape[0]
         return out
 
-    def fetch(self, name: str, ids) -> list[tuple[str, np.ndarray, dict]]:
+    def fetch(self, name: str, ids) -> list[tuple]:
         return self.follower(name).fetch([i for i in as_ids(ids)])
 
     def stats(self) -> dict[str, dict]:

@@ -37,6 +37,7 @@ from .backends.options import LEGACY_OPTIONS
 from .devices import resolve_device
 from .errors import ClosedError, InvalidArgumentError, InvalidTypeError
 from .fileio import DiskFullError, atomic_write_json, read_json
+from .sparse import check_sparse, check_sparse_list, sparse_to_arrow
 from .filters import compile_filter
 from .hits import Hits
 from .merge import merge
@@ -199,7 +200,8 @@ class Collection:
                  commits: WriteAheadLog):
         self.path = path
         self._config = config
-        self.dim: int = config["dim"]
+        self.dim: int = config["dim"]  # 0 for a sparse-only collection
+        self.vector_type: str = config.get("vector_type", "dense")
         self.metric: str = config["metric"]
         self.index: str = config["index"]
         self.dtype: str = config["dtype"]
@@ -227,9 +229,10 @@ class Collection:
 
     # -- construction --------------------------------------------------------
     @classmethod
-    def create(cls, path, *, dim: int, metric: str = "cosine", index: str = "Flat", shards: int = 1,
+    def create(cls, path, *, dim: int | None = None, metric: str = "cosine", index: str = "Flat", shards: int = 1,
                device: str = "auto", dtype: str = "float32", lineage: Mapping[str, Any] | None = None,
-               fsync: bool = True, index_options: Mapping[str, int] | None = None) -> "Collection":
+               fsync: bool = True, index_options: Mapping[str, int] | None = None,
+               vector_type: str = "dense") -> "Collection":
         """Create an empty collection at ``path`` (a directory that must not hold one yet).
 
         Parameters
@@ -247,11 +250,28 @@ class Collection:
             "efSearch": 64}`` (HNSW) or ``{"nprobe": 16}`` (IVF); see :mod:`gpusearch.backends.options`
             for the defaults. ``M`` and ``nlist`` are in the index string (``"HNSW32"``, ``"IVF1024,Flat"``).
         fsync : keep True; False trades the durability guarantee for speed (tests, bulk loads).
+        vector_type : ``"dense"``, or ``"sparse"`` for records with sparse vectors only (``dim`` None,
+            metric ``"ip"``, index ``"Flat"``). Dense ``"ip"`` collections take sparse vectors beside
+            the dense ones (hybrid search).
         """
         path = Path(path)
+        if vector_type not in ("dense", "sparse"):
+            raise InvalidArgumentError(f"vector_type must be 'dense' or 'sparse', got {vector_type!r}")
+        if vector_type == "sparse":
+            if dim not in (None, 0):
+                raise InvalidArgumentError(f"a sparse collection has no dimension: leave dim out, got {dim!r}")
+            if metric != "ip":
+                raise InvalidArgumentError(f"a sparse collection's metric must be 'ip' (Pinecone's dotproduct), "
+                                           f"got {metric!r}")
+            if index != "Flat":
+                raise InvalidArgumentError(f"a sparse collection's index must be 'Flat' (sparse search is exact), "
+                                           f"got {index!r}")
+            dim = 0
+        elif dim is None:
+            raise InvalidArgumentError("dim is required for a dense collection (the length of its vectors)")
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
             raise InvalidTypeError(f"dim must be an int, got {type(dim).__name__}")
-        if not 1 <= dim <= 65536:
+        if not 1 <= dim <= 65536 and not (vector_type == "sparse" and dim == 0):
             raise InvalidArgumentError(f"dim must be between 1 and 65536, got {dim}")
         if metric not in METRICS:
             raise InvalidArgumentError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -261,8 +281,11 @@ class Collection:
             raise InvalidArgumentError(f"shards must be an int between 1 and {MAX_SHARDS}, got {shards!r}")
         if lineage is not None and not isinstance(lineage, Mapping):
             raise InvalidTypeError(f"lineage must be a dict such as {{'model': ..., 'version': ...}}, got {type(lineage).__name__}")
-        index = check_index_spec(index, int(dim), metric)
-        options = check_index_options(index, int(dim), metric, index_options)
+        if vector_type == "sparse":
+            options = check_index_options(index, 1, metric, index_options)
+        else:
+            index = check_index_spec(index, int(dim), metric)
+            options = check_index_options(index, int(dim), metric, index_options)
         resolve_device(device)  # fail before creating anything
         if (path / _MANIFEST).exists():
             raise ValueError(f"{path} already holds a collection; use Collection.open({str(path)!r})")
@@ -274,6 +297,7 @@ class Collection:
         config = {
             "format_version": FORMAT_VERSION,
             "dim": int(dim),
+            "vector_type": vector_type,
             "metric": metric,
             "index": index,
             "index_options": options,
@@ -350,6 +374,9 @@ class Collection:
             raise ClosedError(f"collection {self.path} is closed; open it again with Collection.open")
 
     def _prepare_vectors(self, x, name: str, device: str = "cpu", with_norms: bool = False):
+        if not self.dim:
+            raise InvalidArgumentError(f"this collection holds sparse vectors only: send sparse_values, not "
+                                       f"dense {name}", field=name)
         return prepare_vectors(x, name=name, dim=self.dim, metric=self.metric, device=device, with_norms=with_norms)
 
     def _next_seq(self) -> int:
@@ -391,8 +418,8 @@ class Collection:
                             "the checkpoint is retried after the next one", self.path, exc)
 
     # -- writes --------------------------------------------------------------
-    def upsert(self, ids, vectors, metadata: Sequence[Mapping | None] | None = None, *,
-               batch_size: int | None = None) -> WriteResult:
+    def upsert(self, ids, vectors=None, metadata: Sequence[Mapping | None] | None = None, *,
+               sparse_values: Sequence | None = None, batch_size: int | None = None) -> WriteResult:
         """Insert or overwrite records. Durable (fsynced) when it returns.
 
         On a full disk it raises :class:`gpusearch.fileio.DiskFullError` (an
@@ -403,10 +430,35 @@ class Collection:
         appears twice in one call the last occurrence wins. The whole call is one
         atomic batch unless ``batch_size`` is given: then it commits in batches of
         that many records (each atomic, with a progress bar), for bulk loads.
+
+        ``sparse_values``: one sparse vector per record (a dict ``{"indices": [...], "values": [...]}``,
+        a :class:`~gpusearch.sparse.SparseVector`, or ``None`` for none), beside ``vectors`` in an
+        ``"ip"`` collection or instead of them in a sparse one (where every record needs one).
         """
         self._check_open()
         ids = as_ids(ids)
-        vecs, norms = self._prepare_vectors(vectors, "vectors", with_norms=True)
+        sparse = None
+        if sparse_values is not None:
+            if self.metric != "ip":
+                raise InvalidArgumentError(f"sparse_values need metric 'ip' (Pinecone's dotproduct); this "
+                                           f"collection's metric is {self.metric!r}", field="sparse_values")
+            sparse = check_sparse_list(sparse_values, len(ids))
+        if not self.dim:
+            if vectors is not None:
+                raise InvalidArgumentError("this collection holds sparse vectors only: send sparse_values, not "
+                                           "dense vectors", field="vectors")
+            if sparse is None or None in sparse:
+                at = 0 if sparse is None else sparse.index(None)
+                raise InvalidArgumentError(f"record {at} has no sparse values: every record of a sparse collection "
+                                           f"needs sparse_values with at least one value", field="sparse_values")
+            vecs, norms = np.zeros((len(ids), 0), np.float32), None
+        elif vectors is None:
+            raise InvalidArgumentError(f"vectors are required: one list of {self.dim} values per record",
+                                       field="vectors")
+        else:
+            vecs, norms = self._prepare_vectors(vectors, "vectors", with_norms=True)
+        if sparse is not None and all(v is None for v in sparse):
+            sparse = None
         if len(ids) != vecs.shape[0]:
             raise InvalidArgumentError(f"ids and vectors must have the same length, got {len(ids)} ids and {vecs.shape[0]} vectors")
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
@@ -426,7 +478,8 @@ class Collection:
                 for lo in range(0, len(keep), step):
                     sel = keep[lo : lo + step]
                     seq = self._upsert_rows([ids[p] for p in sel.tolist()], vecs[sel], md.take(table, sel), schema,
-                                            None if norms is None else norms[sel])
+                                            None if norms is None else norms[sel],
+                                            None if sparse is None else [sparse[p] for p in sel.tolist()])
                     bar.update(len(sel))
             self.schema = schema
             self._maybe_checkpoint()
@@ -434,9 +487,11 @@ class Collection:
             release_freed()  # the batch's WAL record and copies went through pools that keep freed pages
         return WriteResult(len(keep), seq)
 
-    def _upsert_rows(self, ids: list[str], vecs: np.ndarray, table, schema, norms: np.ndarray | None) -> int:
+    def _upsert_rows(self, ids: list[str], vecs: np.ndarray, table, schema, norms: np.ndarray | None,
+                     sparse: list | None = None) -> int:
         """Log and apply one batch: ``vecs`` as stored (unit length for cosine), ``norms`` their lengths as
-        sent (cosine; ``None`` otherwise)."""
+        sent (cosine; ``None`` otherwise), ``sparse`` one checked sparse vector or ``None`` per record
+        (``None``: no record has one)."""
         groups: dict[int, list[int]] = {}
         for pos, i in enumerate(ids):
             groups.setdefault(shard_of(i, len(self._shards)), []).append(pos)
@@ -446,8 +501,9 @@ class Collection:
             sub_ids = [ids[j] for j in positions]
             sub_meta = md.take(table, p)
             sub_norms = None if norms is None else norms[p]
-            parts[s] = ops_mod.encode_upsert(sub_ids, vecs[p], sub_meta, len(groups), sub_norms)
-            apply[s] = ops_mod.Op(ops_mod.UPSERT, len(groups), sub_ids, vecs[p], sub_meta, sub_norms)
+            sub_sparse = None if sparse is None else sparse_to_arrow([sparse[j] for j in positions])
+            parts[s] = ops_mod.encode_upsert(sub_ids, vecs[p], sub_meta, len(groups), sub_norms, sub_sparse)
+            apply[s] = ops_mod.Op(ops_mod.UPSERT, len(groups), sub_ids, vecs[p], sub_meta, sub_norms, sub_sparse)
         if schema != self.schema:
             # Read replicas compile filters against the collection-wide fields, so a field is
             # published before the first record that has it is acknowledged.
@@ -491,16 +547,27 @@ class Collection:
             self._maybe_checkpoint()
         return WriteResult(sum(len(g) for g in groups.values()), seq)
 
-    def update(self, record_id, *, values=None, set_metadata: Mapping | None = None) -> WriteResult:
-        """Change one record in place: new ``values``, and/or ``set_metadata`` merged into its metadata.
+    def update(self, record_id, *, values=None, set_metadata: Mapping | None = None,
+               sparse_values=None) -> WriteResult:
+        """Change one record in place: new ``values``, new ``sparse_values``, and/or ``set_metadata``
+        merged into its metadata.
 
         Fields in ``set_metadata`` overwrite those of the same name; the others stay.
         ``count`` is 0 when the id does not exist (nothing is written then).
         """
         self._check_open()
         rid = as_ids([record_id])[0]
-        if values is None and set_metadata is None:
-            raise InvalidArgumentError("update needs values=[...] and/or set_metadata={...}")
+        if values is None and set_metadata is None and sparse_values is None:
+            raise InvalidArgumentError("update needs values=[...], sparse_values={...} and/or set_metadata={...}")
+        new_sparse = None
+        if sparse_values is not None:
+            if self.metric != "ip":
+                raise InvalidArgumentError(f"sparse_values need metric 'ip' (Pinecone's dotproduct); this "
+                                           f"collection's metric is {self.metric!r}", field="sparse_values")
+            new_sparse = check_sparse(sparse_values, "sparse_values")
+            if not len(new_sparse) and not self.dim:
+                raise InvalidArgumentError("a record of a sparse collection needs sparse_values with at least one "
+                                           "value", field="sparse_values")
         if set_metadata is not None and not isinstance(set_metadata, Mapping):
             raise InvalidTypeError(f"set_metadata must be a dict, got {type(set_metadata).__name__}")
         new_vec, new_norm = (None, None) if values is None else self._prepare_vectors(values, "values", with_norms=True)
@@ -513,12 +580,16 @@ class Collection:
                 vec = shard.store.host[r].copy()[None, :]
                 norm = shard.norms_of([r])
                 meta = shard.metadata_of([r], dict(self.schema))[0]
+                sparse = shard.sparse_of([r])[0]
             if new_vec is not None:
                 vec, norm = to_host(new_vec), new_norm
+            if new_sparse is not None:
+                sparse = new_sparse if len(new_sparse) else None
             if set_metadata is not None:
                 meta = {**meta, **dict(set_metadata)}
             table, schema = md.normalize_metadata([meta], 1, self.schema)
-            seq = self._upsert_rows([rid], np.asarray(vec, np.float32), table, schema, norm)
+            seq = self._upsert_rows([rid], np.asarray(vec, np.float32), table, schema, norm,
+                                    None if sparse is None else [sparse])
             self._maybe_checkpoint()
         return WriteResult(1, seq)
 
@@ -565,8 +636,9 @@ class Collection:
             self._checkpoint_locked(force=True)
 
     # -- reads ---------------------------------------------------------------
-    def search(self, queries, k: int = 10, *, filter: Mapping | None = None, include_metadata: bool = False,
-               include_vectors: bool = False, params: Mapping[str, int] | SearchParams | None = None) -> SearchResult:
+    def search(self, queries=None, k: int = 10, *, filter: Mapping | None = None, include_metadata: bool = False,
+               include_vectors: bool = False, params: Mapping[str, int] | SearchParams | None = None,
+               sparse_vector=None) -> SearchResult:
         """The ``k`` best records for each query, best first; ties go to the smaller id.
 
         ``queries``: (nq, dim) or one (dim,) vector, NumPy / torch / CuPy / list.
@@ -575,17 +647,22 @@ class Collection:
         ``params``: search parameters of the index's family, ``{"nprobe": 32}`` (IVF) or
         ``{"efSearch": 128}`` (HNSW), or an :class:`~gpusearch.request.IVFParams` /
         :class:`~gpusearch.request.HNSWParams`.
+        ``sparse_vector``: ``{"indices": [...], "values": [...]}`` for a hybrid query (one query;
+        score = dense inner product + sparse dot product; ``"ip"`` collections), or alone on a
+        sparse collection (``queries`` None). Exact on ``Flat``; an approximate index re-scores
+        exactly the union of its candidates and the best rows by sparse score.
         """
         return self.search_request(self.request(queries, k, filter=filter, include_metadata=include_metadata,
-                                                include_vectors=include_vectors, params=params))
+                                                include_vectors=include_vectors, params=params,
+                                                sparse_vector=sparse_vector))
 
-    def request(self, queries, k: int = 10, *, filter=None, include_metadata: bool = False,
-                include_vectors: bool = False, params=None) -> SearchRequest:
+    def request(self, queries=None, k: int = 10, *, filter=None, include_metadata: bool = False,
+                include_vectors: bool = False, params=None, sparse_vector=None) -> SearchRequest:
         """Check a search against this collection and build its :class:`~gpusearch.request.SearchRequest`."""
         self._check_open()
         return build_request(queries, k, dim=self.dim, metric=self.metric, device=self.device, family=self.family,
                              schema=self.schema, filter=filter, params=params, include_metadata=include_metadata,
-                             include_vectors=include_vectors)
+                             include_vectors=include_vectors, sparse_vector=sparse_vector)
 
     def search_request(self, request: SearchRequest) -> SearchResult:
         """Answer a request built by :meth:`request` (the edge: ids are looked up for the final k only)."""
@@ -599,8 +676,9 @@ class Collection:
             ids = [[ids_lists[g % n][g // n] for g in row if g >= 0] for row in keys]
         scores = [hits.scores[q, : len(row)] for q, row in enumerate(ids)]
         vecs = None if hits.vectors is None else [hits.vectors[q, : len(row)] for q, row in enumerate(ids)]
+        sparse = None if hits.sparse is None else [hits.sparse[q, : len(row)].tolist() for q, row in enumerate(ids)]
         info = {"sequence": self._seq, "index": self.index, "lineage": self.lineage}
-        return SearchResult(ids, scores, hits.metadata, vecs, info)
+        return SearchResult(ids, scores, hits.metadata, vecs, info, sparse)
 
     def search_hits(self, request: SearchRequest) -> tuple[Hits, list[list[str]]]:
         """Columnar hits of every shard merged: keys are ``row * shards + shard``.
@@ -628,7 +706,7 @@ class Collection:
         """Records by id, in the order asked (duplicates once); unknown ids are listed in ``missing``."""
         self._check_open()
         id_list = list(dict.fromkeys(as_ids(ids)))
-        found, vecs, metas, missing = [], [], [], []
+        found, vecs, metas, missing, sparse = [], [], [], [], []
         schema = dict(self.schema)
         for i in id_list:
             shard = self._shards[shard_of(i, len(self._shards))]
@@ -640,8 +718,9 @@ class Collection:
                 found.append(i)
                 vecs.append(shard.values_of([r])[0])
                 metas.append(shard.metadata_of([r], schema)[0])
+                sparse.append(shard.sparse_of([r])[0])
         v = np.stack(vecs) if vecs else np.empty((0, self.dim), np.float32)
-        return FetchResult(found, v, metas, missing)
+        return FetchResult(found, v, metas, missing, sparse)
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._shards)
@@ -653,6 +732,7 @@ class Collection:
             "path": str(self.path),
             "records": sum(s["records"] for s in shards),
             "dim": self.dim,
+            "vector_type": self.vector_type,
             "metric": self.metric,
             "index": self.index,
             "index_options": index_options_of(self._config),

@@ -38,16 +38,18 @@ class Hits:
 
     Optional payloads, aligned with ``keys``, for answers that cross a process:
     ``ids`` (an (nq, k) object array of str, ``None`` where there is no hit),
-    ``metadata`` (per query, a list of one dict per valid hit) and ``vectors``
-    ((nq, k, dim) float32, zeros where there is no hit).
+    ``metadata`` (per query, a list of one dict per valid hit), ``vectors``
+    ((nq, k, dim) float32, zeros where there is no hit) and ``sparse`` (an (nq, k)
+    object array of :class:`~gpusearch.sparse.SparseVector`, ``None`` where a hit has
+    none or there is no hit; with ``vectors``).
     """
 
-    __slots__ = ("scores", "keys", "ids", "metadata", "vectors")
+    __slots__ = ("scores", "keys", "ids", "metadata", "vectors", "sparse")
 
     def __init__(self, scores: np.ndarray, keys: np.ndarray, ids: np.ndarray | None = None,
-                 metadata: list | None = None, vectors: np.ndarray | None = None):
+                 metadata: list | None = None, vectors: np.ndarray | None = None, sparse: np.ndarray | None = None):
         self.scores, self.keys = scores, keys
-        self.ids, self.metadata, self.vectors = ids, metadata, vectors
+        self.ids, self.metadata, self.vectors, self.sparse = ids, metadata, vectors, sparse
 
     @classmethod
     def empty(cls, nq: int, k: int, largest: bool) -> "Hits":
@@ -75,8 +77,9 @@ class Hits:
             None if self.ids is None else self.ids[lo:hi, :k],
             None if self.metadata is None else [row[:k] for row in self.metadata[lo:hi]],
             None if self.vectors is None else self.vectors[lo:hi, :k],
+            None if self.sparse is None else self.sparse[lo:hi, :k],
         )
 
     def __repr__(self) -> str:
-        extra = [name for name in ("ids", "metadata", "vectors") if getattr(self, name) is not None]
+        extra = [name for name in ("ids", "metadata", "vectors", "sparse") if getattr(self, name) is not None]
         return f"Hits(nq={self.nq}, k={self.k}{', with ' + ', '.join(extra) if extra else ''})"

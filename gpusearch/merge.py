@@ -87,6 +87,9 @@ def merge(parts: Sequence[Hits], k: int, *, largest: bool,
         V = np.concatenate([h.vectors for h in parts], axis=1)
         out.vectors = np.take_along_axis(V, at[:, :, None], axis=1)
         out.vectors[~valid] = 0
+    if all(h.sparse is not None for h in parts):
+        out.sparse = np.take_along_axis(np.concatenate([h.sparse for h in parts], axis=1), at, axis=1)
+        out.sparse[~valid] = None
     if all(h.metadata is not None for h in parts):
         col = at - offsets[np.maximum(part, 0)]
         out.metadata = [[parts[s].metadata[q][c] for s, c in zip(part[q].tolist(), col[q].tolist()) if s >= 0]
@@ -151,6 +154,9 @@ def rescore_exact(queries, hits: Hits, k: int, *, metric: str) -> Hits:
     out = Hits(D, keys, ids)
     out.vectors = np.take_along_axis(hits.vectors, at[:, :, None], axis=1)
     out.vectors[~valid] = 0
+    if hits.sparse is not None:
+        out.sparse = np.take_along_axis(hits.sparse, at, axis=1)
+        out.sparse[~valid] = None
     if hits.metadata is not None:
         out.metadata = [[hits.metadata[qi][j] for j in order_all[qi].tolist() if j >= 0] for qi in range(nq)]
     return out

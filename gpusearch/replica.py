@@ -460,9 +460,9 @@ class ShardFollower:
                             f"got {type(schema).__name__}")
         return md.merge_schemas(schema, shard.schema)
 
-    def search(self, queries, k: int = 10, *, filter: Mapping | None = None, include_metadata: bool = False,
+    def search(self, queries=None, k: int = 10, *, filter: Mapping | None = None, include_metadata: bool = False,
                include_vectors: bool = False, params: Mapping[str, int] | None = None,
-               schema: Mapping[str, str] | None = None) -> Hits:
+               schema: Mapping[str, str] | None = None, sparse_vector=None) -> Hits:
         """This shard's ``k`` best records per query, best first; ties go to the smaller id.
 
         Inputs are checked as ``Collection.search`` checks them (the same
@@ -485,6 +485,8 @@ class ShardFollower:
             The collection-wide field types (the union over shards). The filter is
             checked against it merged with this shard's own, so a field only other
             shards hold is valid here (no record here has it). Default: this shard's.
+        sparse_vector : dict, optional
+            A hybrid (or, on a sparse collection, sparse-only) query, as for ``Collection.search``.
 
         Returns
         -------
@@ -496,7 +498,8 @@ class ShardFollower:
         sch = self._schema_for(shard, schema)
         request = build_request(queries, k, dim=self.dim, metric=self.metric, device=self.device,
                                 family=shard.backend.family, schema=sch, filter=filter, params=params,
-                                include_metadata=include_metadata, include_vectors=include_vectors)
+                                include_metadata=include_metadata, include_vectors=include_vectors,
+                                sparse_vector=sparse_vector)
         return self.search_request(request, schema=None if schema is None else sch)
 
     def search_request(self, request, schema: Mapping[str, str] | None = None) -> Hits:
@@ -514,21 +517,23 @@ class ShardFollower:
         hits.ids = out
         return hits
 
-    def fetch(self, ids) -> list[tuple[str, np.ndarray, dict]]:
+    def fetch(self, ids) -> list[tuple[str, np.ndarray, dict, Any]]:
         """The records among ``ids`` that this shard holds, in the order asked (duplicates once).
 
         Returns
         -------
-        list of (str, numpy.ndarray, dict)
-            ``(id, vector, metadata)``; ids this shard does not hold are left out.
+        list of (str, numpy.ndarray, dict, SparseVector or None)
+            ``(id, vector, metadata, sparse)``; ids this shard does not hold are left out.
         """
         shard = self._current().shard
         wanted = list(dict.fromkeys(as_ids(ids)))
         with shard.lock.read():
             found = [(i, r) for i in wanted if (r := shard.id_to_row.get(i)) is not None]
             metas = shard.metadata_of([r for _, r in found], None)
-            values = shard.values_of([r for _, r in found]) if found else ()
-            return [(i, v, meta) for (i, _), v, meta in zip(found, values, metas)]
+            rows = [r for _, r in found]
+            values = shard.values_of(rows) if found else ()
+            sparse = shard.sparse_of(rows)
+            return [(i, v, meta, sv) for (i, _), v, meta, sv in zip(found, values, metas, sparse)]
 
     def ids_matching(self, filter: Mapping | None = None, *, schema: Mapping[str, str] | None = None) -> list[str]:
         """Ids of this shard's live records that pass ``filter`` (every record for ``None`` or ``{}``).

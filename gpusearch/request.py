@@ -11,7 +11,9 @@ turns what its caller sent into a :class:`SearchRequest` with :func:`build_reque
 - ``params``: typed search parameters of the index's family (:class:`SearchParams`,
   :class:`IVFParams`, :class:`HNSWParams`);
 - ``filter``: compiled once (:class:`gpusearch.filters.CompiledFilter`); hashable, so
-  a batcher groups alike requests by :attr:`SearchRequest.group`.
+  a batcher groups alike requests by :attr:`SearchRequest.group`;
+- ``sparse``: a checked :class:`~gpusearch.sparse.SparseVector` (a hybrid or sparse-only
+  query: one query, metric ``ip``), or ``None``.
 
 Below the edge, shards, backends and kernels do not check these again.
 
@@ -39,6 +41,7 @@ from . import kernels
 from .arrays import MAX_SQUARED_NORM, prepare_vectors
 from .errors import InvalidArgumentError, InvalidTypeError, LimitExceededError
 from .filters import CompiledFilter, compile_filter
+from .sparse import SparseVector, check_sparse
 
 __all__ = [
     "MAX_TOP_K",
@@ -221,6 +224,7 @@ class SearchRequest:
     params: SearchParams = _NO_PARAMS
     include_metadata: bool = False
     include_vectors: bool = False
+    sparse: SparseVector | None = None
 
     @property
     def nq(self) -> int:
@@ -229,21 +233,24 @@ class SearchRequest:
     @property
     def group(self) -> tuple:
         """Requests with equal groups can be stacked into one search (their ``k`` may differ)."""
-        return (self.filter, self.params, self.include_metadata, self.include_vectors)
+        return (self.filter, self.params, self.include_metadata, self.include_vectors, self.sparse)
 
     def with_k(self, k: int) -> "SearchRequest":
         """The same request asking for ``k`` (an over-fetch for re-ranking)."""
-        return SearchRequest(self.queries, k, self.filter, self.params, self.include_metadata, self.include_vectors)
+        return SearchRequest(self.queries, k, self.filter, self.params, self.include_metadata, self.include_vectors,
+                             self.sparse)
 
 
 def build_request(queries, k: Any = 10, *, dim: int, metric: str, device: str = "cpu", family: str = "flat",
                   schema: Mapping[str, str] | None = None, filter: Any = None, params: Any = None,
                   include_metadata: bool = False, include_vectors: bool = False,
-                  limit: int = MAX_TOP_K) -> SearchRequest:
+                  limit: int = MAX_TOP_K, sparse_vector: Any = None) -> SearchRequest:
     """Check what a caller sent and build the request: the one validation of every edge.
 
     ``schema`` is the collection's metadata field types (for the filter); ``family``
     the index's (``"flat"``, ``"ivf"``, ``"hnsw"``); ``limit`` the largest ``k``.
+    ``sparse_vector`` makes it a hybrid query (dense + sparse scores; one query, metric
+    ``ip``); a sparse-only collection (``dim`` 0) takes it alone, with ``queries`` None.
     Raises :class:`~gpusearch.errors.InvalidArgumentError` (a ``ValueError``) or
     :class:`~gpusearch.errors.InvalidTypeError` (a ``TypeError``) naming the problem.
     """
@@ -258,10 +265,30 @@ def build_request(queries, k: Any = 10, *, dim: int, metric: str, device: str = 
         compiled = filter
     else:
         compiled = compile_filter(filter, schema or {})
+    sparse = None if sparse_vector is None else check_sparse(sparse_vector, "sparse_vector")
+    if sparse is not None and metric != "ip":
+        raise InvalidArgumentError(f"sparse_vector needs metric 'ip' (Pinecone's dotproduct); this collection's "
+                                   f"metric is {metric!r}", field="sparse_vector")
+    if dim == 0:  # a sparse-only collection
+        if queries is not None:
+            raise InvalidArgumentError("this collection holds sparse vectors only: query with sparse_vector, "
+                                       "not a dense vector", field="vector")
+        if sparse is None or not len(sparse):
+            raise InvalidArgumentError("this collection holds sparse vectors only: sparse_vector with at least "
+                                       "one value is required", field="sparse_vector")
+        return SearchRequest(np.zeros((1, 0), np.float32), k, compiled, typed, bool(include_metadata),
+                             bool(include_vectors), sparse)
+    if queries is None:
+        raise InvalidArgumentError(f"a query vector of {dim} values is required", field="vector")
     q = _one_query(queries, dim, metric) if device == "cpu" else None
     if q is None:
         q = prepare_vectors(queries, name="queries", dim=dim, metric=metric, device=device, zero_rows=True)
-    return SearchRequest(q, k, compiled, typed, bool(include_metadata), bool(include_vectors))
+    if sparse is not None and not len(sparse):
+        sparse = None  # no sparse part: a dense query
+    if sparse is not None and q.shape[0] != 1:
+        raise InvalidArgumentError(f"a query with sparse_vector takes one dense query vector, got {q.shape[0]}",
+                                   field="vector")
+    return SearchRequest(q, k, compiled, typed, bool(include_metadata), bool(include_vectors), sparse)
 
 
 def _one_query(x, dim: int, metric: str):

@@ -17,6 +17,7 @@ class QueryResult:
     scores: np.ndarray
     metadata: list[dict] | None = None
     vectors: np.ndarray | None = None
+    sparse: list | None = None  # SparseVector or None per match (with include_vectors)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -36,6 +37,7 @@ class SearchResult:
     metadata: list[list[dict]] | None = None
     vectors: list[np.ndarray] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    sparse: list[list] | None = None  # per query, a SparseVector or None per match (with include_vectors)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -46,6 +48,7 @@ class SearchResult:
             self.scores[q],
             None if self.metadata is None else self.metadata[q],
             None if self.vectors is None else self.vectors[q],
+            None if self.sparse is None else self.sparse[q],
         )
 
     def __iter__(self) -> Iterator[QueryResult]:
@@ -68,6 +71,7 @@ class FetchResult:
     vectors: np.ndarray
     metadata: list[dict]
     missing: list[str]
+    sparse: list = field(default_factory=list)  # a SparseVector or None per found id
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -11,12 +11,16 @@ the stream format) holding a single record batch with these columns:
 ``norm`` (format 2 only, optional)
     ``float32``, not null: for a cosine collection, the length each vector had when
     it was sent (``vector`` holds it unit length; ``vector * norm`` is what was sent).
+``sparse_indices``, ``sparse_values`` (format 3 only, optional)
+    ``list<uint32>`` and ``list<float32>``: each row's sparse vector, null for a row
+    without one. In format 3 the ``vector`` column is left out for a sparse-only
+    collection (its rows have no dense part: ``vectors`` reads back as ``(n, 0)``).
 ``meta.<name>``
     One column per metadata field, any Arrow type, nulls allowed. The ``meta.``
     prefix keeps a field called ``id`` or ``vector`` from clashing.
 
 The schema metadata carries ``gpusearch.format = "gpusearch-segment"``,
-``gpusearch.version`` (an integer: 1, or 2 when the file has a ``norm`` column) and ``gpusearch.extra`` (a JSON
+``gpusearch.version`` (an integer: 1, 2 when the file has a ``norm`` column, 3 when it has sparse columns or no ``vector``) and ``gpusearch.extra`` (a JSON
 object of strings chosen by the caller, e.g. the WAL seq a snapshot covers).
 
 Files are written atomically (temp file, fsync, rename, directory fsync; see
@@ -45,8 +49,9 @@ __all__ = ["FORMAT_VERSION", "META_PREFIX", "Segment", "read_segment", "write_se
 logger = logging.getLogger(__name__)
 
 FORMAT_MARKER = b"gpusearch-segment"
-FORMAT_VERSION = 2  # the newest this release reads; a file without norms is still written as 1
+FORMAT_VERSION = 3  # the newest this release reads; a file is written in the oldest format that holds it
 NORM_COLUMN = "norm"
+SPARSE_COLUMNS = ("sparse_indices", "sparse_values")
 KEY_FORMAT = b"gpusearch.format"
 KEY_VERSION = b"gpusearch.version"
 KEY_EXTRA = b"gpusearch.extra"
@@ -76,6 +81,8 @@ class Segment:
     norms : numpy.ndarray or None
         ``(n,)`` float32 lengths the vectors were sent with (cosine collections), or
         ``None`` when the file records none.
+    sparse : (pyarrow.ListArray, pyarrow.ListArray) or None
+        The rows' sparse vectors (indices, values), or ``None`` when the file has none.
     """
 
     ids: pa.StringArray
@@ -83,6 +90,7 @@ class Segment:
     metadata: pa.Table
     extra: dict[str, str] = field(default_factory=dict)
     norms: np.ndarray | None = None
+    sparse: tuple | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -98,8 +106,8 @@ def _check_vectors(vectors) -> np.ndarray:
         raise TypeError(f"vectors must be a numpy.ndarray, got {type(vectors).__name__}")
     if vectors.dtype not in _VECTOR_TYPES:
         raise TypeError(f"vectors must have dtype float32 or float16, got {vectors.dtype}")
-    if vectors.ndim != 2 or vectors.shape[1] < 1:
-        raise ValueError(f"vectors must have shape (n, dim) with dim >= 1, got {vectors.shape}")
+    if vectors.ndim != 2:
+        raise ValueError(f"vectors must have shape (n, dim), got {vectors.shape}")
     return np.ascontiguousarray(vectors)
 
 
@@ -171,6 +179,7 @@ def write_segment(
     *,
     extra: dict[str, str] | None = None,
     norms: np.ndarray | None = None,
+    sparse: tuple | None = None,
 ) -> int:
     """Write a segment file atomically and durably.
 
@@ -192,6 +201,9 @@ def write_segment(
     norms : numpy.ndarray, optional
         ``(n,)`` finite float32 row lengths (see the module docstring); the file is
         then format 2.
+    sparse : (pyarrow list<uint32> array, pyarrow list<float32> array), optional
+        The rows' sparse vectors (nulls for rows without one); the file is then format 3,
+        as it is when ``vectors`` has no columns (a sparse-only collection).
 
     Returns
     -------
@@ -228,14 +240,26 @@ def write_segment(
         if norms.shape[0] != n:
             raise ValueError(f"norms must hold one value per vector ({n}), got {norms.shape[0]}")
 
-    value_type = _VECTOR_TYPES[vectors.dtype]
-    vector_type = pa.list_(pa.field("item", value_type, nullable=False), dim)
-    vector_array = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=value_type), type=vector_type)
-    fields = [pa.field(ID_COLUMN, pa.string(), nullable=False), pa.field(VECTOR_COLUMN, vector_type, nullable=False)]
-    arrays = [id_array, vector_array]
+    fields = [pa.field(ID_COLUMN, pa.string(), nullable=False)]
+    arrays = [id_array]
+    if dim:
+        value_type = _VECTOR_TYPES[vectors.dtype]
+        vector_type = pa.list_(pa.field("item", value_type, nullable=False), dim)
+        vector_array = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=value_type),
+                                                         type=vector_type)
+        fields.append(pa.field(VECTOR_COLUMN, vector_type, nullable=False))
+        arrays.append(vector_array)
     if norms is not None:
         fields.append(pa.field(NORM_COLUMN, pa.float32(), nullable=False))
         arrays.append(pa.array(norms, type=pa.float32()))
+    if sparse is not None:
+        for name, column, item in zip(SPARSE_COLUMNS, sparse, (pa.uint32(), pa.float32())):
+            if len(column) != n or column.type != pa.list_(item):
+                raise ValueError(f"sparse column {name} must be {n} rows of {pa.list_(item)}, got {len(column)} "
+                                 f"of {column.type}")
+            fields.append(pa.field(name, column.type))
+            arrays.append(column)
+    version = 3 if sparse is not None or not dim else 2 if norms is not None else 1
     for name, column in zip(metadata.column_names, metadata.columns):
         fields.append(pa.field(META_PREFIX + name, column.type))
         arrays.append(_single_chunk(column))
@@ -243,7 +267,7 @@ def write_segment(
         fields,
         metadata={
             KEY_FORMAT: FORMAT_MARKER,
-            KEY_VERSION: str(1 if norms is None else 2).encode(),
+            KEY_VERSION: str(version).encode(),
             KEY_EXTRA: json.dumps(extra, sort_keys=True).encode(),
         },
     )
@@ -257,8 +281,9 @@ def write_segment(
     return size
 
 
-def _parse_schema(schema: pa.Schema, path: Path) -> tuple[dict[str, str], list[str], bool]:
-    """Check the schema of a segment; return its extra, its metadata column names and whether it has norms."""
+def _parse_schema(schema: pa.Schema, path: Path) -> tuple[dict[str, str], list[str], bool, bool, bool]:
+    """Check the schema of a segment; return its extra, its metadata column names and whether it has
+    dense vectors, norms and sparse vectors."""
     meta = schema.metadata or {}
     if meta.get(KEY_FORMAT) != FORMAT_MARKER:
         raise ValueError(f"{path} is not a gpusearch segment (no {KEY_FORMAT.decode()} marker in its schema)")
@@ -278,12 +303,13 @@ def _parse_schema(schema: pa.Schema, path: Path) -> tuple[dict[str, str], list[s
     if not isinstance(extra, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
         raise ValueError(f"{path} has corrupt segment annotations ({KEY_EXTRA.decode()})")
     names = schema.names
-    if names[:2] != [ID_COLUMN, VECTOR_COLUMN]:
+    has_vectors = len(names) > 1 and names[1] == VECTOR_COLUMN
+    if not names or names[0] != ID_COLUMN or not has_vectors and version < 3:
         raise ValueError(f"{path} must start with columns {[ID_COLUMN, VECTOR_COLUMN]}, got {names[:2]}")
     if schema.field(ID_COLUMN).type != pa.string():
         raise ValueError(f"{path}: column {ID_COLUMN!r} must be string, got {schema.field(ID_COLUMN).type}")
-    vector_type = schema.field(VECTOR_COLUMN).type
-    if not (
+    vector_type = schema.field(VECTOR_COLUMN).type if has_vectors else None
+    if has_vectors and not (
         pa.types.is_fixed_size_list(vector_type)
         and vector_type.value_type in (pa.float32(), pa.float16())
         and vector_type.list_size >= 1
@@ -291,14 +317,22 @@ def _parse_schema(schema: pa.Schema, path: Path) -> tuple[dict[str, str], list[s
         raise ValueError(
             f"{path}: column {VECTOR_COLUMN!r} must be fixed_size_list<float32 or float16>, got {vector_type}"
         )
-    has_norms = version >= 2 and len(names) > 2 and names[2] == NORM_COLUMN
+    at = 2 if has_vectors else 1
+    has_norms = version >= 2 and len(names) > at and names[at] == NORM_COLUMN
     if has_norms and schema.field(NORM_COLUMN).type != pa.float32():
         raise ValueError(f"{path}: column {NORM_COLUMN!r} must be float32, got {schema.field(NORM_COLUMN).type}")
-    meta_names = names[3:] if has_norms else names[2:]
+    at += has_norms
+    has_sparse = version >= 3 and tuple(names[at : at + 2]) == SPARSE_COLUMNS
+    if has_sparse:
+        for name, item in zip(SPARSE_COLUMNS, (pa.uint32(), pa.float32())):
+            if schema.field(name).type != pa.list_(item):
+                raise ValueError(f"{path}: column {name!r} must be {pa.list_(item)}, got {schema.field(name).type}")
+        at += 2
+    meta_names = names[at:]
     bad = [name for name in meta_names if not name.startswith(META_PREFIX)]
     if bad:
         raise ValueError(f"{path}: metadata columns must start with {META_PREFIX!r}, got {bad}")
-    return extra, meta_names, has_norms
+    return extra, meta_names, has_vectors, has_norms, has_sparse
 
 
 def _vectors_of(column: pa.ChunkedArray, path: Path) -> np.ndarray:
@@ -349,10 +383,13 @@ def read_segment(path: str | os.PathLike, *, memory_map: bool = True) -> Segment
         raise ValueError(f"{path} cannot be opened as a gpusearch segment: {exc}") from None
     try:
         reader = pa.ipc.open_file(source)
-        extra, meta_names, has_norms = _parse_schema(reader.schema, path)
+        extra, meta_names, has_vectors, has_norms, has_sparse = _parse_schema(reader.schema, path)
         table = reader.read_all()
         table.validate(full=True)
-        vectors = _vectors_of(table.column(VECTOR_COLUMN), path)
+        if has_vectors:
+            vectors = _vectors_of(table.column(VECTOR_COLUMN), path)
+        else:
+            vectors = np.zeros((table.num_rows, 0), np.float32)
         ids = _single_chunk(table.column(ID_COLUMN))
         if ids.null_count:
             raise ValueError(f"{path}: column {ID_COLUMN!r} has {ids.null_count} nulls")
@@ -362,6 +399,7 @@ def read_segment(path: str | os.PathLike, *, memory_map: bool = True) -> Segment
             if col.null_count:
                 raise ValueError(f"{path}: column {NORM_COLUMN!r} has {col.null_count} nulls")
             norms = col.to_numpy(zero_copy_only=True)
+        sparse = tuple(_single_chunk(table.column(name)) for name in SPARSE_COLUMNS) if has_sparse else None
         metadata = table.select(meta_names).rename_columns([name[len(META_PREFIX):] for name in meta_names])
     except ValueError as exc:  # includes pyarrow's ArrowInvalid
         if str(path) in str(exc):
@@ -372,4 +410,4 @@ def read_segment(path: str | os.PathLike, *, memory_map: bool = True) -> Segment
     finally:
         if not memory_map:
             source.close()  # read buffers own their memory; a map must stay open for the views
-    return Segment(ids=ids, vectors=vectors, metadata=metadata, extra=extra, norms=norms)
+    return Segment(ids=ids, vectors=vectors, metadata=metadata, extra=extra, norms=norms, sparse=sparse)

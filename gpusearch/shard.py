@@ -8,7 +8,7 @@ overwrite or delete marks the old row dead; ``compact()`` drops dead rows.
 On-disk layout of ``<collection>/shard-NNN/``::
 
     manifest.json          format version, applied sequence number, files below
-    seg-<seq>.arrow        snapshot segments, rows in order (ids, vectors, norms for cosine, metadata)
+    seg-<seq>.arrow        snapshot segments, rows in order (ids, vectors, norms for cosine, sparse vectors, metadata)
     alive-<seq>.bits       which snapshot rows are alive (packed bits)
     index-<seq>.faiss      the FAISS index over the first n_indexed rows
     wal/                   ops after the snapshot (see gpusearch.wal)
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from . import kernels
 from . import metadata as md
 from . import ops as ops_mod
 from ._memory import RELEASE_AFTER_BYTES, release_freed
@@ -31,6 +32,7 @@ from .fileio import atomic_write_bytes, atomic_write_json, fsync_dir, read_json,
 from .locks import RWLock
 from .progress import progress
 from .segments import read_segment, write_segment
+from .sparse import SparseRows
 from .vectors import VectorStore
 from .wal import WriteAheadLog
 
@@ -73,6 +75,8 @@ class Shard:
         # Cosine rows are stored unit length (that is what is searched); their lengths as sent are kept
         # beside them so that fetch and includeValues give back the values that were upserted.
         self._norms = np.ones(_MIN_ROWS, dtype=np.float32) if metric == "cosine" else None
+        # Sparse vectors (gpusearch.sparse), made with the first row that has one; rows without one have none.
+        self._sparse: SparseRows | None = None
         self._meta_chunks: list[pa.Table] = []
         self._meta_cache: pa.Table | None = None
         self._meta_cache_schema: dict | None = None
@@ -111,9 +115,10 @@ class Shard:
                 f"this version reads format {SHARD_FORMAT_VERSION} or older: upgrade gpusearch"
             )
         self._manifest = m
-        ids, vecs, tables, norms = [], [], [], []
+        ids, vecs, tables, norms, sparse = [], [], [], [], []
         for seg in m["segments"]:
             s = read_segment(self.path / seg)
+            sparse.append((len(s), s.sparse))
             ids.extend(s.ids.to_pylist())
             vecs.append(s.vectors)
             norms.append(np.ones(len(s), np.float32) if s.norms is None else s.norms)
@@ -148,6 +153,14 @@ class Shard:
         if self._norms is not None:
             self._norms = _padded(np.concatenate(norms) if n else [], 1.0, np.float32)
         self.id_to_row = {ids[r]: r for r in np.flatnonzero(self._alive[:n]).tolist()}
+        self._sparse = None
+        if any(cols is not None for _, cols in sparse):
+            self._sparse = SparseRows()
+            for rows, cols in sparse:
+                if cols is None:
+                    self._sparse.append_empty(rows)
+                else:
+                    self._sparse.append_arrow(*cols)
         self._meta_chunks, self._meta_cache = tables, None
         if m.get("index") and not self.store.external:
             self.backend.load_bytes((self.path / m["index"]).read_bytes(), int(m["n_indexed"]))
@@ -194,13 +207,13 @@ class Shard:
         """Apply a logged op in memory (the caller logged it, or is replaying it)."""
         with self.lock.write():
             if op.kind == ops_mod.UPSERT:
-                self._apply_upsert(op.ids, op.vectors, op.metadata, op.norms)
+                self._apply_upsert(op.ids, op.vectors, op.metadata, op.norms, op.sparse)
             else:
                 self._apply_delete(op.ids)
             self.applied_seq = max(self.applied_seq, seq)
 
     def _apply_upsert(self, ids: list[str], vectors: np.ndarray, meta: pa.Table,
-                      norms: np.ndarray | None = None) -> None:
+                      norms: np.ndarray | None = None, sparse=None) -> None:
         for i in ids:
             old = self.id_to_row.get(i)
             if old is not None:
@@ -211,6 +224,13 @@ class Shard:
         if self._norms is not None:
             self._norms = _room(self._norms, rows.stop, 1.0)
             self._norms[rows.start : rows.stop] = 1.0 if norms is None else norms
+        if sparse is not None:
+            if self._sparse is None:
+                self._sparse = SparseRows()
+                self._sparse.append_empty(rows.start)
+            self._sparse.append_arrow(*sparse)
+        elif self._sparse is not None:
+            self._sparse.append_empty(len(rows))
         self.ids.extend(ids)
         for i, r in zip(ids, rows):
             self.id_to_row[i] = r
@@ -234,6 +254,12 @@ class Shard:
         if self._norms is not None:
             v *= self._norms[rows][..., None]
         return v
+
+    def sparse_of(self, rows) -> list:
+        """The rows' sparse vectors (``SparseVector``, or ``None`` for a row without one; -1: ``None``)."""
+        if self._sparse is None:
+            return [None] * len(rows)
+        return self._sparse.rows(np.asarray(rows, dtype=np.int64).tolist())
 
     def norms_of(self, rows) -> np.ndarray | None:
         """The rows' sent lengths (cosine), else ``None``."""
@@ -271,6 +297,8 @@ class Shard:
 
         For the exact index the order is exact even when tied scores straddle the k-th place.
         """
+        if request.sparse is not None:
+            return self._search_hybrid(request, schema)
         with self.lock.read():
             queries, k = request.queries, request.k
             n = self.n_rows
@@ -290,6 +318,50 @@ class Shard:
                 self._attach(hits, request, schema)
             return hits, self.ids
 
+    def _search_hybrid(self, request, schema) -> tuple[Hits, list[str]]:
+        """One query with a sparse part: dense inner product + sparse dot product (float64, then float32).
+
+        The exact index scores every row; an approximate one re-scores exactly the union of its own
+        candidates and the best rows by sparse score (``max(4k, 100)`` of each)."""
+        with self.lock.read():
+            k, n = request.k, self.n_rows
+            allow = self.allow_mask(request.filter, schema) if n else None
+            if n == 0 or allow is not None and not allow.any():
+                hits = Hits.empty(1, k, True)
+            else:
+                total = (self._sparse.scores(request.sparse, n) if self._sparse is not None
+                         else np.zeros(n, np.float64))
+                cand = None
+                if self.dim:
+                    q = request.queries
+                    q = (q if isinstance(q, np.ndarray) else q.float().cpu().numpy()).reshape(-1).astype(np.float32)
+                    if self.backend.kind == "exact":
+                        total += self.store.host @ q
+                    else:
+                        c = min(n, max(4 * k, 100), kernels.MAX_K - 1)
+                        found = self.backend.search(self.store, request.queries, c, allow, request.params).keys[0]
+                        sp = total if allow is None else np.where(allow, total, -np.inf)
+                        top_sparse = np.argpartition(-sp, c - 1)[:c] if c < n else np.arange(n)
+                        top_sparse = top_sparse[sp[top_sparse] > 0]
+                        cand = np.union1d(found[found >= 0], top_sparse)
+                        total = total[cand] + self.store.host[cand] @ q
+                score = total.astype(np.float32)
+                rows = np.arange(n) if cand is None else cand
+                if allow is not None:
+                    keep = allow[rows]
+                    rows, score = rows[keep], score[keep]
+                hits = Hits.empty(1, k, True)
+                if len(rows):
+                    kk = min(k, len(rows))
+                    kth = np.partition(-score, kk - 1)[kk - 1]
+                    pick = np.flatnonzero(-score <= kth)
+                    order = sorted(pick.tolist(), key=lambda j: (-float(score[j]), self.ids[int(rows[j])]))[:k]
+                    hits.keys[0, : len(order)] = rows[order]
+                    hits.scores[0, : len(order)] = score[order]
+            if request.include_metadata or request.include_vectors:
+                self._attach(hits, request, schema)
+            return hits, self.ids
+
     def _attach(self, hits: Hits, request, schema) -> None:
         """The metadata and vectors of the hits' rows (under the caller's read lock)."""
         keys = hits.keys
@@ -305,6 +377,11 @@ class Shard:
             else:  # no row to gather from: every hit is absent
                 vecs = np.zeros((*keys.shape, self.dim), np.float32)
             hits.vectors = vecs
+            sparse = np.empty(keys.shape, dtype=object)
+            if self._sparse is not None:
+                for q in range(keys.shape[0]):
+                    sparse[q, :] = self.sparse_of(keys[q])
+            hits.sparse = sparse
 
     def _order_by_id(self, D: np.ndarray, I: np.ndarray):
         """Within equal scores, put the smaller id first (kernels break ties by row number)."""
@@ -387,7 +464,8 @@ class Shard:
                 name = f"seg-{seq:020d}.arrow"
                 table = self.metadata_table(schema)
                 write_segment(self.path / name, self.ids[start:], self.store.host[start:], table.slice(start),
-                              norms=None if self._norms is None else self._norms[start : self.n_rows])
+                              norms=None if self._norms is None else self._norms[start : self.n_rows],
+                              sparse=None if self._sparse is None else self._sparse.to_arrow(start, self.n_rows))
                 segments.append(name)
                 new_files.append(name)
             # On failure (a full disk) the new files go: the old manifest and the WAL still hold everything.
@@ -402,6 +480,7 @@ class Shard:
             ids = [self.ids[r] for r in rows.tolist()]
             vecs = self.store.host[rows]
             norms = None if self._norms is None else self._norms[rows]
+            sparse = None if self._sparse is None else self._sparse.take(rows)
             meta = md.take(table, rows)
             gen = int((self._manifest or {}).get("generation", 0)) + 1
             name = f"seg-{seq:020d}-c{gen}.arrow"
@@ -410,13 +489,15 @@ class Shard:
                 with contextlib.suppress(FileNotFoundError):
                     (self.path / self._pending_segment).unlink()
                 self._pending_segment = None
-            write_segment(self.path / name, ids, vecs, meta, norms=norms)  # on failure nothing has changed yet
+            write_segment(self.path / name, ids, vecs, meta, norms=norms,  # on failure nothing has changed yet
+                          sparse=None if sparse is None else sparse.to_arrow(0, sparse.n))
             self.store.replace(vecs)
             self.ids = ids
             self.id_to_row = {i: r for r, i in enumerate(ids)}
             self._alive = _padded(np.ones(len(ids), dtype=bool), False, bool)
             if norms is not None:
                 self._norms = _padded(norms, 1.0, np.float32)
+            self._sparse = sparse
             self._meta_chunks, self._meta_cache = [meta], None
             self.schema = md.merge_schemas(self.schema, md.schema_of(meta))
             with progress(len(ids), f"rebuilding shard {self.number} index", min_total=100_000):
@@ -507,5 +588,6 @@ class Shard:
                 "index_trained": self.backend.is_trained,
                 "applied_seq": self.applied_seq,
                 "wal_bytes": self.wal.size_bytes if self.wal else 0,
-                "memory_bytes": {**mem, "index": self.backend.memory_bytes()},
+                "memory_bytes": {**mem, "index": self.backend.memory_bytes(),
+                                 "sparse": 0 if self._sparse is None else self._sparse.memory_bytes()},
             }

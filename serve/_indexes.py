@@ -106,19 +106,25 @@ def collection_namespace(index: str, collection: str, names: Mapping[str, str] |
     return (names or {}).get(suffix, suffix) if is_hashed(suffix) else suffix
 
 
-def _dense_field(schema: Any) -> tuple[int, str]:
-    """(dimension, metric) of the one dense-vector field of a 2026-07 ``schema``."""
+def _vector_field(schema: Any) -> tuple[int | None, str, str]:
+    """(dimension, metric, vector type) of the one vector field of a 2026-07 ``schema``: a
+    ``dense_vector`` (with a dimension) or a ``sparse_vector`` (a sparse index)."""
     fields = schema.get("fields") if isinstance(schema, Mapping) else None
     if not isinstance(fields, Mapping) or not fields:
-        raise InvalidArgumentError("schema must hold fields, one of them a dense_vector", field="schema")
-    dense = [f for f in fields.values() if isinstance(f, Mapping) and f.get("type") == "dense_vector"]
-    others = sorted({str(f.get("type")) for f in fields.values() if isinstance(f, Mapping)} - {"dense_vector"})
+        raise InvalidArgumentError("schema must hold fields, one of them a dense_vector or sparse_vector",
+                                   field="schema")
+    kinds = ("dense_vector", "sparse_vector")
+    vec = [f for f in fields.values() if isinstance(f, Mapping) and f.get("type") in kinds]
+    others = sorted({str(f.get("type")) for f in fields.values() if isinstance(f, Mapping)} - set(kinds))
     if others:
-        raise InvalidArgumentError(f"gpusearch indexes hold one dense vector per record; schema fields of type "
-                                   f"{', '.join(others)} are not supported", field="schema")
-    if len(dense) != 1:
-        raise InvalidArgumentError(f"schema must hold exactly one dense_vector field, got {len(dense)}", field="schema")
-    return dense[0].get("dimension"), dense[0].get("metric", "cosine")
+        raise InvalidArgumentError(f"gpusearch indexes hold one dense or one sparse vector field; schema fields of "
+                                   f"type {', '.join(others)} are not supported", field="schema")
+    if len(vec) != 1:
+        raise InvalidArgumentError(f"schema must hold exactly one dense_vector or sparse_vector field, got "
+                                   f"{len(vec)}", field="schema")
+    if vec[0]["type"] == "sparse_vector":
+        return None, vec[0].get("metric", "dotproduct"), "sparse"
+    return vec[0].get("dimension"), vec[0].get("metric", "cosine"), "dense"
 
 
 def parse_create(body: Any, *, max_dim: int) -> dict:
@@ -135,18 +141,26 @@ def parse_create(body: Any, *, max_dim: int) -> dict:
         raise InvalidArgumentError("the body must be a JSON object naming the index (name, dimension, metric, spec)")
     name = check_index_name(body.get("name"))
     if body.get("schema") is not None:
-        dimension, metric = _dense_field(body["schema"])
+        dimension, metric, vector_type = _vector_field(body["schema"])
     else:
-        if body.get("vector_type", "dense") != "dense":
-            raise InvalidArgumentError(f"vector_type {body.get('vector_type')!r} is not supported; gpusearch indexes "
-                                       f"are dense", field="vector_type")
+        vector_type = body.get("vector_type") or "dense"
+        if vector_type not in ("dense", "sparse"):
+            raise InvalidArgumentError(f"vector_type must be 'dense' or 'sparse', got {vector_type!r}",
+                                       field="vector_type")
         if body.get("embed") is not None:
             raise InvalidArgumentError("integrated embedding (embed) is not supported; create the index with a "
                                        "dimension and send vectors", field="embed")
-        dimension, metric = body.get("dimension"), body.get("metric", "cosine")
-    if isinstance(dimension, bool) or not isinstance(dimension, int):
+        dimension = body.get("dimension")
+        metric = body.get("metric") or ("dotproduct" if vector_type == "sparse" else "cosine")
+    if vector_type == "sparse":
+        if dimension is not None:
+            raise InvalidArgumentError(f"a sparse index has no dimension; leave it out, got {dimension!r}",
+                                       field="dimension")
+        if metric != "dotproduct":
+            raise InvalidArgumentError(f"a sparse index's metric must be dotproduct, got {metric!r}", field="metric")
+    elif isinstance(dimension, bool) or not isinstance(dimension, int):
         raise InvalidArgumentError(f"dimension must be an integer, got {dimension!r}", field="dimension")
-    if not 1 <= dimension <= max_dim:
+    elif not 1 <= dimension <= max_dim:
         raise LimitExceededError(f"dimension must be between 1 and {max_dim}, got {dimension}", limit_name="max_dim",
                                  limit=max_dim, value=dimension, field="dimension")
     if metric not in METRICS:
@@ -169,7 +183,8 @@ def parse_create(body: Any, *, max_dim: int) -> dict:
             raise InvalidArgumentError("spec must name serverless or pod", field="spec")
     if not isinstance(deployment, Mapping) or "deployment_type" not in deployment:
         raise InvalidArgumentError("deployment must be an object with a deployment_type", field="deployment")
-    record = {"name": name, "dimension": dimension, "metric": metric, "deployment": dict(deployment),
+    record = {"name": name, "dimension": dimension, "metric": metric, "vector_type": vector_type,
+              "deployment": dict(deployment),
               "deletion_protection": "disabled", "tags": None}
     record.update(parse_configure(body))
     return record
@@ -198,6 +213,7 @@ def parse_configure(body: Any) -> dict:
 def index_model(record: Mapping, base_url: str) -> dict:
     """What ``describe_index`` answers for ``record``, its host under ``base_url`` (as the client reached us)."""
     dep = record["deployment"]
+    sparse = record.get("vector_type") == "sparse"
     spec = ({"serverless": {"cloud": dep.get("cloud"), "region": dep.get("region")}}
             if dep.get("deployment_type") == "managed" else
             {"pod": {k: dep.get(k) for k in ("environment", "pod_type", "replicas", "shards")}})
@@ -205,11 +221,13 @@ def index_model(record: Mapping, base_url: str) -> dict:
         "name": record["name"],
         "host": f"{base_url.rstrip('/')}/index/{record['name']}",
         "status": {"ready": True, "state": "Ready"},
-        "schema": {"fields": {"_values": {"type": "dense_vector", "dimension": record["dimension"],
-                                          "metric": record["metric"]}}},
+        "schema": {"fields": ({"_sparse_values": {"type": "sparse_vector", "metric": record["metric"]}}
+                              if sparse else {"_values": {"type": "dense_vector", "dimension": record["dimension"],
+                                                          "metric": record["metric"]}})},
         "deployment": dep,
         "deletion_protection": record["deletion_protection"],
         "tags": record.get("tags") or None,
         # the 2025 API's fields
-        "dimension": record["dimension"], "metric": record["metric"], "vector_type": "dense", "spec": spec,
+        "dimension": record["dimension"], "metric": record["metric"], "vector_type": record.get("vector_type", "dense"),
+        "spec": spec,
     }

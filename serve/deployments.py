@@ -106,13 +106,16 @@ class Writer:
         await asyncio.to_thread(self.catalog.close)
         return {"checkpointed": True, "unfinished_writes": 0}
 
-    def _upsert(self, collection, ids, vectors, metadata, metric=None):
+    def _upsert(self, collection, ids, vectors, metadata, metric=None, sparse_values=None, vector_type=None):
         from ._faults import HOLD_WRITE, hold_while_file_exists; hold_while_file_exists(HOLD_WRITE)  # noqa: E702
-        return self.catalog.upsert(collection, ids, vectors, metadata, metric=metric)
+        return self.catalog.upsert(collection, ids, vectors, metadata, metric=metric, sparse_values=sparse_values,
+                                   vector_type=vector_type)
 
-    async def upsert(self, collection, ids, vectors, metadata=None, metric=None) -> dict:
-        """``metric``: that of the collection if this upsert creates it (a Pinecone index's), else the server's."""
-        r = await self._run(self._upsert, collection, ids, vectors, metadata, metric)
+    async def upsert(self, collection, ids, vectors, metadata=None, metric=None, sparse_values=None,
+                     vector_type=None) -> dict:
+        """``metric`` and ``vector_type``: those of the collection if this upsert creates it (a Pinecone
+        index's), else the server's metric (and a sparse collection when only sparse values come)."""
+        r = await self._run(self._upsert, collection, ids, vectors, metadata, metric, sparse_values, vector_type)
         return {"count": r.count, "sequence": r.sequence}
 
     # -- Pinecone indexes (serve/_indexes.py): records in <data_dir>/indexes.json, written here only --
@@ -196,18 +199,20 @@ class Writer:
     async def list_ids(self, collection, prefix: str = "", after=None, limit: int = 100) -> tuple[list[str], bool]:
         return await self._run(lambda: self.catalog.get(collection).list_ids(prefix, after=after, limit=limit))
 
-    async def update(self, collection, record_id=None, values=None, set_metadata=None, filter=None) -> dict:
+    async def update(self, collection, record_id=None, values=None, set_metadata=None, filter=None,
+                     sparse_values=None) -> dict:
         r = await self._run(self.catalog.update, collection, record_id, values=values, set_metadata=set_metadata,
-                            filter=filter)
+                            filter=filter, sparse_values=sparse_values)
         return {"count": r.count, "sequence": r.sequence}
 
     async def delete(self, collection, ids=None, filter=None, delete_all=False) -> dict:
         r = await self._run(self.catalog.delete, collection, ids, filter=filter, delete_all=delete_all)
         return {"count": r.count, "sequence": r.sequence}
 
-    async def create(self, collection, dim, metric=None, index=None, lineage=None, index_options=None) -> dict:
+    async def create(self, collection, dim, metric=None, index=None, lineage=None, index_options=None,
+                     vector_type="dense") -> dict:
         col = await self._run(self.catalog.create, collection, dim=dim, metric=metric, index=index, lineage=lineage,
-                              index_options=index_options)
+                              index_options=index_options, vector_type=vector_type)
         return _describe(col.stats())
 
     async def drop(self, collection) -> None:
@@ -236,7 +241,8 @@ async def _settled(count, timeout_s: float) -> int:
 
 
 def _describe(stats: dict) -> dict:
-    return {k: stats[k] for k in ("records", "dim", "metric", "index", "index_options", "lineage", "sequence")}
+    return {k: stats[k] for k in ("records", "dim", "vector_type", "metric", "index", "index_options", "lineage",
+                                  "sequence")}
 
 
 def _set_search_threads(n: int) -> None:
@@ -366,12 +372,13 @@ class AggregatorServer(_http.HttpRoutes):
                 await asyncio.sleep(min(0.05 * attempt, 0.5))
 
     async def _fetch_records(self, name: str, ids) -> dict:
-        """Records of collection ``name`` (resolved) by id, from their owner shards: {id: (vector, metadata)}."""
+        """Records of collection ``name`` (resolved) by id, from their owner shards:
+        {id: (vector, metadata, sparse vector or None)}."""
         by_shard: dict[int, list[str]] = {}
         for i in dict.fromkeys(as_ids(ids)):
             by_shard.setdefault(shard_of(i, len(self.shards)), []).append(i)
         parts = await asyncio.gather(*(self._ask(s, "fetch", name, part) for s, part in by_shard.items()))
-        return {rid: (vec, meta) for part in parts for rid, vec, meta in part}
+        return {rid: (vec, meta, sv) for part in parts for rid, vec, meta, sv in part}
 
     async def _fan_out(self, name: str, request: SearchRequest):
         """Every shard's hits for ``request`` (the shards' ``k`` and payloads already set):
@@ -462,20 +469,25 @@ class AggregatorServer(_http.HttpRoutes):
 
     # -- the query path (HTTP and handles) -------------------------------------
     async def _search(self, name: str, queries=None, k=10, *, id: str | None = None, texts=None, filter=None,
-                      include_metadata: bool = False, include_vectors: bool = False, params=None) -> SearchResult:
+                      include_metadata: bool = False, include_vectors: bool = False, params=None,
+                      sparse_vector=None) -> SearchResult:
         """Search collection ``name`` (resolved) with ``queries`` (a matrix), the stored record ``id``,
-        or ``texts``; check the request once, fan it out, merge, re-rank when configured."""
+        or ``texts``, and/or ``sparse_vector``; check the request once, fan it out, merge, re-rank when
+        configured (a hybrid query's shards already score exactly: it is not re-scored)."""
         if texts is not None:
             queries = await self._embed_for(name, texts)
         elif id is not None:
             rec = (await self._fetch_records(name, [id])).get(id)
             if rec is None:
                 raise NotFoundError(f"query by id: no record {id!r} in {name!r}", kind="record", name=id)
-            queries = rec[0][None, :]
+            if rec[0].shape[0]:
+                queries = rec[0][None, :]
+            elif sparse_vector is None:  # a sparse collection's record: its sparse vector is the query
+                sparse_vector = rec[2]
         request = self.reader.request(name, queries, k, filter=filter, params=params,
                                       include_metadata=include_metadata, include_vectors=include_vectors,
-                                      limit=self.cfg.max_top_k)
-        rerank = self.cfg.rerank
+                                      limit=self.cfg.max_top_k, sparse_vector=sparse_vector)
+        rerank = self.cfg.rerank if request.sparse is None else "none"
         k_fetch = candidates_per_shard(request.k, rerank=rerank, overfetch=self.cfg.overfetch,
                                        max_k=self.cfg.max_top_k)
         asked = request.with_k(k_fetch)
@@ -490,11 +502,13 @@ class AggregatorServer(_http.HttpRoutes):
         scores = [merged.scores[q, :c] for q, c in enumerate(counts)]
         metas = merged.metadata if include_metadata else None
         vecs = [merged.vectors[q, :c] for q, c in enumerate(counts)] if include_vectors else None
+        sparse = ([merged.sparse[q, :c].tolist() for q, c in enumerate(counts)]
+                  if include_vectors and merged.sparse is not None else None)
         self.metrics.answered(seconds, bool(missing))
         return SearchResult(ids, scores, metas, vecs, {
             "collection": name, "sequence": info["sequence"], "index": info["index"], "lineage": info["lineage"],
             "partial": bool(missing), "missing_shards": missing, "shard_seconds": seconds,
-            "records": info["records"], "dim": info["dim"]})
+            "records": info["records"], "dim": info["dim"]}, sparse)
 
     # -- stopping ----------------------------------------------------------------
     async def drain(self, grace_s: float) -> int:
@@ -532,13 +546,15 @@ class AggregatorServer(_http.HttpRoutes):
         return self.reader.resolve(collection)
 
     async def query(self, collection, queries=None, k=10, *, id: str | None = None, filter=None,
-                    include_metadata: bool = False, include_vectors: bool = False, params=None) -> SearchResult:
+                    include_metadata: bool = False, include_vectors: bool = False, params=None,
+                    sparse_vector=None) -> SearchResult:
         """The ``k`` best records of ``collection`` (a name or alias) for each row of ``queries``
-        (NumPy, a list, a CPU torch tensor), or for the stored record ``id``."""
+        (NumPy, a list, a CPU torch tensor), or for the stored record ``id``; with ``sparse_vector``
+        (``{"indices": [...], "values": [...]}``) a hybrid query of one row (or a sparse collection's)."""
         async with self._handle_call("query", collection) as name:
             return await self._search(name, queries, k, id=id, filter=filter,
                                       include_metadata=include_metadata, include_vectors=include_vectors,
-                                      params=params)
+                                      params=params, sparse_vector=sparse_vector)
 
     async def query_text(self, collection, texts, k=10, *, filter=None, include_metadata: bool = False,
                          include_vectors: bool = False, params=None) -> SearchResult:
@@ -555,7 +571,8 @@ class AggregatorServer(_http.HttpRoutes):
             records = await self._fetch_records(name, wanted)
         found = [i for i in wanted if i in records]
         vecs = np.stack([records[i][0] for i in found]) if found else np.empty((0, 0), np.float32)
-        return FetchResult(found, vecs, [records[i][1] for i in found], [i for i in wanted if i not in records])
+        return FetchResult(found, vecs, [records[i][1] for i in found], [i for i in wanted if i not in records],
+                           [records[i][2] for i in found])
 
     async def encode(self, texts) -> np.ndarray:
         """``texts`` (a str or a list) embedded with this server's encoder: an (n, dim) float32 array

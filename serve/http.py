@@ -44,6 +44,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gpusearch.catalog import CollectionNotFound, _JsonFileCache, check_name
 from gpusearch.collection import METRICS, sorted_page
 from gpusearch.errors import InvalidArgumentError, LimitExceededError, NotFoundError, PermissionDeniedError
+from gpusearch.sparse import check_sparse
 
 from ._auth import authenticate, check_scope, scoped_listing
 from ._errors import error_json, error_response, unwrap
@@ -124,7 +125,7 @@ class _Body(BaseModel):
 
 class VectorIn(_Body):
     id: str = Field(min_length=1)  # at most max_id_length characters: checked with the server's config
-    values: list[float]
+    values: Optional[list[float]] = None  # required unless the index (or the collection) is sparse
     metadata: Optional[dict[str, Any]] = None
     sparse_values: Optional[dict[str, Any]] = Field(default=None, alias="sparseValues")
 
@@ -245,10 +246,8 @@ def openapi_with_limits(cfg: ServeConfig) -> dict:
     prop("AliasBody", "collection").update(pattern=_NAME_PATTERN)
     for model in ("UpsertBody", "QueryBody", "UpdateBody", "DeleteBody"):
         prop(model, "namespace").update(pattern=_NAMESPACE_PATTERN)
-    # Accepted (the Pinecone SDK may send them) but refused with a message: not part of the API.
-    for model, name in (("VectorIn", "sparseValues"), ("QueryBody", "sparseVector"), ("UpdateBody", "sparseValues"),
-                        ("UpdateBody", "dryRun")):
-        comps[model]["properties"].pop(name, None)
+    # Accepted (the Pinecone SDK may send it) but not part of the API as documented here.
+    comps["UpdateBody"]["properties"].pop("dryRun", None)
     comps["Error"] = {"type": "object", "required": ["code", "message", "details"], "properties": {
         "code": {"type": "integer"}, "message": {"type": "string"}, "details": {"type": "array"}}}
     comps.pop("HTTPValidationError", None)
@@ -303,6 +302,9 @@ def _matches(r, q: int, values: bool, metadata: bool) -> list[dict]:
         m = {"id": i, "score": s}
         if values:
             m["values"] = r.vectors[q][j].tolist()
+            sv = None if r.sparse is None else r.sparse[q][j]
+            if sv is not None:
+                m["sparseValues"] = sv.as_dict()
         if metadata:
             m["metadata"] = r.metadata[q][j]
         out.append(m)
@@ -443,6 +445,9 @@ class HttpRoutes:
 
     @staticmethod
     def _check_index_dim(index: Optional[dict], m: Optional[np.ndarray]) -> None:
+        if index is not None and m is not None and index.get("vector_type") == "sparse":
+            raise InvalidArgumentError(f"index {index['name']!r} is sparse: send sparse values (sparseValues, "
+                                       f"sparseVector), not dense values")
         if index is not None and m is not None and m.shape[1] != index["dimension"]:
             raise InvalidArgumentError(f"vector dimension {m.shape[1]} does not match the dimension of the index "
                                        f"({index['dimension']})")
@@ -471,33 +476,47 @@ class HttpRoutes:
     async def http_upsert(self, body: UpsertBody, request: Request):
         async def run(grant):
             check_count(len(body.vectors), "vectors in one upsert", self.cfg.max_batch)
-            if any(v.sparse_values for v in body.vectors):
-                raise InvalidArgumentError("sparse values are not supported; send dense values only",
-                                           field="sparseValues")
             name = self._collection(grant, body.namespace, request)
             index = self._index(request)
             for i, v in enumerate(body.vectors):
                 self._id(v.id, f"vectors[{i}].id")
                 self._metadata(v.metadata, f"vectors[{i}].metadata")
-            vecs = self._vectors([v.values for v in body.vectors], "vectors")
-            self._check_index_dim(index, vecs)
+            sparse = [None if v.sparse_values is None else check_sparse(v.sparse_values, f"vectors[{i}].sparseValues")
+                      for i, v in enumerate(body.vectors)]
+            has_values = [bool(v.values) for v in body.vectors]
+            sparse_only = (index.get("vector_type") == "sparse" if index is not None
+                           else not any(has_values) and all(sv is not None for sv in sparse))
+            if sparse_only:
+                vecs = None
+                if any(has_values):
+                    i = has_values.index(True)
+                    raise InvalidArgumentError(f"vectors[{i}].values: this index is sparse; send sparseValues only",
+                                               field="values")
+            else:
+                missing = [i for i, v in enumerate(body.vectors) if v.values is None]
+                if missing:
+                    raise InvalidArgumentError(f"vectors[{missing[0]}].values is required (a list of numbers)",
+                                               field="values")
+                vecs = self._vectors([v.values for v in body.vectors], "vectors")
+                self._check_index_dim(index, vecs)
             await self._name_namespace(index, name, body.namespace)
             r = await self.writer.upsert.remote(name, [v.id for v in body.vectors], vecs,
                                                 [v.metadata for v in body.vectors],
-                                                metric=None if index is None else PINECONE_METRICS[index["metric"]])
+                                                metric=None if index is None else PINECONE_METRICS[index["metric"]],
+                                                sparse_values=sparse if any(sv is not None for sv in sparse) else None,
+                                                vector_type=None if index is None else index.get("vector_type", "dense"))
             return {"upsertedCount": r["count"], "sequence": r["sequence"]}
         return await self._guard(request, "upsert", True, run)
 
     @api.post("/query")
     async def http_query(self, body: QueryBody, request: Request):
         async def run(grant):
-            if body.sparse_vector:
-                raise InvalidArgumentError("sparse vectors are not supported; query with vector, id or text",
-                                           field="sparseVector")
+            sparse = None if body.sparse_vector is None else check_sparse(body.sparse_vector, "sparseVector")
             given = [x for x in ("vector", "id", "text", "queries") if getattr(body, x) is not None]
-            if len(given) != 1:
-                raise InvalidArgumentError(f"query takes exactly one of vector, id, text or queries; "
-                                           f"got {given or 'none'}")
+            if len(given) > 1 or not given and sparse is None:
+                raise InvalidArgumentError(f"query takes exactly one of vector, id, text or queries (and a "
+                                           f"sparseVector beside it, or alone on a sparse index); got "
+                                           f"{given or 'none'}")
             if body.queries is not None:
                 check_count(len(body.queries), "queries in one request", self.cfg.max_batch)
             name = self._collection(grant, body.namespace, request)
@@ -514,7 +533,8 @@ class HttpRoutes:
                 r = await self._search(name, queries, body.top_k, id=body.id,
                                        texts=None if body.text is None else [body.text],
                                        filter=self._filter(body.filter), include_metadata=body.include_metadata,
-                                       include_vectors=body.include_values, params=body.params)
+                                       include_vectors=body.include_values, params=body.params,
+                                       sparse_vector=sparse)
             except Exception as e:  # an index's namespace never written: Pinecone answers with no matches
                 if not self._never_written(request, e):
                     raise
@@ -548,7 +568,9 @@ class HttpRoutes:
                 if not self._never_written(request, e):
                     raise
                 records = {}
-            vectors = {i: {"id": i, "values": v.tolist(), "metadata": m} for i, (v, m) in records.items()}
+            vectors = {i: {"id": i, "values": v.tolist(), "metadata": m,
+                           **({} if sv is None else {"sparseValues": sv.as_dict()})}
+                       for i, (v, m, sv) in records.items()}
             return {"vectors": vectors, "namespace": namespace, "collection": name,
                     "usage": read_units("fetch", fetched=len(vectors))}
         return await self._guard(request, "fetch", False, run)
@@ -556,8 +578,7 @@ class HttpRoutes:
     @api.post("/vectors/update")
     async def http_update(self, body: UpdateBody, request: Request):
         async def run(grant):
-            if body.sparse_values:
-                raise InvalidArgumentError("sparse values are not supported", field="sparseValues")
+            sparse = None if body.sparse_values is None else check_sparse(body.sparse_values, "sparseValues")
             name = self._collection(grant, body.namespace, request)
             if body.dry_run:  # how many records the filter would update, nothing written
                 if body.filter is None:
@@ -571,7 +592,7 @@ class HttpRoutes:
             self._check_index_dim(self._index(request), values)
             r = await self.writer.update.remote(name, body.id, values,
                                                 self._metadata(body.set_metadata, "setMetadata"),
-                                                self._filter(body.filter))
+                                                self._filter(body.filter), sparse_values=sparse)
             return {"matchedRecords": r["count"], "sequence": r["sequence"]}
         return await self._guard(request, "update", True, run)
 
@@ -726,7 +747,8 @@ class HttpRoutes:
                                            field="schema")
             name = self._collection(grant, ns, request)
             await self._name_namespace(index, name, ns)
-            await self.writer.create.remote(name, index["dimension"], PINECONE_METRICS[index["metric"]])
+            await self.writer.create.remote(name, index["dimension"], PINECONE_METRICS[index["metric"]],
+                                            vector_type=index.get("vector_type", "dense"))
             # every metadata field is filterable here, so a schema (which names the filterable ones) is
             # accepted and echoed, and changes nothing
             return JSONResponse({"name": ns, "record_count": 0, **({"schema": schema} if schema else {})},

@@ -130,7 +130,7 @@ def test_followers_match_writer(tmp_path, rng, metric, index):
     assert set(fs[0].ids_matching({"genre": "b"})) | set(fs[1].ids_matching({"genre": "b"})) == {
         i for i in live if col.fetch([i]).metadata[0]["genre"] == "b"}
     ask = ["id0", "id120", "new3", "nope"]
-    got = {rid: (v, m) for f in fs for rid, v, m in f.fetch(ask)}
+    got = {rid: (v, m) for f in fs for rid, v, m, _ in f.fetch(ask)}
     want = col.fetch(ask)
     assert sorted(got) == sorted(want.ids) and "id120" not in got
     for rid, v, m in zip(want.ids, want.vectors, want.metadata):

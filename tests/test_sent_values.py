@@ -74,7 +74,7 @@ def test_sent_values_survive_reopen_checkpoint_compaction_and_updates(tmp_path, 
     np.testing.assert_allclose(np.asarray(col.fetch([str(i) for i in keep]).vectors), x[keep], rtol=RTOL)
     for s in range(2):
         with ShardFollower.open(path, s, device="cpu") as f:
-            for rid, v, _ in f.fetch([str(i) for i in keep]):
+            for rid, v, _, _ in f.fetch([str(i) for i in keep]):
                 np.testing.assert_allclose(v, x[int(rid)], rtol=RTOL)
     col.close()
 

@@ -1,0 +1,329 @@
+"""Sparse vectors: checked at the edge, kept per row beside the dense ones, scored exactly.
+
+A record may carry a sparse vector (Pinecone's ``sparseValues``: ``indices``
+uint32, ``values`` float32) beside its dense values, or instead of them in a
+``vector_type="sparse"`` collection. The score of a hybrid query is the dense
+inner product plus the sparse dot product (Pinecone's ``dotproduct``
+semantics), so sparse vectors need metric ``"ip"``.
+
+:func:`check_sparse` is the one check of every edge. Indices may come in any
+order (text encoders such as BM25 over hashed tokens emit them in order of
+first appearance); they are sorted, values following. Repeated indices, indices
+outside ``0..2**32-1``, values that are not finite and more than
+:data:`MAX_SPARSE_NNZ` non-zeros are refused.
+
+:class:`SparseRows` holds a shard's sparse vectors, append-only like its rows
+(CSR: ``indptr``, ``indices``, ``values``), and answers a query's sparse scores
+for every row: from a copy of the entries ordered by term (an inverted index, so
+a query touches only the entries of its own terms) for the rows it covers, and a
+scan of the rows appended since, which is folded in when it grows.
+
+>>> v = check_sparse({"indices": [7, 2], "values": [0.5, 1.0]})
+>>> v.indices.tolist(), v.values.tolist()
+([2, 7], [1.0, 0.5])
+>>> rows = SparseRows()
+>>> rows.append([v, None, check_sparse(([2], [3.0]))])
+>>> rows.scores(check_sparse({"indices": [2], "values": [2.0]}), 3).tolist()
+[2.0, 0.0, 6.0]
+"""
+from __future__ import annotations
+
+import numbers
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from .errors import InvalidArgumentError, InvalidTypeError
+
+__all__ = ["SparseVector", "SparseRows", "check_sparse", "check_sparse_list", "MAX_SPARSE_NNZ", "MAX_SPARSE_INDEX"]
+
+#: Non-zeros of one sparse vector at most (Pinecone's limit for a record's sparse values).
+MAX_SPARSE_NNZ = 2048
+MAX_SPARSE_INDEX = 2**32 - 1
+_MIN_ROWS = 1024
+# The rows appended after the term-ordered copy are scanned per query; past this many entries
+# (or a quarter of the copy) the copy is rebuilt over all rows.
+_DELTA_ENTRIES = 1 << 16
+
+
+@dataclass(frozen=True, eq=False)
+class SparseVector:
+    """One checked sparse vector: ``indices`` uint32 ascending and unique, ``values`` float32 finite."""
+
+    indices: np.ndarray
+    values: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def as_dict(self) -> dict[str, list]:
+        """Pinecone's wire shape: ``{"indices": [...], "values": [...]}``."""
+        return {"indices": self.indices.tolist(), "values": self.values.tolist()}
+
+    def dot(self, other: "SparseVector") -> float:
+        """The sparse dot product with another vector (float64)."""
+        common, a, b = np.intersect1d(self.indices, other.indices, assume_unique=True, return_indices=True)
+        return float(np.dot(self.values[a].astype(np.float64), other.values[b].astype(np.float64)))
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, SparseVector) and np.array_equal(self.indices, other.indices)
+                and np.array_equal(self.values, other.values))
+
+    __hash__ = object.__hash__  # by identity: a request holding one is grouped alone
+
+    def __repr__(self) -> str:
+        return f"SparseVector(nnz={len(self)})"
+
+
+def _parts(x: Any, name: str):
+    if isinstance(x, Mapping):
+        missing = [key for key in ("indices", "values") if key not in x]
+        if missing:
+            raise InvalidArgumentError(f"{name} must have 'indices' and 'values', missing {', '.join(missing)}",
+                                       field=name)
+        extra = sorted(set(x) - {"indices", "values"})
+        if extra:
+            raise InvalidArgumentError(f"{name} takes only 'indices' and 'values', got {', '.join(map(repr, extra))}",
+                                       field=name)
+        return x["indices"], x["values"]
+    if isinstance(x, tuple) and len(x) == 2:
+        return x
+    if hasattr(x, "indices") and hasattr(x, "values") and not callable(x.values):
+        return x.indices, x.values  # the pinecone SDK's SparseValues, scipy-like objects
+    raise InvalidTypeError(f"{name} must be a dict {{'indices': [...], 'values': [...]}}, got {type(x).__name__}",
+                           field=name)
+
+
+def _index_array(raw: Any, name: str) -> np.ndarray:
+    if isinstance(raw, np.ndarray):
+        if raw.ndim != 1:
+            raise InvalidArgumentError(f"{name}.indices must be a flat list of ints, got shape {raw.shape}", field=name)
+        if raw.dtype.kind in "iu":
+            arr = raw.astype(np.int64, copy=False) if raw.dtype != np.uint64 else raw
+            if arr.size and (arr.min() < 0 or arr.max() > MAX_SPARSE_INDEX):
+                bad = arr[(arr < 0) | (arr > MAX_SPARSE_INDEX)][0]
+                raise InvalidArgumentError(f"{name}.indices must be between 0 and {MAX_SPARSE_INDEX}, got {int(bad)}",
+                                           field=name)
+            return arr.astype(np.uint32)
+        raw = raw.tolist()
+    if isinstance(raw, (str, bytes)) or not isinstance(raw, (Sequence, np.ndarray)):
+        raise InvalidTypeError(f"{name}.indices must be a list of ints, got {type(raw).__name__}", field=name)
+    for i in raw:
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+            raise InvalidTypeError(f"{name}.indices must be ints, got {type(i).__name__} ({i!r})", field=name)
+        if not 0 <= i <= MAX_SPARSE_INDEX:
+            raise InvalidArgumentError(f"{name}.indices must be between 0 and {MAX_SPARSE_INDEX}, got {i}", field=name)
+    return np.asarray(raw, dtype=np.uint32).reshape(-1) if raw else np.empty(0, np.uint32)
+
+
+def _value_array(raw: Any, name: str) -> np.ndarray:
+    if isinstance(raw, (str, bytes)) or not isinstance(raw, (Sequence, np.ndarray)):
+        raise InvalidTypeError(f"{name}.values must be a list of numbers, got {type(raw).__name__}", field=name)
+    try:
+        arr = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        bad = next((v for v in raw if isinstance(v, bool) or not isinstance(v, numbers.Real)), None)
+        raise InvalidTypeError(f"{name}.values must be numbers, got {type(bad).__name__} ({bad!r})",
+                               field=name) from None
+    if arr.ndim != 1:
+        raise InvalidArgumentError(f"{name}.values must be a flat list of numbers, got shape {arr.shape}", field=name)
+    if not isinstance(raw, np.ndarray) and any(isinstance(v, bool) for v in raw):
+        raise InvalidTypeError(f"{name}.values must be numbers, got a bool", field=name)
+    if not np.all(np.isfinite(arr)) or np.any(np.abs(arr) > np.finfo(np.float32).max):
+        bad = arr[~np.isfinite(arr) | (np.abs(arr) > np.finfo(np.float32).max)][0]
+        raise InvalidArgumentError(f"{name}.values must be finite float32 numbers, got {bad}", field=name)
+    return arr.astype(np.float32)
+
+
+def check_sparse(x: Any, name: str = "sparse_values") -> SparseVector:
+    """A :class:`SparseVector` from a dict ``{"indices", "values"}``, an ``(indices, values)`` pair or a
+    SparseVector, checked; raises :class:`~gpusearch.errors.InvalidArgumentError` or
+    :class:`~gpusearch.errors.InvalidTypeError` naming the problem."""
+    if isinstance(x, SparseVector):
+        return x
+    raw_i, raw_v = _parts(x, name)
+    idx = _index_array(raw_i, name)
+    val = _value_array(raw_v, name)
+    if idx.shape[0] != val.shape[0]:
+        raise InvalidArgumentError(f"{name} must have as many indices as values, got {idx.shape[0]} indices and "
+                                   f"{val.shape[0]} values", field=name)
+    if idx.shape[0] > MAX_SPARSE_NNZ:
+        raise InvalidArgumentError(f"{name} may have at most {MAX_SPARSE_NNZ} non-zero values, got {idx.shape[0]}",
+                                   field=name)
+    if idx.shape[0] > 1 and not np.all(idx[1:] > idx[:-1]):
+        order = np.argsort(idx, kind="stable")
+        idx, val = idx[order], val[order]
+        dup = idx[1:] == idx[:-1]
+        if dup.any():
+            raise InvalidArgumentError(f"{name}.indices must not repeat, got {int(idx[1:][dup][0])} more than once",
+                                       field=name)
+    idx.setflags(write=False)
+    val.setflags(write=False)
+    return SparseVector(idx, val)
+
+
+def check_sparse_list(items: Any, n: int, name: str = "sparse_values") -> list[SparseVector | None]:
+    """One checked vector (or ``None``: no sparse part; an empty one counts as none) per record of ``n``."""
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, (Sequence, np.ndarray)):
+        raise InvalidTypeError(f"{name} must be a list with one sparse vector (or None) per record, got "
+                               f"{type(items).__name__}", field=name)
+    if len(items) != n:
+        raise InvalidArgumentError(f"{name} must have one item per record ({n}), got {len(items)}", field=name)
+    out = []
+    for pos, x in enumerate(items):
+        v = None if x is None else check_sparse(x, f"{name}[{pos}]")
+        out.append(v if v is not None and len(v) else None)
+    return out
+
+
+class SparseRows:
+    """The sparse vectors of a shard's rows, row ``r``'s entries at ``indptr[r]:indptr[r+1]``.
+
+    Append-only, like the rows; a row without a sparse vector has no entries. Read
+    under the shard's lock (writers hold it exclusively); the term-ordered copy is
+    built by the first query that needs it, under a lock of its own.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.nnz = 0
+        self._indptr = np.zeros(_MIN_ROWS + 1, np.int64)
+        self._indices = np.empty(_MIN_ROWS * 8, np.uint32)
+        self._values = np.empty(_MIN_ROWS * 8, np.float32)
+        self._inv = None  # (terms ascending, rows, values) of the first _inv_rows rows
+        self._inv_rows = 0
+        self._inv_lock = threading.Lock()
+
+    # -- writes ----------------------------------------------------------------------------
+    def _reserve(self, rows: int, nnz: int) -> None:
+        if self._indptr.shape[0] < rows + 1:
+            grown = np.zeros(max(rows + 1, 2 * self._indptr.shape[0]), np.int64)
+            grown[: self.n + 1] = self._indptr[: self.n + 1]
+            self._indptr = grown
+        if self._indices.shape[0] < nnz:
+            size = max(nnz, 2 * self._indices.shape[0])
+            for attr in ("_indices", "_values"):
+                old = getattr(self, attr)
+                new = np.empty(size, old.dtype)
+                new[: self.nnz] = old[: self.nnz]
+                setattr(self, attr, new)
+
+    def append(self, vectors: Iterable[SparseVector | None]) -> None:
+        """Rows at the end, one per item (``None``: a row without a sparse vector)."""
+        vectors = list(vectors)
+        lengths = np.fromiter((0 if v is None else len(v) for v in vectors), np.int64, len(vectors))
+        total = int(lengths.sum())
+        self._reserve(self.n + len(vectors), self.nnz + total)
+        ptr = self.nnz + np.cumsum(lengths)
+        self._indptr[self.n + 1 : self.n + 1 + len(vectors)] = ptr
+        if total:
+            present = [v for v in vectors if v is not None and len(v)]
+            self._indices[self.nnz : self.nnz + total] = np.concatenate([v.indices for v in present])
+            self._values[self.nnz : self.nnz + total] = np.concatenate([v.values for v in present])
+        self.n += len(vectors)
+        self.nnz += total
+
+    def append_empty(self, rows: int) -> None:
+        self._reserve(self.n + rows, self.nnz)
+        self._indptr[self.n + 1 : self.n + 1 + rows] = self.nnz
+        self.n += rows
+
+    def append_arrow(self, indices: pa.Array, values: pa.Array) -> None:
+        """Rows from a segment's or WAL record's ``sparse_indices`` / ``sparse_values`` list columns."""
+        n = len(indices)
+        offsets = indices.offsets.to_numpy().astype(np.int64)
+        lengths = np.diff(offsets)
+        if indices.null_count:
+            lengths = np.where(indices.is_null().to_numpy(zero_copy_only=False), 0, lengths)
+        flat_i = indices.flatten().to_numpy(zero_copy_only=False)
+        flat_v = values.flatten().to_numpy(zero_copy_only=False)
+        total = int(lengths.sum())
+        self._reserve(self.n + n, self.nnz + total)
+        self._indptr[self.n + 1 : self.n + 1 + n] = self.nnz + np.cumsum(lengths)
+        self._indices[self.nnz : self.nnz + total] = flat_i[:total]
+        self._values[self.nnz : self.nnz + total] = flat_v[:total]
+        self.n += n
+        self.nnz += total
+
+    # -- reads -----------------------------------------------------------------------------
+    def row(self, r: int) -> SparseVector | None:
+        lo, hi = int(self._indptr[r]), int(self._indptr[r + 1])
+        if lo == hi:
+            return None
+        return SparseVector(self._indices[lo:hi].copy(), self._values[lo:hi].copy())
+
+    def rows(self, rows: Iterable[int]) -> list[SparseVector | None]:
+        return [None if r < 0 else self.row(r) for r in rows]
+
+    def take(self, rows: np.ndarray) -> "SparseRows":
+        """A new SparseRows of ``rows``, in that order (compaction)."""
+        out = SparseRows()
+        out.append(self.rows(np.asarray(rows).tolist()))
+        return out
+
+    def to_arrow(self, lo: int, hi: int) -> tuple[pa.Array, pa.Array]:
+        """Rows ``lo:hi`` as ``list<uint32>`` and ``list<float32>`` columns; a row without entries is null."""
+        ptr = self._indptr[lo : hi + 1]
+        start, stop = int(ptr[0]), int(ptr[-1])
+        offsets = pa.array((ptr - start).astype(np.int32))
+        empty = ptr[1:] == ptr[:-1]
+        mask = pa.array(empty) if empty.any() else None
+        idx = pa.ListArray.from_arrays(offsets, pa.array(self._indices[start:stop], pa.uint32()), mask=mask)
+        val = pa.ListArray.from_arrays(offsets, pa.array(self._values[start:stop], pa.float32()), mask=mask)
+        return idx, val
+
+    def _inverted(self):
+        """The term-ordered copy, rebuilt when the rows after it hold too many entries."""
+        delta = self.nnz - int(self._indptr[self._inv_rows])
+        if self._inv is not None and (delta <= _DELTA_ENTRIES or delta * 4 <= self._inv[0].shape[0]):
+            return self._inv, self._inv_rows
+        with self._inv_lock:
+            n, nnz = self.n, self.nnz
+            terms = self._indices[:nnz]
+            order = np.argsort(terms, kind="stable")
+            rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(self._indptr[: n + 1]))
+            self._inv = (terms[order], rows[order], self._values[:nnz][order])
+            self._inv_rows = n
+            return self._inv, n
+
+    def scores(self, q: SparseVector, n_rows: int) -> np.ndarray:
+        """The sparse dot product of ``q`` with every one of the first ``n_rows`` rows (float64)."""
+        out = np.zeros(n_rows, np.float64)
+        if not len(q) or not self.nnz:
+            return out
+        (terms, rows, vals), covered = self._inverted()
+        qi, qv = q.indices, q.values.astype(np.float64)
+        lo = np.searchsorted(terms, qi, "left")
+        hi = np.searchsorted(terms, qi, "right")
+        counts = hi - lo
+        total = int(counts.sum())
+        if total:
+            starts = np.repeat(lo - (np.cumsum(counts) - counts), counts)
+            pos = starts + np.arange(total)
+            r = rows[pos]
+            keep = r < n_rows
+            out += np.bincount(r[keep], weights=(vals[pos] * np.repeat(qv, counts))[keep], minlength=n_rows)
+        stop = min(n_rows, self.n)
+        if covered < stop:  # rows appended since the copy: a scan of their entries
+            a, b = int(self._indptr[covered]), int(self._indptr[stop])
+            ent = self._indices[a:b]
+            at = np.minimum(np.searchsorted(qi, ent), len(qi) - 1)
+            hit = qi[at] == ent
+            if hit.any():
+                erow = np.repeat(np.arange(covered, stop, dtype=np.int64), np.diff(self._indptr[covered : stop + 1]))
+                out += np.bincount(erow[hit], weights=self._values[a:b][hit] * qv[at[hit]], minlength=n_rows)
+        return out
+
+    def memory_bytes(self) -> int:
+        inv = 0 if self._inv is None else sum(a.nbytes for a in self._inv)
+        return int(self._indptr.nbytes + self._indices.nbytes + self._values.nbytes + inv)
+
+
+def sparse_to_arrow(vectors: Sequence[SparseVector | None]) -> tuple[pa.Array, pa.Array]:
+    """``list<uint32>`` and ``list<float32>`` columns of ``vectors`` (``None``: a null row)."""
+    rows = SparseRows()
+    rows.append(vectors)
+    return rows.to_arrow(0, rows.n)
