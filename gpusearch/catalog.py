@@ -118,6 +118,7 @@ class CollectionInfo:
     family: str  # which typed search params its index takes: "flat", "ivf", "hnsw"
     lineage: dict
     shards: int
+    bm25_field: str | None = None  # the metadata text its keyword index is made of
 
 
 class CatalogReader:
@@ -154,7 +155,8 @@ class CatalogReader:
 
             info = CollectionInfo(name, int(config["dim"]), config["metric"], config["index"],
                                   index_family(config["index"], int(config["dim"]), config["metric"]),
-                                  dict(config.get("lineage") or {}), int(config["shards"]))
+                                  dict(config.get("lineage") or {}), int(config["shards"]),
+                                  config.get("bm25_field"))
             self._infos[name] = held = (config, info)
         return held[1]
 
@@ -168,13 +170,15 @@ class CatalogReader:
         return cache.get() or {}
 
     def request(self, name: str, queries, k, *, filter=None, params=None, include_metadata: bool = False,
-                include_vectors: bool = False, limit: int = MAX_TOP_K, sparse_vector=None) -> SearchRequest:
+                include_vectors: bool = False, limit: int = MAX_TOP_K, sparse_vector=None, keywords=None,
+                fusion=None) -> SearchRequest:
         """Check a search of collection ``name`` (resolved) and build its request: the edge's one validation."""
         info = self.info(name)
         return build_request(queries, k, dim=info.dim, metric=info.metric, family=info.family,
                              schema=self.schema(name), filter=filter, params=params,
                              include_metadata=include_metadata, include_vectors=include_vectors, limit=limit,
-                             sparse_vector=sparse_vector)
+                             sparse_vector=sparse_vector, keywords=keywords, fusion=fusion,
+                             bm25_field=info.bm25_field)
 
 
 class Catalog:
@@ -246,7 +250,7 @@ class Catalog:
     # -- collections ---------------------------------------------------------
     def create(self, name, *, dim: int | None, metric: str | None = None, index: str | None = None,
                lineage: Mapping | None = None, index_options: Mapping | None = None,
-               vector_type: str = "dense") -> Collection:
+               vector_type: str = "dense", bm25_field: str | None = None) -> Collection:
         """A new collection ``name``; ``vector_type="sparse"`` (no ``dim``, metric ``ip``, index ``Flat``)
         for records with sparse vectors only."""
         name = check_name(name)
@@ -261,7 +265,7 @@ class Catalog:
                                     device=self.device, lineage=lineage, fsync=self.fsync,
                                     index_options=index_options if index_options is not None else
                                     (self.index_options if not index and not sparse else None),
-                                    vector_type=vector_type)
+                                    vector_type=vector_type, bm25_field=bm25_field)
             self._open[name] = col
             return col
 
@@ -445,6 +449,10 @@ class ShardCatalog:
                 out[p] = (hits.slice(lo, lo + q.shape[0], requests[p][1].k), info)
                 lo += q.shape[0]
         return out
+
+    def keyword_stats(self, name: str, terms) -> tuple:
+        """This shard's BM25 statistics of collection ``name`` for ``terms`` (see Collection.keyword_stats)."""
+        return self.follower(name).shard.keyword_stats(terms)
 
     def fetch(self, name: str, ids) -> list[tuple]:
         return self.follower(name).fetch([i for i in as_ids(ids)])

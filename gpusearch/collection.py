@@ -17,6 +17,7 @@ committed parts only, so a batch is all there or not at all.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import hashlib
 import json
 import logging
@@ -37,6 +38,7 @@ from .backends.options import LEGACY_OPTIONS
 from .devices import resolve_device
 from .errors import ClosedError, InvalidArgumentError, InvalidTypeError
 from .fileio import DiskFullError, atomic_write_json, read_json
+from .bm25 import encode_text, fuse_hits, keyword_candidates
 from .sparse import check_sparse, check_sparse_list, sparse_to_arrow
 from .filters import compile_filter
 from .hits import Hits
@@ -202,6 +204,7 @@ class Collection:
         self._config = config
         self.dim: int = config["dim"]  # 0 for a sparse-only collection
         self.vector_type: str = config.get("vector_type", "dense")
+        self.bm25_field: str | None = config.get("bm25_field")  # the metadata text a keyword index is made of
         self.metric: str = config["metric"]
         self.index: str = config["index"]
         self.dtype: str = config["dtype"]
@@ -232,7 +235,7 @@ class Collection:
     def create(cls, path, *, dim: int | None = None, metric: str = "cosine", index: str = "Flat", shards: int = 1,
                device: str = "auto", dtype: str = "float32", lineage: Mapping[str, Any] | None = None,
                fsync: bool = True, index_options: Mapping[str, int] | None = None,
-               vector_type: str = "dense") -> "Collection":
+               vector_type: str = "dense", bm25_field: str | None = None) -> "Collection":
         """Create an empty collection at ``path`` (a directory that must not hold one yet).
 
         Parameters
@@ -253,10 +256,19 @@ class Collection:
         vector_type : ``"dense"``, or ``"sparse"`` for records with sparse vectors only (``dim`` None,
             metric ``"ip"``, index ``"Flat"``). Dense ``"ip"`` collections take sparse vectors beside
             the dense ones (hybrid search).
+        bm25_field : a metadata field (e.g. ``"text"``) whose text the collection keeps a BM25 keyword
+            index of (:mod:`gpusearch.bm25`): ``search(..., keywords=...)`` then searches it, alone or
+            fused with the dense query. Such a collection makes its sparse vectors itself.
         """
         path = Path(path)
         if vector_type not in ("dense", "sparse"):
             raise InvalidArgumentError(f"vector_type must be 'dense' or 'sparse', got {vector_type!r}")
+        if bm25_field is not None:
+            if not isinstance(bm25_field, str) or not bm25_field or len(bm25_field) > 512:
+                raise InvalidArgumentError(f"bm25_field must be a metadata field name, got {bm25_field!r}")
+            if vector_type == "sparse":
+                raise InvalidArgumentError("bm25_field applies to dense collections (a sparse collection holds "
+                                           "the sparse vectors it is sent)")
         if vector_type == "sparse":
             if dim not in (None, 0):
                 raise InvalidArgumentError(f"a sparse collection has no dimension: leave dim out, got {dim!r}")
@@ -298,6 +310,7 @@ class Collection:
             "format_version": FORMAT_VERSION,
             "dim": int(dim),
             "vector_type": vector_type,
+            **({"bm25_field": bm25_field} if bm25_field else {}),
             "metric": metric,
             "index": index,
             "index_options": options,
@@ -438,6 +451,10 @@ class Collection:
         self._check_open()
         ids = as_ids(ids)
         sparse = None
+        if sparse_values is not None and self.bm25_field:
+            raise InvalidArgumentError(f"this collection makes its sparse vectors from the text in metadata field "
+                                       f"{self.bm25_field!r} (BM25); send the text, not sparse_values",
+                                       field="sparse_values")
         if sparse_values is not None:
             if self.metric != "ip":
                 raise InvalidArgumentError(f"sparse_values need metric 'ip' (Pinecone's dotproduct); this "
@@ -469,6 +486,8 @@ class Collection:
         keep = np.fromiter(last.values(), dtype=np.int64, count=len(last))
         keep.sort()
         step = batch_size or len(keep)
+        if self.bm25_field:
+            sparse = self._keyword_vectors(metadata, len(ids))
         with self._write_lock:
             # Under the lock: the schema this batch extends must be the one it commits against,
             # or two concurrent upserts could each add a field (or one type per field) and one lose.
@@ -486,6 +505,18 @@ class Collection:
         if vecs.nbytes >= RELEASE_AFTER_BYTES:
             release_freed()  # the batch's WAL record and copies went through pools that keep freed pages
         return WriteResult(len(keep), seq)
+
+    def _keyword_vectors(self, metadata, n: int) -> list | None:
+        """The term counts of each record's ``bm25_field`` text (``None`` where it has none)."""
+        if metadata is None:
+            return None
+        if isinstance(metadata, (str, bytes, Mapping)) or not isinstance(metadata, Sequence) or len(metadata) != n:
+            return None  # normalize_metadata says what is wrong
+        out = []
+        for pos, m in enumerate(metadata):
+            text = m.get(self.bm25_field) if isinstance(m, Mapping) else None
+            out.append(None if text is None else encode_text(text, f"metadata[{pos}].{self.bm25_field}"))
+        return out if any(v is not None for v in out) else None
 
     def _upsert_rows(self, ids: list[str], vecs: np.ndarray, table, schema, norms: np.ndarray | None,
                      sparse: list | None = None) -> int:
@@ -560,6 +591,10 @@ class Collection:
         if values is None and set_metadata is None and sparse_values is None:
             raise InvalidArgumentError("update needs values=[...], sparse_values={...} and/or set_metadata={...}")
         new_sparse = None
+        if sparse_values is not None and self.bm25_field:
+            raise InvalidArgumentError(f"this collection makes its sparse vectors from the text in metadata field "
+                                       f"{self.bm25_field!r} (BM25); send the text, not sparse_values",
+                                       field="sparse_values")
         if sparse_values is not None:
             if self.metric != "ip":
                 raise InvalidArgumentError(f"sparse_values need metric 'ip' (Pinecone's dotproduct); this "
@@ -587,6 +622,9 @@ class Collection:
                 sparse = new_sparse if len(new_sparse) else None
             if set_metadata is not None:
                 meta = {**meta, **dict(set_metadata)}
+                if self.bm25_field:
+                    kv = self._keyword_vectors([meta], 1)
+                    sparse = None if kv is None else kv[0]
             table, schema = md.normalize_metadata([meta], 1, self.schema)
             seq = self._upsert_rows([rid], np.asarray(vec, np.float32), table, schema, norm,
                                     None if sparse is None else [sparse])
@@ -638,7 +676,7 @@ class Collection:
     # -- reads ---------------------------------------------------------------
     def search(self, queries=None, k: int = 10, *, filter: Mapping | None = None, include_metadata: bool = False,
                include_vectors: bool = False, params: Mapping[str, int] | SearchParams | None = None,
-               sparse_vector=None) -> SearchResult:
+               sparse_vector=None, keywords: str | None = None, fusion=None) -> SearchResult:
         """The ``k`` best records for each query, best first; ties go to the smaller id.
 
         ``queries``: (nq, dim) or one (dim,) vector, NumPy / torch / CuPy / list.
@@ -651,21 +689,63 @@ class Collection:
         score = dense inner product + sparse dot product; ``"ip"`` collections), or alone on a
         sparse collection (``queries`` None). Exact on ``Flat``; an approximate index re-scores
         exactly the union of its candidates and the best rows by sparse score.
+        ``keywords``: a text searched with BM25 (a collection with a ``bm25_field``): alone
+        (``queries`` None; scores are BM25 scores) or with one dense query, the two lists fused
+        by ``fusion``: ``"rrf"`` (default), ``{"method": "rrf", "k": 60}`` or ``{"method":
+        "weighted", "alpha": 0.5}`` (``alpha``: the dense list's weight); see :mod:`gpusearch.bm25`.
         """
         return self.search_request(self.request(queries, k, filter=filter, include_metadata=include_metadata,
                                                 include_vectors=include_vectors, params=params,
-                                                sparse_vector=sparse_vector))
+                                                sparse_vector=sparse_vector, keywords=keywords, fusion=fusion))
 
     def request(self, queries=None, k: int = 10, *, filter=None, include_metadata: bool = False,
-                include_vectors: bool = False, params=None, sparse_vector=None) -> SearchRequest:
+                include_vectors: bool = False, params=None, sparse_vector=None, keywords=None,
+                fusion=None) -> SearchRequest:
         """Check a search against this collection and build its :class:`~gpusearch.request.SearchRequest`."""
         self._check_open()
         return build_request(queries, k, dim=self.dim, metric=self.metric, device=self.device, family=self.family,
                              schema=self.schema, filter=filter, params=params, include_metadata=include_metadata,
-                             include_vectors=include_vectors, sparse_vector=sparse_vector)
+                             include_vectors=include_vectors, sparse_vector=sparse_vector, keywords=keywords,
+                             fusion=fusion, bm25_field=self.bm25_field)
+
+    def keyword_stats(self, terms) -> tuple[int, float, np.ndarray]:
+        """BM25 statistics over every shard: live records with text, their total length, and how many
+        hold each of ``terms``."""
+        parts = [s.keyword_stats(terms) for s in self._shards]
+        return (sum(p[0] for p in parts), sum(p[1] for p in parts),
+                np.sum([p[2] for p in parts], axis=0) if parts else np.zeros(len(terms), np.int64))
+
+    def _with_ids(self, hits, ids_lists):
+        n = len(self._shards)
+        out = np.full(hits.keys.shape, None, dtype=object)
+        for q, row in enumerate(hits.keys.tolist()):
+            for j, g in enumerate(row):
+                if g >= 0:
+                    out[q, j] = ids_lists[g % n][g // n]
+        hits.ids = out
+        return hits
+
+    def _search_fused(self, request: SearchRequest):
+        """A keyword query: BM25 over the collection's statistics, alone or fused with the dense list."""
+        kw = request.keyword.with_stats(*self.keyword_stats(request.keyword.terms))
+        if request.fusion is None:
+            return self._with_ids(*self.search_hits(dataclasses.replace(request, keyword=kw)))
+        depth = keyword_candidates(request.k)
+        k_hits = self._with_ids(*self.search_hits(dataclasses.replace(request, keyword=kw, k=depth)))
+        d_hits = self._with_ids(*self.search_hits(dataclasses.replace(request, keyword=None, fusion=None, k=depth)))
+        return fuse_hits([d_hits, k_hits], request.k, request.fusion, largest=(self.metric != "l2", True))
 
     def search_request(self, request: SearchRequest) -> SearchResult:
         """Answer a request built by :meth:`request` (the edge: ids are looked up for the final k only)."""
+        if request.keyword is not None:
+            hits = self._search_fused(request)
+            counts = hits.counts.tolist()
+            ids = [hits.ids[q, :c].tolist() for q, c in enumerate(counts)]
+            info = {"sequence": self._seq, "index": self.index, "lineage": self.lineage}
+            return SearchResult(ids, [hits.scores[q, :c] for q, c in enumerate(counts)], hits.metadata,
+                                None if hits.vectors is None else [hits.vectors[q, :c] for q, c in enumerate(counts)],
+                                info, None if hits.sparse is None else [hits.sparse[q, :c].tolist()
+                                                                        for q, c in enumerate(counts)])
         hits, ids_lists = self.search_hits(request)
         n = len(self._shards)
         keys = hits.keys.tolist()
@@ -697,7 +777,7 @@ class Collection:
         else:
             answers = list(self._pool.map(lambda s: s.search(request, schema), shards))
         lists = [ids for _, ids in answers]
-        hits, part = merge([h for h, _ in answers], request.k, largest=self.metric != "l2",
+        hits, part = merge([h for h, _ in answers], request.k, largest=self.metric != "l2" or request.keyword is not None,
                            ids_of=lambda p, rows: [lists[p][r] for r in rows.tolist()])
         hits.keys = np.where(part >= 0, hits.keys * len(shards) + part, -1)
         return hits, lists
@@ -733,6 +813,7 @@ class Collection:
             "records": sum(s["records"] for s in shards),
             "dim": self.dim,
             "vector_type": self.vector_type,
+            "bm25_field": self.bm25_field,
             "metric": self.metric,
             "index": self.index,
             "index_options": index_options_of(self._config),

@@ -13,7 +13,10 @@ turns what its caller sent into a :class:`SearchRequest` with :func:`build_reque
 - ``filter``: compiled once (:class:`gpusearch.filters.CompiledFilter`); hashable, so
   a batcher groups alike requests by :attr:`SearchRequest.group`;
 - ``sparse``: a checked :class:`~gpusearch.sparse.SparseVector` (a hybrid or sparse-only
-  query: one query, metric ``ip``), or ``None``.
+  query: one query, metric ``ip``), or ``None``;
+- ``keyword``: a BM25 query (:class:`~gpusearch.bm25.KeywordQuery`; one query, a collection
+  with a ``bm25_field``) and ``fusion``: how its list and the dense one are fused, or ``None``
+  for keywords alone (see :mod:`gpusearch.bm25`).
 
 Below the edge, shards, backends and kernels do not check these again.
 
@@ -41,6 +44,7 @@ from . import kernels
 from .arrays import MAX_SQUARED_NORM, prepare_vectors
 from .errors import InvalidArgumentError, InvalidTypeError, LimitExceededError
 from .filters import CompiledFilter, compile_filter
+from .bm25 import KeywordQuery, check_fusion, keyword_query
 from .sparse import SparseVector, check_sparse
 
 __all__ = [
@@ -225,6 +229,8 @@ class SearchRequest:
     include_metadata: bool = False
     include_vectors: bool = False
     sparse: SparseVector | None = None
+    keyword: KeywordQuery | None = None
+    fusion: dict | None = None
 
     @property
     def nq(self) -> int:
@@ -233,24 +239,27 @@ class SearchRequest:
     @property
     def group(self) -> tuple:
         """Requests with equal groups can be stacked into one search (their ``k`` may differ)."""
-        return (self.filter, self.params, self.include_metadata, self.include_vectors, self.sparse)
+        return (self.filter, self.params, self.include_metadata, self.include_vectors, self.sparse, self.keyword)
 
     def with_k(self, k: int) -> "SearchRequest":
         """The same request asking for ``k`` (an over-fetch for re-ranking)."""
         return SearchRequest(self.queries, k, self.filter, self.params, self.include_metadata, self.include_vectors,
-                             self.sparse)
+                             self.sparse, self.keyword, self.fusion)
 
 
 def build_request(queries, k: Any = 10, *, dim: int, metric: str, device: str = "cpu", family: str = "flat",
                   schema: Mapping[str, str] | None = None, filter: Any = None, params: Any = None,
                   include_metadata: bool = False, include_vectors: bool = False,
-                  limit: int = MAX_TOP_K, sparse_vector: Any = None) -> SearchRequest:
+                  limit: int = MAX_TOP_K, sparse_vector: Any = None, keywords: Any = None, fusion: Any = None,
+                  bm25_field: str | None = None) -> SearchRequest:
     """Check what a caller sent and build the request: the one validation of every edge.
 
     ``schema`` is the collection's metadata field types (for the filter); ``family``
     the index's (``"flat"``, ``"ivf"``, ``"hnsw"``); ``limit`` the largest ``k``.
     ``sparse_vector`` makes it a hybrid query (dense + sparse scores; one query, metric
     ``ip``); a sparse-only collection (``dim`` 0) takes it alone, with ``queries`` None.
+    ``keywords`` (a text) is a BM25 query on a collection with a ``bm25_field``: alone with
+    ``queries`` None, or fused with the dense query by ``fusion`` (``"rrf"`` by default).
     Raises :class:`~gpusearch.errors.InvalidArgumentError` (a ``ValueError``) or
     :class:`~gpusearch.errors.InvalidTypeError` (a ``TypeError``) naming the problem.
     """
@@ -265,6 +274,30 @@ def build_request(queries, k: Any = 10, *, dim: int, metric: str, device: str = 
         compiled = filter
     else:
         compiled = compile_filter(filter, schema or {})
+    if keywords is not None:
+        if not bm25_field:
+            raise InvalidArgumentError("this collection keeps no keyword (BM25) index: create it with bm25_field "
+                                       "(the metadata field whose text is indexed) to search by keywords",
+                                       field="keywords")
+        if sparse_vector is not None:
+            raise InvalidArgumentError("a keyword query takes no sparse_vector (the collection makes its sparse "
+                                       "vectors from text)", field="sparse_vector")
+        kw = keyword_query(keywords, "keywords")
+        mode = check_fusion(fusion) if queries is not None else None
+        if queries is None:
+            q = np.zeros((1, dim), np.float32)
+        else:
+            q = prepare_vectors(queries, name="queries", dim=dim, metric=metric, device=device, zero_rows=True)
+            if q.shape[0] != 1:
+                raise InvalidArgumentError(f"a keyword query takes one dense query vector, got {q.shape[0]}",
+                                           field="vector")
+        return SearchRequest(q, k, compiled, typed, bool(include_metadata), bool(include_vectors), None, kw, mode)
+    if fusion is not None:
+        raise InvalidArgumentError("fusion applies to a query with keywords (a dense list and a keyword list)",
+                                   field="fusion")
+    if sparse_vector is not None and bm25_field:
+        raise InvalidArgumentError(f"this collection makes its sparse vectors from the text in {bm25_field!r} "
+                                   f"(BM25): search it with keywords, not sparse_vector", field="sparse_vector")
     sparse = None if sparse_vector is None else check_sparse(sparse_vector, "sparse_vector")
     if sparse is not None and metric != "ip":
         raise InvalidArgumentError(f"sparse_vector needs metric 'ip' (Pinecone's dotproduct); this collection's "

@@ -32,6 +32,7 @@ from .fileio import atomic_write_bytes, atomic_write_json, fsync_dir, read_json,
 from .locks import RWLock
 from .progress import progress
 from .segments import read_segment, write_segment
+from .bm25 import bm25_row_weights
 from .sparse import SparseRows
 from .vectors import VectorStore
 from .wal import WriteAheadLog
@@ -297,6 +298,8 @@ class Shard:
 
         For the exact index the order is exact even when tied scores straddle the k-th place.
         """
+        if request.keyword is not None:
+            return self._search_keyword(request, schema)
         if request.sparse is not None:
             return self._search_hybrid(request, schema)
         with self.lock.read():
@@ -358,6 +361,47 @@ class Shard:
                     order = sorted(pick.tolist(), key=lambda j: (-float(score[j]), self.ids[int(rows[j])]))[:k]
                     hits.keys[0, : len(order)] = rows[order]
                     hits.scores[0, : len(order)] = score[order]
+            if request.include_metadata or request.include_vectors:
+                self._attach(hits, request, schema)
+            return hits, self.ids
+
+    def keyword_stats(self, terms: np.ndarray) -> tuple[int, float, np.ndarray]:
+        """This shard's part of the BM25 statistics: live records with terms, their total length, and
+        how many of them hold each of ``terms`` (the collection sums them over its shards)."""
+        with self.lock.read():
+            n = self.n_rows
+            if self._sparse is None or n == 0:
+                return 0, 0.0, np.zeros(len(terms), np.int64)
+            alive = self.alive
+            lengths = self._sparse.lengths(n)
+            has = alive & (lengths > 0)
+            rows, _, at = self._sparse.entries(terms, n)
+            live = alive[rows]
+            return int(has.sum()), float(lengths[has].sum()), np.bincount(at[live], minlength=len(terms))
+
+    def _search_keyword(self, request, schema) -> tuple[Hits, list[str]]:
+        """The BM25 top-k of one keyword query whose statistics are set (``request.keyword.idf``)."""
+        kw = request.keyword
+        with self.lock.read():
+            k, n = request.k, self.n_rows
+            hits = Hits.empty(1, k, True)
+            if n and self._sparse is not None:
+                rows, tf, at = self._sparse.entries(kw.terms, n)
+                if len(rows):
+                    lengths = self._sparse.lengths(n)
+                    w = bm25_row_weights(tf.astype(np.float64), lengths[rows], kw, kw.idf[at])
+                    cand, inv = np.unique(rows, return_inverse=True)
+                    score = np.bincount(inv, weights=w).astype(np.float32)
+                    allow = self.allow_mask(request.filter, schema)
+                    keep = self.alive[cand] if allow is None else allow[cand]
+                    cand, score = cand[keep], score[keep]
+                    if len(cand):
+                        kk = min(k, len(cand))
+                        kth = np.partition(-score, kk - 1)[kk - 1]
+                        pick = np.flatnonzero(-score <= kth)
+                        order = sorted(pick.tolist(), key=lambda j: (-float(score[j]), self.ids[int(cand[j])]))[:k]
+                        hits.keys[0, : len(order)] = cand[order]
+                        hits.scores[0, : len(order)] = score[order]
             if request.include_metadata or request.include_vectors:
                 self._attach(hits, request, schema)
             return hits, self.ids

@@ -191,6 +191,7 @@ class SparseRows:
         self.n = 0
         self.nnz = 0
         self._indptr = np.zeros(_MIN_ROWS + 1, np.int64)
+        self._rowsum = np.zeros(_MIN_ROWS, np.float64)  # each row's sum of values (a BM25 record's length)
         self._indices = np.empty(_MIN_ROWS * 8, np.uint32)
         self._values = np.empty(_MIN_ROWS * 8, np.float32)
         self._inv = None  # (terms ascending, rows, values) of the first _inv_rows rows
@@ -203,6 +204,9 @@ class SparseRows:
             grown = np.zeros(max(rows + 1, 2 * self._indptr.shape[0]), np.int64)
             grown[: self.n + 1] = self._indptr[: self.n + 1]
             self._indptr = grown
+            sums = np.zeros(grown.shape[0] - 1, np.float64)
+            sums[: self.n] = self._rowsum[: self.n]
+            self._rowsum = sums
         if self._indices.shape[0] < nnz:
             size = max(nnz, 2 * self._indices.shape[0])
             for attr in ("_indices", "_values"):
@@ -223,8 +227,16 @@ class SparseRows:
             present = [v for v in vectors if v is not None and len(v)]
             self._indices[self.nnz : self.nnz + total] = np.concatenate([v.indices for v in present])
             self._values[self.nnz : self.nnz + total] = np.concatenate([v.values for v in present])
+        self._sum_rows(self.n, self.n + len(vectors))
         self.n += len(vectors)
         self.nnz += total
+
+    def _sum_rows(self, lo: int, hi: int) -> None:
+        """Fill ``_rowsum[lo:hi]`` from the entries of rows lo..hi (their ``indptr`` already set)."""
+        a, b = int(self._indptr[lo]), int(self._indptr[hi])
+        cum = np.concatenate([[0.0], np.cumsum(self._values[a:b], dtype=np.float64)])
+        ptr = self._indptr[lo : hi + 1] - a
+        self._rowsum[lo:hi] = cum[ptr[1:]] - cum[ptr[:-1]]
 
     def append_empty(self, rows: int) -> None:
         self._reserve(self.n + rows, self.nnz)
@@ -245,6 +257,7 @@ class SparseRows:
         self._indptr[self.n + 1 : self.n + 1 + n] = self.nnz + np.cumsum(lengths)
         self._indices[self.nnz : self.nnz + total] = flat_i[:total]
         self._values[self.nnz : self.nnz + total] = flat_v[:total]
+        self._sum_rows(self.n, self.n + n)
         self.n += n
         self.nnz += total
 
@@ -289,33 +302,46 @@ class SparseRows:
             self._inv_rows = n
             return self._inv, n
 
-    def scores(self, q: SparseVector, n_rows: int) -> np.ndarray:
-        """The sparse dot product of ``q`` with every one of the first ``n_rows`` rows (float64)."""
-        out = np.zeros(n_rows, np.float64)
-        if not len(q) or not self.nnz:
-            return out
-        (terms, rows, vals), covered = self._inverted()
-        qi, qv = q.indices, q.values.astype(np.float64)
-        lo = np.searchsorted(terms, qi, "left")
-        hi = np.searchsorted(terms, qi, "right")
+    def entries(self, terms: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every entry of the first ``n_rows`` rows whose index is in ``terms`` (uint32, ascending):
+        ``(rows, values, term positions)``; from the term-ordered copy, plus a scan of the rows after it."""
+        empty = (np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, np.int64))
+        if not len(terms) or not self.nnz:
+            return empty
+        (inv_terms, inv_rows, inv_vals), covered = self._inverted()
+        lo = np.searchsorted(inv_terms, terms, "left")
+        hi = np.searchsorted(inv_terms, terms, "right")
         counts = hi - lo
         total = int(counts.sum())
+        parts = []
         if total:
-            starts = np.repeat(lo - (np.cumsum(counts) - counts), counts)
-            pos = starts + np.arange(total)
-            r = rows[pos]
+            pos = np.repeat(lo - (np.cumsum(counts) - counts), counts) + np.arange(total)
+            r = inv_rows[pos]
             keep = r < n_rows
-            out += np.bincount(r[keep], weights=(vals[pos] * np.repeat(qv, counts))[keep], minlength=n_rows)
+            parts.append((r[keep], inv_vals[pos][keep], np.repeat(np.arange(len(terms)), counts)[keep]))
         stop = min(n_rows, self.n)
         if covered < stop:  # rows appended since the copy: a scan of their entries
             a, b = int(self._indptr[covered]), int(self._indptr[stop])
             ent = self._indices[a:b]
-            at = np.minimum(np.searchsorted(qi, ent), len(qi) - 1)
-            hit = qi[at] == ent
+            at = np.minimum(np.searchsorted(terms, ent), len(terms) - 1)
+            hit = terms[at] == ent
             if hit.any():
                 erow = np.repeat(np.arange(covered, stop, dtype=np.int64), np.diff(self._indptr[covered : stop + 1]))
-                out += np.bincount(erow[hit], weights=self._values[a:b][hit] * qv[at[hit]], minlength=n_rows)
-        return out
+                parts.append((erow[hit], self._values[a:b][hit], at[hit]))
+        if not parts:
+            return empty
+        return tuple(np.concatenate(p) for p in zip(*parts))
+
+    def scores(self, q: SparseVector, n_rows: int) -> np.ndarray:
+        """The sparse dot product of ``q`` with every one of the first ``n_rows`` rows (float64)."""
+        rows, vals, at = self.entries(q.indices, n_rows)
+        if not len(rows):
+            return np.zeros(n_rows, np.float64)
+        return np.bincount(rows, weights=vals * q.values.astype(np.float64)[at], minlength=n_rows)
+
+    def lengths(self, n_rows: int) -> np.ndarray:
+        """Each row's sum of values (float64; a BM25 record's number of terms)."""
+        return self._rowsum[:n_rows]
 
     def memory_bytes(self) -> int:
         inv = 0 if self._inv is None else sum(a.nbytes for a in self._inv)

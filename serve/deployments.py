@@ -37,6 +37,7 @@ import numpy as np
 from ray import serve
 
 from gpusearch.arrays import as_ids
+from gpusearch.bm25 import fuse_hits, keyword_candidates
 from gpusearch.backends import import_on_first_batch, warm_up
 from gpusearch.catalog import Catalog, CatalogReader, ShardCatalog
 from gpusearch.collection import shard_of, sorted_page
@@ -210,9 +211,9 @@ class Writer:
         return {"count": r.count, "sequence": r.sequence}
 
     async def create(self, collection, dim, metric=None, index=None, lineage=None, index_options=None,
-                     vector_type="dense") -> dict:
+                     vector_type="dense", bm25_field=None) -> dict:
         col = await self._run(self.catalog.create, collection, dim=dim, metric=metric, index=index, lineage=lineage,
-                              index_options=index_options, vector_type=vector_type)
+                              index_options=index_options, vector_type=vector_type, bm25_field=bm25_field)
         return _describe(col.stats())
 
     async def drop(self, collection) -> None:
@@ -241,8 +242,8 @@ async def _settled(count, timeout_s: float) -> int:
 
 
 def _describe(stats: dict) -> dict:
-    return {k: stats[k] for k in ("records", "dim", "vector_type", "metric", "index", "index_options", "lineage",
-                                  "sequence")}
+    return {k: stats[k] for k in ("records", "dim", "vector_type", "bm25_field", "metric", "index", "index_options",
+                                  "lineage", "sequence")}
 
 
 def _set_search_threads(n: int) -> None:
@@ -305,6 +306,9 @@ class ShardServer:
 
     async def fetch(self, collection: str, ids: list[str]):
         return await asyncio.to_thread(self.catalog.fetch, collection, ids)
+
+    async def keyword_stats(self, collection: str, terms):
+        return await asyncio.to_thread(self.catalog.keyword_stats, collection, terms)
 
     async def stats(self) -> dict:
         return await asyncio.to_thread(self.catalog.stats)
@@ -470,10 +474,23 @@ class AggregatorServer(_http.HttpRoutes):
     # -- the query path (HTTP and handles) -------------------------------------
     async def _search(self, name: str, queries=None, k=10, *, id: str | None = None, texts=None, filter=None,
                       include_metadata: bool = False, include_vectors: bool = False, params=None,
-                      sparse_vector=None) -> SearchResult:
+                      sparse_vector=None, mode: str = "dense", fusion=None) -> SearchResult:
         """Search collection ``name`` (resolved) with ``queries`` (a matrix), the stored record ``id``,
         or ``texts``, and/or ``sparse_vector``; check the request once, fan it out, merge, re-rank when
-        configured (a hybrid query's shards already score exactly: it is not re-scored)."""
+        configured (a hybrid query's shards already score exactly: it is not re-scored). ``mode`` says
+        what ``texts`` are searched with: ``"dense"`` (embedded), ``"keyword"`` (BM25) or ``"hybrid"``
+        (both, fused by ``fusion``)."""
+        keywords = None
+        if mode not in ("dense", "keyword", "hybrid"):
+            raise InvalidArgumentError(f"mode must be 'dense', 'keyword' or 'hybrid', got {mode!r}", field="mode")
+        if mode != "dense":
+            if isinstance(texts, str):
+                texts = [texts]
+            if not isinstance(texts, (list, tuple)) or len(texts) != 1:
+                raise InvalidArgumentError(f"mode {mode!r} searches one text (text=...)", field="text")
+            keywords = texts[0]
+            if mode == "keyword":
+                texts = None
         if texts is not None:
             queries = await self._embed_for(name, texts)
         elif id is not None:
@@ -486,7 +503,10 @@ class AggregatorServer(_http.HttpRoutes):
                 sparse_vector = rec[2]
         request = self.reader.request(name, queries, k, filter=filter, params=params,
                                       include_metadata=include_metadata, include_vectors=include_vectors,
-                                      limit=self.cfg.max_top_k, sparse_vector=sparse_vector)
+                                      limit=self.cfg.max_top_k, sparse_vector=sparse_vector, keywords=keywords,
+                                      fusion=fusion)
+        if request.keyword is not None:
+            return await self._search_keyword(name, request)
         rerank = self.cfg.rerank if request.sparse is None else "none"
         k_fetch = candidates_per_shard(request.k, rerank=rerank, overfetch=self.cfg.overfetch,
                                        max_k=self.cfg.max_top_k)
@@ -509,6 +529,35 @@ class AggregatorServer(_http.HttpRoutes):
             "collection": name, "sequence": info["sequence"], "index": info["index"], "lineage": info["lineage"],
             "partial": bool(missing), "missing_shards": missing, "shard_seconds": seconds,
             "records": info["records"], "dim": info["dim"]}, sparse)
+
+    async def _search_keyword(self, name: str, request: SearchRequest) -> SearchResult:
+        """A keyword query: the collection's BM25 statistics from every shard, then the keyword list
+        (and the dense one, for fusion) from every shard, merged, then fused."""
+        terms = request.keyword.terms
+        parts = await asyncio.gather(*(self._ask(i, "keyword_stats", name, terms) for i in range(len(self.shards))))
+        kw = request.keyword.with_stats(sum(p[0] for p in parts), sum(p[1] for p in parts),
+                                        np.sum([p[2] for p in parts], axis=0))
+        depth = request.k if request.fusion is None else keyword_candidates(request.k)
+        k_hits, info, missing, seconds = await self._fan_out(name, dataclasses.replace(request, keyword=kw, k=depth))
+        merged, _ = merge(k_hits, depth, largest=True)
+        if request.fusion is not None:
+            d_hits, _, d_missing, _ = await self._fan_out(
+                name, dataclasses.replace(request, keyword=None, fusion=None, k=depth))
+            d_merged, _ = merge(d_hits, depth, largest=info["metric"] != "l2")
+            merged = fuse_hits([d_merged, merged], request.k, request.fusion, largest=(info["metric"] != "l2", True))
+            missing = sorted(set(missing) | set(d_missing))
+        counts = merged.counts.tolist()
+        self.metrics.answered(seconds, bool(missing))
+        return SearchResult(
+            [merged.ids[q, :c].tolist() for q, c in enumerate(counts)],
+            [merged.scores[q, :c] for q, c in enumerate(counts)],
+            merged.metadata if request.include_metadata else None,
+            [merged.vectors[q, :c] for q, c in enumerate(counts)] if request.include_vectors else None,
+            {"collection": name, "sequence": info["sequence"], "index": info["index"], "lineage": info["lineage"],
+             "partial": bool(missing), "missing_shards": missing, "shard_seconds": seconds,
+             "records": info["records"], "dim": info["dim"]},
+            [merged.sparse[q, :c].tolist() for q, c in enumerate(counts)]
+            if request.include_vectors and merged.sparse is not None else None)
 
     # -- stopping ----------------------------------------------------------------
     async def drain(self, grace_s: float) -> int:
@@ -557,12 +606,15 @@ class AggregatorServer(_http.HttpRoutes):
                                       params=params, sparse_vector=sparse_vector)
 
     async def query_text(self, collection, texts, k=10, *, filter=None, include_metadata: bool = False,
-                         include_vectors: bool = False, params=None) -> SearchResult:
-        """Embed ``texts`` (a str or a list) with this server's encoder, then :meth:`query`."""
+                         include_vectors: bool = False, params=None, mode: str = "dense",
+                         fusion=None) -> SearchResult:
+        """Embed ``texts`` (a str or a list) with this server's encoder, then :meth:`query`. ``mode``:
+        ``"keyword"`` searches one text with BM25 instead, ``"hybrid"`` both, fused by ``fusion``
+        (``"rrf"``, or ``{"method": "weighted", "alpha": 0.5}``); a collection with a ``bm25_field``."""
         async with self._handle_call("query_text", collection) as name:
             return await self._search(name, None, k, texts=texts, filter=filter,
                                       include_metadata=include_metadata, include_vectors=include_vectors,
-                                      params=params)
+                                      params=params, mode=mode, fusion=fusion)
 
     async def fetch(self, collection, ids) -> FetchResult:
         """Records by id, in the order asked; ids that do not exist are listed in ``missing``."""

@@ -141,6 +141,12 @@ class QueryBody(_Body):
     vector: Optional[list[float]] = None
     id: Optional[str] = None
     text: Optional[str] = Field(default=None, description="ours: a text, embedded by the server's encoder")
+    mode: str = Field(default="dense", description="ours: what `text` is searched with: 'dense' (embedded), "
+                                                   "'keyword' (BM25, a collection with a bm25Field) or 'hybrid' "
+                                                   "(both, fused)")
+    fusion: Optional[Any] = Field(default=None, description="ours, with mode 'hybrid': 'rrf' (default), "
+                                                             "{'method': 'rrf', 'k': 60} or {'method': 'weighted', "
+                                                             "'alpha': 0.5} (alpha: the dense list's weight)")
     filter: Optional[dict[str, Any]] = None
     include_values: bool = Field(default=False, alias="includeValues")
     include_metadata: bool = Field(default=False, alias="includeMetadata")
@@ -189,6 +195,10 @@ class CreateBody(_Body):
         default=None, alias="indexOptions",
         description="ours: the index's build and default-search settings, e.g. {'efConstruction': 200} (HNSW), "
                     "{'nprobe': 16} (IVF), {'kFactor': 8} (a ',RFlat' refine stage)")
+    bm25_field: Optional[str] = Field(
+        default=None, alias="bm25Field",
+        description="ours: the metadata field whose text the collection keeps a BM25 keyword index of "
+                    "(query with text and mode 'keyword' or 'hybrid')")
 
 
 class AliasBody(_Body):
@@ -534,7 +544,7 @@ class HttpRoutes:
                                        texts=None if body.text is None else [body.text],
                                        filter=self._filter(body.filter), include_metadata=body.include_metadata,
                                        include_vectors=body.include_values, params=body.params,
-                                       sparse_vector=sparse)
+                                       sparse_vector=sparse, mode=body.mode, fusion=body.fusion)
             except Exception as e:  # an index's namespace never written: Pinecone answers with no matches
                 if not self._never_written(request, e):
                     raise
@@ -828,7 +838,7 @@ class HttpRoutes:
                             "max_metadata_bytes")
             COLLECTION.set(check_name(body.name))
             return await self.writer.create.remote(check_name(body.name), body.dimension, body.metric, body.index,
-                                                   body.lineage, body.index_options)
+                                                   body.lineage, body.index_options, bm25_field=body.bm25_field)
         return await self._guard(request, "collections", True, run, admin=True)
 
     @api.delete("/collections/{name}")
