@@ -687,8 +687,9 @@ class Collection:
         :class:`~gpusearch.request.HNSWParams`.
         ``sparse_vector``: ``{"indices": [...], "values": [...]}`` for a hybrid query (one query;
         score = dense inner product + sparse dot product; ``"ip"`` collections), or alone on a
-        sparse collection (``queries`` None). Exact on ``Flat``; an approximate index re-scores
-        exactly the union of its candidates and the best rows by sparse score.
+        sparse collection (``queries`` None; then only records that share a term with it come
+        back). Exact on ``Flat``; an approximate index re-scores exactly the union of its
+        candidates and the best rows by sparse score.
         ``keywords``: a text searched with BM25 (a collection with a ``bm25_field``): alone
         (``queries`` None; scores are BM25 scores) or with one dense query, the two lists fused
         by ``fusion``: ``"rrf"`` (default), ``{"method": "rrf", "k": 60}`` or ``{"method":

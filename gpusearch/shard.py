@@ -348,6 +348,10 @@ class Shard:
                         top_sparse = top_sparse[sp[top_sparse] > 0]
                         cand = np.union1d(found[found >= 0], top_sparse)
                         total = total[cand] + self.store.host[cand] @ q
+                if not self.dim:  # a sparse collection answers with the records that share a term with the query
+                    cand = np.unique(self._sparse.entries(request.sparse.indices, n)[0]) if self._sparse else \
+                        np.empty(0, np.int64)
+                    total = total[cand]
                 score = total.astype(np.float32)
                 rows = np.arange(n) if cand is None else cand
                 if allow is not None:

@@ -636,14 +636,16 @@ class HttpRoutes:
                 counts = await self._namespaces(grant, request)
                 return {"namespaces": {ns: {"vectorCount": n} for ns, n in counts.items()},
                         "dimension": index["dimension"], "indexFullness": 0.0,
-                        "totalVectorCount": sum(counts.values()), "metric": index["metric"], "vectorType": "dense"}
+                        "totalVectorCount": sum(counts.values()), "metric": index["metric"],
+                        "vectorType": index.get("vector_type", "dense")}
             cols = (await self._listing(grant))["collections"]
             namespaces = {("__default__" if n == "default" else n): {"vectorCount": c["records"]}
                           for n, c in cols.items()}
             first = cols.get("default") or next(iter(cols.values()), None)
             return {"namespaces": namespaces, "dimension": first["dim"] if first else None,
                     "indexFullness": 0.0, "totalVectorCount": sum(c["records"] for c in cols.values()),
-                    "metric": first["metric"] if first else self.cfg.metric, "vectorType": "dense"}
+                    "metric": first["metric"] if first else self.cfg.metric,
+                    "vectorType": first.get("vector_type", "dense") if first else "dense"}
         return await self._guard(request, "describe_index_stats", False, run)
 
     @api.get("/vectors/list")
