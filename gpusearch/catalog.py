@@ -301,12 +301,14 @@ class Catalog:
 
     # -- writes --------------------------------------------------------------
     def upsert(self, name, ids, vectors, metadata=None, *, create: bool = True, metric: str | None = None,
-               sparse_values=None, vector_type: str | None = None) -> WriteResult:
+               sparse_values=None, vector_type: str | None = None, create_options: Mapping | None = None
+               ) -> WriteResult:
         """Upsert into ``name``; with ``create`` a missing collection is made (dim from the vectors, ``metric``
         or the catalog's; a sparse one, metric ``ip``, when ``vector_type`` is ``"sparse"`` or the records
         have sparse values and no vectors). A collection made for a write that is then refused (a bad id,
         metadata value or vector) is removed again: a refused request leaves nothing behind, not even an
-        empty collection."""
+        empty collection. ``create_options``: more settings of a collection this write makes
+        (``lineage``, ``bm25_field``)."""
         with self._lock:
             target = self.resolve(name)
             if not (create and target not in self.names()):
@@ -318,7 +320,7 @@ class Catalog:
                     col = self.create(target, dim=None, metric="ip", vector_type="sparse")
                 else:
                     m = as_matrix(vectors, name="vectors")
-                    col = self.create(target, dim=int(m.shape[1]), metric=metric)
+                    col = self.create(target, dim=int(m.shape[1]), metric=metric, **dict(create_options or {}))
                 try:
                     return col.upsert(ids, vectors, metadata, sparse_values=sparse_values)
                 except Exception:

@@ -190,6 +190,45 @@ def parse_create(body: Any, *, max_dim: int) -> dict:
     return record
 
 
+def parse_create_for_model(body: Any, *, dimension: int, served_by: str) -> dict:
+    """The record of an index with integrated embedding (``POST /indexes/create-for-model``, the SDKs'
+    ``create_for_model`` and ``IntegratedSpec``): ``{"name", "cloud", "region", "embed": {"model",
+    "field_map": {"text": F}, "metric"?, ...}}``. The server embeds field ``F`` of each record with
+    its own encoder (``served_by``, whose vectors have ``dimension`` values): ``embed.model`` must be
+    that model or an alias the server's configuration gives it (checked by the caller). The record's
+    namespaces keep a BM25 index of ``F`` too."""
+    if not isinstance(body, Mapping):
+        raise InvalidArgumentError("the body must be a JSON object naming the index (name, cloud, region, embed)")
+    name = check_index_name(body.get("name"))
+    embed = body.get("embed")
+    if not isinstance(embed, Mapping) or not isinstance(embed.get("model"), str):
+        raise InvalidArgumentError("embed must be an object with a model, e.g. {\"model\": \"all-MiniLM-L6-v2\", "
+                                   "\"field_map\": {\"text\": \"chunk_text\"}}", field="embed")
+    field_map = embed.get("field_map")
+    if not isinstance(field_map, Mapping) or not isinstance(field_map.get("text"), str) or not field_map["text"] \
+            or set(field_map) != {"text"}:
+        raise InvalidArgumentError("embed.field_map must be {\"text\": <the record field to embed>}", field="embed")
+    metric = embed.get("metric") or "cosine"
+    if metric not in METRICS:
+        raise InvalidArgumentError(f"embed.metric must be one of {', '.join(METRICS)}, got {metric!r}", field="embed")
+    if embed.get("dimension") not in (None, dimension):
+        raise InvalidArgumentError(f"embed.dimension must be {dimension} (the vectors of {served_by}), got "
+                                   f"{embed.get('dimension')!r}", field="embed")
+    for key in ("read_parameters", "write_parameters"):
+        if embed.get(key) not in (None, {}) and not isinstance(embed.get(key), Mapping):
+            raise InvalidArgumentError(f"embed.{key} must be an object", field="embed")
+    record = parse_create({"name": name, "dimension": dimension, "metric": metric,
+                           "spec": {"serverless": {"cloud": body.get("cloud") or "aws",
+                                                   "region": body.get("region") or "us-east-1"}},
+                           **{k: body[k] for k in ("deletion_protection", "tags") if body.get(k) is not None}},
+                          max_dim=dimension)
+    record["embed"] = {"model": embed["model"], "served_by": served_by, "field_map": {"text": field_map["text"]},
+                       "metric": metric, "dimension": dimension, "vector_type": "dense",
+                       "read_parameters": dict(embed.get("read_parameters") or {}),
+                       "write_parameters": dict(embed.get("write_parameters") or {})}
+    return record
+
+
 def parse_configure(body: Any) -> dict:
     """The changes a configure request (``PATCH /indexes/{name}``) asks for: deletion protection and
     tags (a tag set to ``""`` is removed, as Pinecone does). Other settings are refused."""
@@ -214,6 +253,10 @@ def index_model(record: Mapping, base_url: str) -> dict:
     """What ``describe_index`` answers for ``record``, its host under ``base_url`` (as the client reached us)."""
     dep = record["deployment"]
     sparse = record.get("vector_type") == "sparse"
+    embed = record.get("embed")
+    semantic = {} if not embed else {embed["field_map"]["text"]: {
+        "type": "semantic_text", "model": embed["model"], "metric": embed["metric"],
+        "read_parameters": embed["read_parameters"], "write_parameters": embed["write_parameters"]}}
     spec = ({"serverless": {"cloud": dep.get("cloud"), "region": dep.get("region")}}
             if dep.get("deployment_type") == "managed" else
             {"pod": {k: dep.get(k) for k in ("environment", "pod_type", "replicas", "shards")}})
@@ -223,11 +266,12 @@ def index_model(record: Mapping, base_url: str) -> dict:
         "status": {"ready": True, "state": "Ready"},
         "schema": {"fields": ({"_sparse_values": {"type": "sparse_vector", "metric": record["metric"]}}
                               if sparse else {"_values": {"type": "dense_vector", "dimension": record["dimension"],
-                                                          "metric": record["metric"]}})},
+                                                          "metric": record["metric"]}, **semantic})},
         "deployment": dep,
         "deletion_protection": record["deletion_protection"],
         "tags": record.get("tags") or None,
         # the 2025 API's fields
         "dimension": record["dimension"], "metric": record["metric"], "vector_type": record.get("vector_type", "dense"),
         "spec": spec,
+        **({} if not embed else {"embed": {k: v for k, v in embed.items() if k != "served_by"}}),
     }

@@ -121,6 +121,13 @@ class ServeConfig:
     batch_wait_s: float = 0.0
     # Reranking after the merge: "none" or "exact" (re-score full-precision vectors; shards over-fetch).
     rerank: str = "none"
+    # A cross-encoder (a local sentence-transformers CrossEncoder folder) for the records API's rerank
+    # and POST /rerank; None: no model reranking.
+    reranker: str | None = None
+    # Pinecone model names this server answers with its own models: name -> "encoder" or "reranker",
+    # e.g. {"multilingual-e5-large": "encoder", "bge-reranker-v2-m3": "reranker"}. A request naming
+    # any other model than these and the server's own is refused (it would get another model's vectors).
+    model_aliases: dict[str, str] = field(default_factory=dict)
     overfetch: int = 4
     # Fractional CPU reservations: a 2-core machine must fit every replica.
     num_cpus_shard: float = 0.25
@@ -198,6 +205,13 @@ class ServeConfig:
             self.log_dir = str(Path(self.log_dir).expanduser().resolve())
         if self.rerank not in ("none", "exact"):
             raise ValueError(f"rerank must be 'none' or 'exact', got {self.rerank!r}")
+        if not isinstance(self.model_aliases, Mapping) or not all(
+                isinstance(k, str) and v in ("encoder", "reranker") for k, v in self.model_aliases.items()):
+            raise ValueError(f"model_aliases must map model names to 'encoder' or 'reranker', got "
+                             f"{self.model_aliases!r}")
+        self.model_aliases = dict(self.model_aliases)
+        if self.reranker is not None:
+            self.reranker = str(Path(self.reranker).expanduser())
         if not isinstance(self.api_keys, Mapping):
             raise TypeError(f"api_keys must map key -> 'rw', 'ro' or {{role, collections}}, "
                             f"got {type(self.api_keys).__name__}")

@@ -39,7 +39,7 @@ from ray import serve
 from gpusearch.arrays import as_ids
 from gpusearch.bm25 import fuse_hits, keyword_candidates
 from gpusearch.backends import import_on_first_batch, warm_up
-from gpusearch.catalog import Catalog, CatalogReader, ShardCatalog
+from gpusearch.catalog import Catalog, CatalogReader, CollectionNotFound, ShardCatalog
 from gpusearch.collection import shard_of, sorted_page
 from gpusearch.errors import (AlreadyExistsError, DeadlineExceededError, InvalidArgumentError, InvalidTypeError,
                               NotFoundError, PermissionDeniedError, UnavailableError)
@@ -107,16 +107,19 @@ class Writer:
         await asyncio.to_thread(self.catalog.close)
         return {"checkpointed": True, "unfinished_writes": 0}
 
-    def _upsert(self, collection, ids, vectors, metadata, metric=None, sparse_values=None, vector_type=None):
+    def _upsert(self, collection, ids, vectors, metadata, metric=None, sparse_values=None, vector_type=None,
+                create_options=None):
         from ._faults import HOLD_WRITE, hold_while_file_exists; hold_while_file_exists(HOLD_WRITE)  # noqa: E702
         return self.catalog.upsert(collection, ids, vectors, metadata, metric=metric, sparse_values=sparse_values,
-                                   vector_type=vector_type)
+                                   vector_type=vector_type, create_options=create_options)
 
     async def upsert(self, collection, ids, vectors, metadata=None, metric=None, sparse_values=None,
-                     vector_type=None) -> dict:
-        """``metric`` and ``vector_type``: those of the collection if this upsert creates it (a Pinecone
-        index's), else the server's metric (and a sparse collection when only sparse values come)."""
-        r = await self._run(self._upsert, collection, ids, vectors, metadata, metric, sparse_values, vector_type)
+                     vector_type=None, create_options=None) -> dict:
+        """``metric``, ``vector_type`` and ``create_options`` (lineage, bm25_field): those of the collection
+        if this upsert creates it (a Pinecone index's), else the server's metric (and a sparse collection
+        when only sparse values come)."""
+        r = await self._run(self._upsert, collection, ids, vectors, metadata, metric, sparse_values, vector_type,
+                            create_options)
         return {"count": r.count, "sequence": r.sequence}
 
     # -- Pinecone indexes (serve/_indexes.py): records in <data_dir>/indexes.json, written here only --
@@ -354,6 +357,16 @@ class AggregatorServer(_http.HttpRoutes):
             self._encoder_loader.start()
         # Concurrent text queries share one forward pass of the model (see serve/batching.py).
         self.texts = GreedyBatcher(self._encode_batch, max_size=self.cfg.batch_max_size)
+        # The cross-encoder (cfg.reranker), loaded in the background like the encoder; concurrent
+        # rerank requests share one model call.
+        self.reranker = None
+        self._reranker_error: BaseException | None = None
+        self._reranker_loader: threading.Thread | None = None
+        if self.cfg.reranker:
+            self._reranker_loader = threading.Thread(target=self._load_reranker, daemon=True,
+                                                     name="gpusearch-reranker-load")
+            self._reranker_loader.start()
+        self.reranks = GreedyBatcher(self._rerank_batch, max_size=self.cfg.batch_max_size)
 
     # -- the shards ------------------------------------------------------------
     async def _ask(self, i: int, method: str, *args):
@@ -419,6 +432,39 @@ class AggregatorServer(_http.HttpRoutes):
             log.error("the text encoder could not be loaded", exc_info=e)
             self._encoder_error = e
 
+    def _load_reranker(self) -> None:
+        try:
+            from gpusearch.rerank import CrossEncoderReranker
+
+            self.reranker = CrossEncoderReranker(self.cfg.reranker, device=self.cfg.device)
+        except BaseException as e:  # noqa: BLE001 - reported by every rerank request
+            log.error("the reranker could not be loaded from %s", self.cfg.reranker, exc_info=e)
+            self._reranker_error = e
+
+    async def _reranker_ready(self):
+        """The loaded reranker (waiting for its load); 400 when the server has none."""
+        if self._reranker_loader is None:
+            raise InvalidArgumentError("this server has no reranker: start it with reranker: <a local "
+                                       "cross-encoder folder> in its configuration", field="rerank")
+        if self._reranker_loader.is_alive():
+            await asyncio.to_thread(self._reranker_loader.join)
+        if self._reranker_error is not None:
+            raise UnavailableError(f"the server's reranker could not be loaded "
+                                   f"({type(self._reranker_error).__name__}); the server log says why")
+        return self.reranker
+
+    async def _rerank_batch(self, items: list[tuple[str, list[str]]]) -> list[np.ndarray]:
+        """One model call for the (query, documents) of every waiting caller."""
+        return await asyncio.to_thread(self.reranker.score_many, items)
+
+    async def rerank_scores(self, query: str, documents: list[str]) -> np.ndarray:
+        """The reranker's score of each document for ``query`` (batched with concurrent calls)."""
+        reranker = await self._reranker_ready()
+        documents = reranker.validate(query, documents)
+        if not documents:
+            return np.empty(0, np.float32)
+        return await self.reranks.submit((query, documents))
+
     async def _encoder_ready(self) -> None:
         """Wait for the background load of the encoder (at once when it is done or off)."""
         loader = self._encoder_loader
@@ -459,6 +505,37 @@ class AggregatorServer(_http.HttpRoutes):
             if not t.strip():
                 raise InvalidArgumentError("text is empty; send the text to search for", field="text")
         return list(texts)
+
+    def _check_model(self, model, kind: str, own: str) -> None:
+        """``model`` (a request's model name) must be this server's ``own`` encoder or reranker, or a name
+        ``model_aliases`` maps onto it: another model's vectors or scores would be silently wrong."""
+        names = {own} | {a for a, k in self.cfg.model_aliases.items() if k == kind}
+        if model not in names:
+            what = "embeds text with" if kind == "encoder" else "reranks with"
+            raise InvalidArgumentError(f"model {model!r} is not served here: this server {what} {own!r}; map a "
+                                       f"model name onto it with model_aliases in the server's configuration "
+                                       f"(e.g. {{{model!r}: {kind!r}}})", field="model")
+
+    async def _count_tokens(self, texts: list[str]) -> int:
+        """How many tokens the encoder's tokenizer makes of ``texts`` (Pinecone's embed_total_tokens)."""
+        tok = getattr(self.encoder.model, "tokenizer", None)
+        if tok is None:
+            return sum(len(t.split()) for t in texts)
+        return int(sum(len(ids) for ids in (await asyncio.to_thread(tok, texts))["input_ids"]))
+
+    async def _embed_records(self, name: str, texts: list[str]) -> np.ndarray:
+        """The texts of records bound for collection ``name`` embedded by this server's encoder (an
+        existing collection must hold this encoder's vectors)."""
+        texts = self._texts(texts)
+        await self._encoder_ready()
+        try:
+            model = self.reader.info(name).lineage.get("model")
+        except CollectionNotFound:  # the write makes it, with this encoder's lineage
+            model = None
+        if model and model != self._encoder_lineage["model"]:
+            raise InvalidArgumentError(f"namespace {name!r} holds vectors of model {model!r}; the server "
+                                       f"embeds text with {self._encoder_lineage['model']!r}")
+        return await self.texts.submit(texts)
 
     async def _embed_for(self, name: str, texts) -> np.ndarray:
         """``texts`` embedded for a search of collection ``name``, whose vectors must come from this

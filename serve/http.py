@@ -44,11 +44,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gpusearch.catalog import CollectionNotFound, _JsonFileCache, check_name
 from gpusearch.collection import METRICS, sorted_page
 from gpusearch.errors import InvalidArgumentError, LimitExceededError, NotFoundError, PermissionDeniedError
+from gpusearch.bm25 import MAX_TEXT_CHARS
 from gpusearch.sparse import check_sparse
 
 from ._auth import authenticate, check_scope, scoped_listing
 from ._errors import error_json, error_response, unwrap
 from ._indexes import (INDEXES_FILE, METRICS as PINECONE_METRICS, check_index_name, collection_namespace,
+                       parse_create_for_model,
                        index_model, is_hashed, namespace_collection, parse_configure, parse_create)
 from ._logs import COLLECTION, access_line
 from ._limits import BodyLimit, check_count, check_id, check_lengths, json_limits, json_matrix
@@ -80,7 +82,7 @@ class IndexPrefix:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"].startswith("/index/"):
             name, _, rest = scope["path"][len("/index/"):].partition("/")
-            if "/" + rest in INDEX_ROUTES or rest.startswith("namespaces/"):
+            if "/" + rest in INDEX_ROUTES or rest.startswith(("namespaces/", "records/namespaces/")):
                 scope = dict(scope, path="/" + rest, raw_path=("/" + rest).encode(),
                              state={**scope.get("state", {}), "index": name})
         await self.app(scope, receive, send)
@@ -319,6 +321,43 @@ def _matches(r, q: int, values: bool, metadata: bool) -> list[dict]:
             m["metadata"] = r.metadata[q][j]
         out.append(m)
     return out
+
+
+def parse_records(raw: bytes) -> list[dict]:
+    """The records of a records upsert: NDJSON (one JSON object a line, what the SDKs send) or a JSON list.
+
+    >>> parse_records(b'{"_id": "a", "text": "x"}\\n{"_id": "b", "text": "y"}\\n')[1]["_id"]
+    'b'
+    """
+    import json
+
+    text = raw.decode("utf-8", errors="strict") if raw else ""
+    stripped = text.strip()
+    if not stripped:
+        raise InvalidArgumentError("the body holds no records: send NDJSON, one JSON object a line")
+    if stripped.startswith("["):
+        try:
+            records = json.loads(stripped)
+        except ValueError as e:
+            raise InvalidArgumentError(f"the body is not valid JSON: {e}") from None
+    else:
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError as e:
+                raise InvalidArgumentError(f"line {n} of the body is not a JSON object: {e}") from None
+    for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise InvalidArgumentError(f"records[{i}] must be a JSON object, got {type(r).__name__}")
+    return records
+
+
+def rerank_units(documents: int) -> int:
+    """Rerank units of a request: 1 per 100 documents, at least 1 (Pinecone's published rule)."""
+    return max(1, -(-documents // 100))
 
 
 def read_units(op: str, *, queries: int = 1, records: int = 0, dim: int = 0, fetched: int = 0) -> dict:
@@ -780,6 +819,191 @@ class HttpRoutes:
             return Response(status_code=202)
         return await self._guard(request, "namespaces", True, run)
 
+    # -- Pinecone records API (integrated embedding) --------------------------------
+    def _embed_config(self, index: Optional[dict]) -> dict:
+        if index is None:
+            raise InvalidArgumentError("the records API is an index's: create one with integrated embedding "
+                                       "(POST /indexes/create-for-model) and use /index/{name}/records/...")
+        if not index.get("embed"):
+            raise InvalidArgumentError(f"index {index['name']!r} has no integrated embedding: upsert and query "
+                                       f"vectors (/vectors/upsert, /query), or create an index with embed")
+        return index["embed"]
+
+    @api.post("/records/namespaces/{namespace}/upsert", status_code=201)
+    async def http_upsert_records(self, namespace: str, request: Request):
+        """Records as NDJSON (or a JSON list): ``_id`` and the index's text field, the other fields kept as
+        metadata; the server embeds the text (batched, on its encoder's device) and indexes it for BM25."""
+        async def run(grant):
+            index = self._index(request)
+            embed = self._embed_config(index)
+            records = parse_records(await request.body())
+            check_count(len(records), "records in one upsert", self.cfg.max_batch)
+            field = embed["field_map"]["text"]
+            ids, texts, metas = [], [], []
+            for i, r in enumerate(records):
+                rid = r.get("_id", r.get("id"))
+                if not isinstance(rid, str):
+                    raise InvalidArgumentError(f"records[{i}] needs an _id (a string), got {rid!r}", field="_id")
+                self._id(rid, f"records[{i}]._id")
+                text = r.get(field)
+                if not isinstance(text, str) or not text.strip():
+                    raise InvalidArgumentError(f"records[{i}].{field} must be a non-empty string: the index embeds "
+                                               f"that field (its field_map)", field=field)
+                if len(text) > MAX_TEXT_CHARS:
+                    raise InvalidArgumentError(f"records[{i}].{field} may hold at most {MAX_TEXT_CHARS} characters, "
+                                               f"got {len(text)}", field=field)
+                meta = {k: v for k, v in r.items() if k not in ("_id", "id")}
+                self._metadata(meta, f"records[{i}]")
+                ids.append(rid)
+                texts.append(text)
+                metas.append(meta)
+            name = self._collection(grant, namespace, request)
+            vecs = await self._embed_records(name, texts)
+            await self._name_namespace(index, name, namespace)
+            await self.writer.upsert.remote(name, ids, vecs, metas, metric=PINECONE_METRICS[index["metric"]],
+                                            vector_type="dense",
+                                            create_options={"lineage": dict(self._encoder_lineage), "bm25_field": field})
+            return Response(status_code=201)
+        return await self._guard(request, "upsert_records", True, run)
+
+    @api.post("/records/namespaces/{namespace}/search")
+    async def http_search_records(self, namespace: str, request: Request, body: dict[str, Any] = Body(...)):
+        """Pinecone's search: ``query`` with ``inputs.text`` (embedded here), ``vector`` or ``id``, ``top_k``,
+        ``filter``; ``fields`` to return; ``rerank`` with this server's cross-encoder."""
+        async def run(grant):
+            index = self._index(request)
+            embed = self._embed_config(index)
+            q = body.get("query")
+            if not isinstance(q, dict):
+                raise InvalidArgumentError("search needs a query object: {\"query\": {\"inputs\": {\"text\": ...}, "
+                                           "\"top_k\": 10}}", field="query")
+            unknown = sorted(set(q) - {"top_k", "inputs", "vector", "id", "filter", "match_terms"})
+            if unknown:
+                raise InvalidArgumentError(f"query takes top_k, inputs, vector, id and filter; got {unknown[0]!r}",
+                                           field=unknown[0])
+            if q.get("match_terms") is not None:
+                raise InvalidArgumentError("match_terms is not supported here; search the text with BM25 through "
+                                           "/query (text, mode keyword or hybrid)", field="match_terms")
+            given = [x for x in ("inputs", "vector", "id") if q.get(x) is not None]
+            if len(given) != 1:
+                raise InvalidArgumentError(f"query takes exactly one of inputs, vector or id; got {given or 'none'}")
+            fields = body.get("fields")
+            if fields is not None and (not isinstance(fields, list) or not all(isinstance(f, str) for f in fields)):
+                raise InvalidArgumentError("fields must be a list of field names", field="fields")
+            rerank = self._rerank_request(body.get("rerank"))
+            text = queries = sparse = None
+            if q.get("inputs") is not None:
+                text = q["inputs"].get("text") if isinstance(q["inputs"], dict) else None
+                if not isinstance(text, str) or not text.strip():
+                    raise InvalidArgumentError("query.inputs.text must be a non-empty string", field="inputs")
+            elif q.get("vector") is not None:
+                v = q["vector"]
+                if not isinstance(v, dict):
+                    raise InvalidArgumentError("query.vector must be {\"values\": [...]}", field="vector")
+                if v.get("values") is not None:
+                    queries = json_matrix([v["values"]], "vector", max_dim=self.cfg.max_dim)
+                    self._check_index_dim(index, queries)
+                if v.get("sparse_values") is not None:
+                    sparse = check_sparse(v["sparse_values"], "vector.sparse_values")
+            else:
+                self._id(q["id"], "id")
+            top_k = q.get("top_k", 10)
+            name = self._collection(grant, namespace, request)
+            usage = {"read_units": 1}
+            if text is not None:
+                await self._encoder_ready()
+                usage["embed_total_tokens"] = await self._count_tokens([text])
+            try:
+                r = await self._search(name, queries, top_k, id=q.get("id"), texts=None if text is None else [text],
+                                       filter=self._filter(q.get("filter")), include_metadata=True,
+                                       sparse_vector=sparse)
+            except Exception as e:  # a namespace never written holds nothing
+                if not self._never_written(request, e):
+                    raise
+                return {"result": {"hits": []}, "usage": usage}
+            usage["read_units"] = read_units("query", records=r.info["records"], dim=r.info["dim"])["readUnits"]
+            hits = [{"_id": i, "_score": float(s), "fields": m} for i, s, m in zip(r.ids[0], r.scores[0].tolist(),
+                                                                                  r.metadata[0])]
+            if rerank is not None:
+                hits, units = await self._rerank_hits(rerank, rerank.get("query") or text, hits)
+                usage["rerank_units"] = units
+            for h in hits:
+                h["fields"] = h["fields"] if fields is None or "*" in fields else \
+                    {f: h["fields"][f] for f in fields if f in h["fields"]}
+            return {"result": {"hits": hits}, "usage": usage}
+        return await self._guard(request, "search_records", False, run)
+
+    def _rerank_request(self, rerank) -> Optional[dict]:
+        """A search's ``rerank`` checked: ``model`` (this server's reranker or an alias), one of
+        ``rank_fields``, ``top_n``, optional ``query``."""
+        if rerank is None:
+            return None
+        if not isinstance(rerank, dict):
+            raise InvalidArgumentError("rerank must be an object with model and rank_fields", field="rerank")
+        unknown = sorted(set(rerank) - {"model", "rank_fields", "top_n", "parameters", "query"})
+        if unknown:
+            raise InvalidArgumentError(f"rerank takes model, rank_fields, top_n, parameters and query; got "
+                                       f"{unknown[0]!r}", field="rerank")
+        fields = rerank.get("rank_fields")
+        if not isinstance(fields, list) or len(fields) != 1 or not isinstance(fields[0], str):
+            raise InvalidArgumentError(f"rerank.rank_fields must name one field (the text to rank by), got "
+                                       f"{fields!r}", field="rank_fields")
+        top_n = rerank.get("top_n")
+        if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
+            raise InvalidArgumentError(f"rerank.top_n must be a positive int, got {top_n!r}", field="top_n")
+        if rerank.get("query") is not None and not isinstance(rerank["query"], str):
+            raise InvalidArgumentError("rerank.query must be a string", field="rerank")
+        return {"model": rerank.get("model"), "field": fields[0], "top_n": top_n, "query": rerank.get("query")}
+
+    async def _rerank_hits(self, rerank: dict, query: Optional[str], hits: list[dict]) -> tuple[list[dict], int]:
+        """``hits`` ordered by this server's reranker on their ``rerank["field"]`` text, cut to ``top_n``;
+        their ``_score`` is the reranker's."""
+        reranker = await self._reranker_ready()
+        self._check_model(rerank["model"], "reranker", reranker.lineage["model"])
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidArgumentError("rerank needs a query text: search with inputs.text, or give rerank.query",
+                                       field="rerank")
+        field = rerank["field"]
+        docs = []
+        for h in hits:
+            text = h["fields"].get(field)
+            if not isinstance(text, str):
+                raise InvalidArgumentError(f"rerank field {field!r}: record {h['_id']!r} has no text there "
+                                           f"(rank_fields must name a string field of the records)",
+                                           field="rank_fields")
+            docs.append(text)
+        scores = await self.rerank_scores(query, docs)
+        order = sorted(range(len(hits)), key=lambda j: (-float(scores[j]), j))[: rerank["top_n"] or len(hits)]
+        return [{**hits[j], "_score": float(scores[j])} for j in order], rerank_units(len(docs))
+
+    @api.post("/rerank")
+    async def http_rerank(self, request: Request, body: dict[str, Any] = Body(...)):
+        """Pinecone's standalone rerank (no index): ``model``, ``query``, ``documents`` (strings or objects),
+        ``rank_fields`` (default ``["text"]``), ``top_n``, ``return_documents``."""
+        async def run(grant):
+            unknown = sorted(set(body) - {"model", "query", "documents", "rank_fields", "top_n", "return_documents",
+                                          "parameters"})
+            if unknown:
+                raise InvalidArgumentError(f"rerank takes model, query, documents, rank_fields, top_n and "
+                                           f"return_documents; got {unknown[0]!r}", field=unknown[0])
+            documents = body.get("documents")
+            if not isinstance(documents, list):
+                raise InvalidArgumentError("documents must be a list of strings or objects", field="documents")
+            check_count(len(documents), "documents in one rerank", self.cfg.max_batch)
+            spec = self._rerank_request({"model": body.get("model"), "rank_fields": body.get("rank_fields") or ["text"],
+                                         "top_n": body.get("top_n"), "query": body.get("query")})
+            docs = [d if isinstance(d, dict) else {"text": d} if isinstance(d, str) else None for d in documents]
+            bad = next((i for i, d in enumerate(docs) if d is None), None)
+            if bad is not None:
+                raise InvalidArgumentError(f"documents[{bad}] must be a string or an object", field="documents")
+            hits = [{"_id": str(i), "_score": 0.0, "fields": d} for i, d in enumerate(docs)]
+            ranked, units = await self._rerank_hits(spec, body.get("query"), hits)
+            keep = body.get("return_documents", True)
+            return {"model": self.reranker.lineage["model"], "data": [
+                {"index": int(h["_id"]), "score": h["_score"], **({"document": h["fields"]} if keep else {})}
+                for h in ranked], "usage": {"rerank_units": units}}
+        return await self._guard(request, "rerank", False, run)
+
     # -- Pinecone control plane (serve/_indexes.py) -----------------------------
     @api.get("/indexes")
     async def http_list_indexes(self, request: Request):
@@ -788,9 +1012,32 @@ class HttpRoutes:
             return {"indexes": [index_model(records[n], str(request.base_url)) for n in sorted(records)]}
         return await self._guard(request, "indexes", False, run)
 
+    @api.post("/indexes/create-for-model", status_code=201)
+    async def http_create_index_for_model(self, request: Request, body: dict[str, Any] = Body(...)):
+        """An index with integrated embedding: the server embeds each record's mapped text field with its
+        encoder (the records API); ``embed.model`` must name that encoder or an alias of it."""
+        async def run(grant):
+            record = await self._integrated_record(body)
+            record = await self.writer.create_index.remote(record)
+            return JSONResponse(index_model(record, str(request.base_url)), status_code=201)
+        return await self._guard(request, "indexes", True, run, admin=True)
+
+    async def _integrated_record(self, body) -> dict:
+        if self.encoder is None and self._encoder_loader is None:
+            raise InvalidArgumentError("integrated embedding needs the server's encoder; start it with "
+                                       "encoder_enabled: true", field="embed")
+        await self._encoder_ready()
+        embed = body.get("embed") if isinstance(body, dict) else None
+        self._check_model(embed.get("model") if isinstance(embed, dict) else None, "encoder",
+                          self._encoder_lineage["model"])
+        return parse_create_for_model(body, dimension=self.encoder.dim, served_by=self._encoder_lineage["model"])
+
     @api.post("/indexes", status_code=201)
     async def http_create_index(self, request: Request, body: dict[str, Any] = Body(...)):
         async def run(grant):
+            if isinstance(body, dict) and body.get("embed") is not None:  # the older SDKs' integrated create
+                record = await self.writer.create_index.remote(await self._integrated_record(body))
+                return JSONResponse(index_model(record, str(request.base_url)), status_code=201)
             record = parse_create(body, max_dim=self.cfg.max_dim)
             record = await self.writer.create_index.remote(record)
             return JSONResponse(index_model(record, str(request.base_url)), status_code=201)

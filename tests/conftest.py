@@ -94,7 +94,7 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def served(ray_cluster, tmp_path_factory):
     """The gpusearch app on the shared Ray for the whole test run: 2 shards x 2 replicas, API keys,
-    the MiniLM encoder, data under a temporary directory, HTTP on 127.0.0.1 on a free port. Its
+    the MiniLM encoder, a cross-encoder reranker, data under a temporary directory, HTTP on 127.0.0.1 on a free port. Its
     deployments go at the end of the run (``serve.shutdown``), before the Ray they ran on."""
     pytest.importorskip("fastapi")
     from ray import serve
@@ -103,9 +103,15 @@ def served(ray_cluster, tmp_path_factory):
     from gpusearch.serve.app import build_app
     from gpusearch.serve.config import ServeConfig
 
+    from cross_encoder_model import build_cross_encoder
+
+    # A real cross-encoder (the packaged MiniLM with a new one-label head) as the reranker, and the
+    # Pinecone model names the SDK suites use mapped onto the server's own models.
+    reranker = build_cross_encoder(str(tmp_path_factory.mktemp("reranker") / "minilm-cross-encoder"))
     cfg = ServeConfig(data_dir=str(tmp_path_factory.mktemp("served")), host="127.0.0.1", port=free_port(),
                       shards=2, replicas=2, api_keys={RW_KEY: "rw", RO_KEY: "ro", **SCOPED_KEYS}, max_batch=500,
-                      shard_timeout_s=20.0, fsync=True, device="cpu")
+                      shard_timeout_s=20.0, fsync=True, device="cpu", reranker=reranker,
+                      model_aliases={"multilingual-e5-large": "encoder", "bge-reranker-v2-m3": "reranker"})
     logging_config = serve_logging_config(cfg)  # what `gpusearch serve` uses: one line per request
     serve.start(http_options={"host": cfg.host, "port": cfg.port}, logging_config=logging_config)
     serve.run(build_app(cfg), name=cfg.app_name, route_prefix="/", logging_config=logging_config)
