@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The outside yardstick of Pinecone compatibility (issue 15): the pinecone SDK's own integration tests
-# (its public repository's tests/integration/test_data_plane*.py and test_query_namespaces*.py, REST
+# (its public repository's tests/integration/test_data_plane*.py, test_query_namespaces*.py and
+# test_search.py: the records API, integrated embedding and rerank; its asyncio twin creates its indexes
+# at a hard-coded https://api.pinecone.io, so it cannot run against any other host; REST
 # and asyncio; gRPC is not served), run unchanged against `gpusearch serve`, their fixtures pointed at
 # it by the SDK's own environment variables (PINECONE_CONTROLLER_HOST, PINECONE_API_KEY).
 #
@@ -20,8 +22,14 @@ OUT_DIR=${OUT_DIR:-/tmp/pinecone-suite}
 PORT=${PORT:-18800}
 rm -rf "$OUT_DIR" && mkdir -p "$OUT_DIR"
 export RAY_AUTH_MODE=disabled GPUSEARCH_API_KEYS=suite-key:rw HF_HUB_OFFLINE=1
+# test_search.py (integrated embedding, rerank) names Pinecone's hosted models: the server maps them onto its
+# own encoder and a cross-encoder built offline from the packaged MiniLM (tests/cross_encoder_model.py).
+"$ROOT/.venv/bin/python" -c "import sys; sys.path.insert(0, '$ROOT/tests')
+from cross_encoder_model import build_cross_encoder; build_cross_encoder('$OUT_DIR/reranker')" || exit 1
+printf 'reranker: %s\nmodel_aliases: {multilingual-e5-large: encoder, bge-reranker-v2-m3: reranker}\n' \
+  "$OUT_DIR/reranker" >"$OUT_DIR/serve.yaml"
 "$ROOT/.venv/bin/gpusearch" serve --port "$PORT" --data-dir "$OUT_DIR/data" --no-demo --log-level WARNING \
-  >"$OUT_DIR/server.log" 2>&1 &
+  --config "$OUT_DIR/serve.yaml" >"$OUT_DIR/server.log" 2>&1 &
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null' EXIT
 for _ in $(seq 1 180); do
@@ -34,6 +42,7 @@ PINECONE_API_KEY=suite-key PINECONE_CONTROLLER_HOST="http://127.0.0.1:$PORT" \
   timeout 1800 "$PY" -m pytest -q -p no:cacheprovider -o timeout=120 -rf -k "not grpc" \
   tests/integration/test_data_plane.py tests/integration/test_data_plane_async.py \
   tests/integration/test_query_namespaces.py tests/integration/test_query_namespaces_async.py \
+  tests/integration/test_search.py \
   >"$OUT_DIR/suite.log" 2>&1
 rc=$?
 grep -E "^FAILED" "$OUT_DIR/suite.log" | sed 's/ - .*//'
@@ -50,7 +59,7 @@ version = subprocess.run([py, "-c", "import pinecone; print(pinecone.__version__
 commit = subprocess.run(["git", "-C", sdk, "log", "-1", "--format=%h %s"], capture_output=True, text=True).stdout.strip()
 machine = machine_info()
 out = {"benchmark": "pinecone_suite", "command": "bench/pinecone_suite.sh SDK_CHECKOUT PYTHON", "machine": machine,
-       "sdk_tests": commit, "pinecone": version, "selection": "test_data_plane*.py, test_query_namespaces*.py, -k 'not grpc'",
+       "sdk_tests": commit, "pinecone": version, "selection": "test_data_plane*.py, test_query_namespaces*.py, test_search.py, -k 'not grpc'",
        "tally": tally, "failed": failed}
 path = result_path("pinecone-suite", machine)
 path.write_text(json.dumps(out, indent=1) + "\n")

@@ -65,19 +65,24 @@ class Client:
     # -- reads -------------------------------------------------------------------
     def query(self, collection: str, queries, k: int = 10, *, filter: Mapping | None = None,
               include_metadata: bool = False, include_vectors: bool = False,
-              params: Mapping[str, int] | None = None) -> SearchResult:
-        """The ``k`` best records of ``collection`` (a name or alias) for each query row."""
-        return _result(self._aggregator.query.remote(collection, _host(queries), k, filter=filter,
-                                                     include_metadata=include_metadata,
-                                                     include_vectors=include_vectors, params=params))
+              params: Mapping[str, int] | None = None, sparse_vector=None) -> SearchResult:
+        """The ``k`` best records of ``collection`` (a name or alias) for each query row; with
+        ``sparse_vector`` (``{"indices": [...], "values": [...]}``) a hybrid query of one row, or alone
+        (``queries`` None) on a sparse collection."""
+        return _result(self._aggregator.query.remote(collection, None if queries is None else _host(queries), k,
+                                                     filter=filter, include_metadata=include_metadata,
+                                                     include_vectors=include_vectors, params=params,
+                                                     sparse_vector=sparse_vector))
 
     def query_text(self, collection: str, texts, k: int = 10, *, filter: Mapping | None = None,
                    include_metadata: bool = False, include_vectors: bool = False,
-                   params: Mapping[str, int] | None = None) -> SearchResult:
-        """Embed ``texts`` (a str or a list) with the server's encoder, in the Aggregator, and search."""
+                   params: Mapping[str, int] | None = None, mode: str = "dense", fusion=None) -> SearchResult:
+        """Embed ``texts`` (a str or a list) with the server's encoder, in the Aggregator, and search;
+        ``mode="keyword"`` searches one text with BM25, ``"hybrid"`` both, fused by ``fusion``."""
         return _result(self._aggregator.query_text.remote(collection, texts, k, filter=filter,
                                                           include_metadata=include_metadata,
-                                                          include_vectors=include_vectors, params=params))
+                                                          include_vectors=include_vectors, params=params,
+                                                          mode=mode, fusion=fusion))
 
     def encode(self, texts) -> np.ndarray:
         """``texts`` embedded with the server's encoder: an (n, dim) float32 array."""
@@ -91,9 +96,11 @@ class Client:
         return _result(self._aggregator.fetch.remote(collection, _host(ids)))
 
     # -- writes ------------------------------------------------------------------
-    def upsert(self, collection: str, ids, vectors, metadata=None) -> WriteResult:
-        """Acknowledged (fsynced, visible to every later query) when it returns."""
-        r = _result(self._writer.upsert.remote(collection, _host(ids), _host(vectors), metadata))
+    def upsert(self, collection: str, ids, vectors, metadata=None, *, sparse_values=None) -> WriteResult:
+        """Acknowledged (fsynced, visible to every later query) when it returns. ``sparse_values``: one
+        sparse vector (or None) per record, as for :meth:`gpusearch.Collection.upsert`."""
+        r = _result(self._writer.upsert.remote(collection, _host(ids), None if vectors is None else _host(vectors),
+                                               metadata, sparse_values=sparse_values))
         return WriteResult(r["count"], r["sequence"])
 
     def delete(self, collection: str, ids=None, *, filter: Mapping | None = None,
@@ -101,11 +108,14 @@ class Client:
         r = _result(self._writer.delete.remote(collection, _host(ids), filter, delete_all))
         return WriteResult(r["count"], r["sequence"])
 
-    def create(self, collection: str, *, dim: int, metric: str | None = None, index: str | None = None,
-               lineage: Mapping | None = None, index_options: Mapping | None = None) -> dict:
-        """Make a collection; ``index_options`` as for :meth:`gpusearch.Collection.create`."""
+    def create(self, collection: str, *, dim: int | None = None, metric: str | None = None,
+               index: str | None = None, lineage: Mapping | None = None, index_options: Mapping | None = None,
+               vector_type: str = "dense", bm25_field: str | None = None) -> dict:
+        """Make a collection; ``index_options``, ``vector_type`` and ``bm25_field`` as for
+        :meth:`gpusearch.Collection.create`."""
         return _result(self._writer.create.remote(collection, dim, metric, index, lineage,
-                                                  None if index_options is None else dict(index_options)))
+                                                  None if index_options is None else dict(index_options),
+                                                  vector_type=vector_type, bm25_field=bm25_field))
 
     def drop(self, collection: str) -> None:
         _result(self._writer.drop.remote(collection))

@@ -177,3 +177,21 @@ def test_served_keyword_and_hybrid_text_queries(served):
     r = httpx.post(f"{base}/query", json={"namespace": "kw-docs", "text": "brown fox", "mode": "sideways"},
                    headers=key, timeout=60)
     assert r.status_code == 400 and "mode" in r.json()["message"]
+
+
+def test_python_handle_keyword_and_hybrid(served):
+    from gpusearch.serve import connect
+
+    client = connect(served.app_name)
+    client.create("kw-handle", dim=384)  # a plain collection: keyword queries are refused by name
+    with pytest.raises(InvalidArgumentError, match="no keyword"):
+        client.query_text("kw-handle", "fox", k=2, mode="keyword")
+    client.drop("kw-handle")
+    client.create("kw-handle2", dim=384, bm25_field="text")
+    rng = np.random.default_rng(1)
+    client.upsert("kw-handle2", [f"d{i}" for i in range(len(DOCS))], rng.standard_normal((len(DOCS), 384)),
+                  [{"text": t} for t in DOCS])
+    ref = reference({f"d{i}": t for i, t in enumerate(DOCS)}, "lazy dogs")
+    assert client.query_text("kw-handle2", "lazy dogs", k=3, mode="keyword").ids == [top(ref, 3)]
+    assert len(client.query_text("kw-handle2", "lazy dogs", k=3, mode="hybrid", fusion="rrf").ids[0]) == 3
+    client.drop("kw-handle2")

@@ -135,3 +135,27 @@ def test_sparse_values_on_a_cosine_index_are_refused(served, pc):
         assert idx.fetch(ids=["a"]).vectors == {}
     finally:
         pc.delete_index(name)
+
+
+def test_python_handle_writes_and_queries_sparse_and_hybrid(served, rng):
+    from gpusearch.serve import connect
+
+    client = connect(served.app_name)
+    client.create("handle-hybrid", dim=4, metric="ip")
+    X = rng.standard_normal((20, 4)).astype(np.float32)
+    recs = [random_sparse(rng, 50, 4) for _ in range(20)]
+    client.upsert("handle-hybrid", [f"h{i}" for i in range(20)], X, sparse_values=recs)
+    q, qs = rng.standard_normal(4).astype(np.float32), random_sparse(rng, 50, 10)
+    S = np.stack([sparse_dense(sv, 50) for sv in recs])
+    ref = X.astype(np.float64) @ q + S @ sparse_dense(qs, 50)
+    res = client.query("handle-hybrid", q, k=5, sparse_vector=qs, include_vectors=True)
+    assert res.ids[0] == [f"h{i}" for i in np.argsort(-ref, kind="stable")[:5]]
+    assert res.sparse[0][0] is not None
+    got = client.fetch("handle-hybrid", ["h3"]).sparse[0]
+    order = np.argsort(recs[3]["indices"])
+    assert got.indices.tolist() == np.asarray(recs[3]["indices"])[order].tolist()
+    client.upsert("handle-sparse", ["s0", "s1"], None, sparse_values=[{"indices": [1, 2], "values": [1.0, 2.0]},
+                                                                     {"indices": [3], "values": [5.0]}])
+    assert client.query("handle-sparse", None, k=2, sparse_vector={"indices": [2], "values": [1.0]}).ids == [["s0"]]
+    client.drop("handle-hybrid")
+    client.drop("handle-sparse")
