@@ -273,8 +273,18 @@ class SparseRows:
 
     def take(self, rows: np.ndarray) -> "SparseRows":
         """A new SparseRows of ``rows``, in that order (compaction)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lo, hi = self._indptr[rows], self._indptr[rows + 1]
+        lengths = hi - lo
+        total = int(lengths.sum())
+        pos = np.repeat(lo - (np.cumsum(lengths) - lengths), lengths) + np.arange(total)
         out = SparseRows()
-        out.append(self.rows(np.asarray(rows).tolist()))
+        out._reserve(len(rows), total)
+        out._indptr[1 : len(rows) + 1] = np.cumsum(lengths)
+        out._indices[:total] = self._indices[pos]
+        out._values[:total] = self._values[pos]
+        out._rowsum[: len(rows)] = self._rowsum[rows]
+        out.n, out.nnz = len(rows), total
         return out
 
     def to_arrow(self, lo: int, hi: int) -> tuple[pa.Array, pa.Array]:

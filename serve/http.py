@@ -798,8 +798,12 @@ class HttpRoutes:
                                            field="schema")
             name = self._collection(grant, ns, request)
             await self._name_namespace(index, name, ns)
+            extra = {}
+            if index.get("embed"):  # a namespace of an index with integrated embedding: as a records upsert makes it
+                await self._encoder_ready()
+                extra = {"lineage": dict(self._encoder_lineage), "bm25_field": index["embed"]["field_map"]["text"]}
             await self.writer.create.remote(name, index["dimension"], PINECONE_METRICS[index["metric"]],
-                                            vector_type=index.get("vector_type", "dense"))
+                                            vector_type=index.get("vector_type", "dense"), **extra)
             # every metadata field is filterable here, so a schema (which names the filterable ones) is
             # accepted and echoed, and changes nothing
             return JSONResponse({"name": ns, "record_count": 0, **({"schema": schema} if schema else {})},
