@@ -332,8 +332,8 @@ class Shard:
             if n == 0 or allow is not None and not allow.any():
                 hits = Hits.empty(1, k, True)
             else:
-                total = (self._sparse.scores(request.sparse, n) if self._sparse is not None
-                         else np.zeros(n, np.float64))
+                total, touched = (self._sparse.scores(request.sparse, n, touched=True) if self._sparse is not None
+                                  else (np.zeros(n, np.float64), np.zeros(n, bool)))
                 cand = None
                 if self.dim:
                     q = request.queries
@@ -343,14 +343,14 @@ class Shard:
                     else:
                         c = min(n, max(4 * k, 100), kernels.MAX_K - 1)
                         found = self.backend.search(self.store, request.queries, c, allow, request.params).keys[0]
-                        sp = total if allow is None else np.where(allow, total, -np.inf)
-                        top_sparse = np.argpartition(-sp, c - 1)[:c] if c < n else np.arange(n)
-                        top_sparse = top_sparse[sp[top_sparse] > 0]
+                        top_sparse = np.flatnonzero(touched if allow is None else touched & allow)
+                        if len(top_sparse) > c:  # only rows that share a term can score above their dense part
+                            top_sparse = top_sparse[np.argpartition(-total[top_sparse], c - 1)[:c]]
+                        top_sparse = top_sparse[total[top_sparse] > 0]
                         cand = np.union1d(found[found >= 0], top_sparse)
                         total = total[cand] + self.store.host[cand] @ q
                 if not self.dim:  # a sparse collection answers with the records that share a term with the query
-                    cand = np.unique(self._sparse.entries(request.sparse.indices, n)[0]) if self._sparse else \
-                        np.empty(0, np.int64)
+                    cand = np.flatnonzero(touched)
                     total = total[cand]
                 score = total.astype(np.float32)
                 rows = np.arange(n) if cand is None else cand

@@ -342,12 +342,17 @@ class SparseRows:
             return empty
         return tuple(np.concatenate(p) for p in zip(*parts))
 
-    def scores(self, q: SparseVector, n_rows: int) -> np.ndarray:
-        """The sparse dot product of ``q`` with every one of the first ``n_rows`` rows (float64)."""
+    def scores(self, q: SparseVector, n_rows: int, touched: bool = False):
+        """The sparse dot product of ``q`` with every one of the first ``n_rows`` rows (float64); with
+        ``touched``, also which rows share an index with ``q`` (a bool mask)."""
         rows, vals, at = self.entries(q.indices, n_rows)
-        if not len(rows):
-            return np.zeros(n_rows, np.float64)
-        return np.bincount(rows, weights=vals * q.values.astype(np.float64)[at], minlength=n_rows)
+        out = (np.bincount(rows, weights=vals * q.values.astype(np.float64)[at], minlength=n_rows) if len(rows)
+               else np.zeros(n_rows, np.float64))
+        if not touched:
+            return out
+        mask = np.zeros(n_rows, bool)
+        mask[rows] = True
+        return out, mask
 
     def lengths(self, n_rows: int) -> np.ndarray:
         """Each row's sum of values (float64; a BM25 record's number of terms)."""
