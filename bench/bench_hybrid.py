@@ -49,8 +49,9 @@ Modes, k = ``--k`` (10), through the engine (``Collection.search``):
 - ``bm25``: ``col.search(keywords=q_text, k=k)``; Okapi BM25 over the collection's statistics;
 - ``rrf``: ``col.search(q_vec, k, keywords=q_text, fusion={"method": "rrf", "k": --rrf-k})``, the
   engine's default fusion (reciprocal rank, k=60);
-- ``weighted@A``: ``fusion={"method": "weighted", "alpha": A}`` for each A of ``--alphas``: each list's
-  scores min-max scaled to [0, 1], then ``A * dense + (1 - A) * bm25``. A = 0.5 is the engine's default.
+- ``weighted@A``: ``fusion={"method": "weighted", "alpha": A}`` for each A of ``--alphas``: the dense
+  list's scores min-max scaled to [0, 1], the BM25 list's divided by its max (BM25's floor is 0), then
+  ``A * dense + (1 - A) * bm25``. A = 0.5 is the engine's default.
 
 Every mode is also computed by brute force, written from the definitions in ``gpusearch/bm25.py``'s
 docstring and not from the engine's code: dense = NumPy float32 ``Q @ X.T`` over every gloss, best first,
@@ -269,7 +270,8 @@ def fuse_reference(dense: tuple[list[str], np.ndarray], kw: tuple[list[str], np.
         else:
             w = fusion["alpha"] if li == 0 else 1.0 - fusion["alpha"]
             s = np.asarray(scores, np.float64)
-            lo, hi = float(s.min()), float(s.max())
+            # the dense list from its own min; the BM25 list from 0 (BM25's floor), as bm25.py defines it
+            lo, hi = (float(s.min()) if li == 0 else min(0.0, float(s.min()))), float(s.max())
             contrib = [w * (1.0 if hi == lo else (v - lo) / (hi - lo)) for v in s.tolist()]
         for rid, c in zip(ids, contrib):
             total[rid] += c

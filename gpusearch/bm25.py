@@ -21,8 +21,12 @@ Fusion of a dense list and a keyword list (:func:`fuse`), chosen per query:
 
 - ``{"method": "rrf", "k": 60}``: reciprocal rank fusion, ``sum 1 / (k + rank)`` over the lists a
   record is in (rank from 1);
-- ``{"method": "weighted", "alpha": 0.5}``: each list's scores scaled to [0, 1] by its own min and
-  max, then ``alpha * dense + (1 - alpha) * keyword`` (0 for a list a record is not in).
+- ``{"method": "weighted", "alpha": 0.5}``: each list's scores scaled to [0, 1], then
+  ``alpha * dense + (1 - alpha) * keyword`` (0 for a list a record is not in). The dense list is
+  scaled by its own min and max; the keyword list by its max alone (``score / max``), since BM25's
+  floor is 0: a record the keywords match always counts more than one they do not (min-max would
+  give the list's last match the same 0 as no match, which cost single rare-term queries their
+  target in bench/bench_hybrid.py).
 
 >>> tokenize("The Quick brown fox, the lazy dog's bone!")
 ['quick', 'brown', 'fox', 'lazy', 'dog', 'bone']
@@ -158,11 +162,12 @@ def check_fusion(fusion: Any) -> dict:
     return out
 
 
-def fuse(lists: list[tuple[list[str], np.ndarray]], k: int, fusion: Mapping, *, largest: tuple[bool, ...]
-         ) -> list[tuple[str, float, int, int]]:
+def fuse(lists: list[tuple[list[str], np.ndarray]], k: int, fusion: Mapping, *, largest: tuple[bool, ...],
+         floors: tuple[float | None, ...] | None = None) -> list[tuple[str, float, int, int]]:
     """The ``k`` best of several ranked lists of ``(ids, scores)``, fused: ``(id, fused score, list,
     position)`` best first, the list and position naming where a record's payload is (the first list
-    that has it). Ties go to the smaller id. ``largest[i]``: whether list ``i``'s larger scores are better."""
+    that has it). Ties go to the smaller id. ``largest[i]``: whether list ``i``'s larger scores are better;
+    ``floors[i]``: the score list ``i`` scales to 0 in a weighted fusion (``None``: its own minimum)."""
     total: dict[str, float] = {}
     where: dict[str, tuple[int, int]] = {}
     for li, (ids, scores) in enumerate(lists):
@@ -173,7 +178,8 @@ def fuse(lists: list[tuple[list[str], np.ndarray]], k: int, fusion: Mapping, *, 
             contrib = 1.0 / (fusion["k"] + np.arange(1, len(ids) + 1))
         else:
             weight = fusion["alpha"] if li == 0 else 1.0 - fusion["alpha"]
-            lo, hi = float(s.min()), float(s.max())
+            floor = None if floors is None else floors[li]
+            lo, hi = (float(s.min()) if floor is None else min(floor, float(s.min()))), float(s.max())
             norm = np.ones_like(s) if hi == lo else (s - lo) / (hi - lo)
             contrib = weight * (norm if largest[li] else 1.0 - norm)
         for pos, (rid, c) in enumerate(zip(ids, contrib.tolist())):
@@ -190,7 +196,8 @@ def bm25_row_weights(tf: np.ndarray, lengths: np.ndarray, query: KeywordQuery, t
 
 
 def fuse_hits(lists, k: int, fusion: Mapping, *, largest: tuple[bool, ...]):
-    """:func:`fuse` over one query's :class:`~gpusearch.hits.Hits` lists that carry their ``ids``:
+    """:func:`fuse` over one query's :class:`~gpusearch.hits.Hits` lists that carry their ``ids``, the
+    first the dense list and the others keyword lists (scaled from 0 in a weighted fusion):
     a Hits of the fused ``k`` (scores are the fused ones), each hit's payloads (metadata, vectors,
     sparse) from the list it was taken from."""
     from .hits import Hits
@@ -199,7 +206,7 @@ def fuse_hits(lists, k: int, fusion: Mapping, *, largest: tuple[bool, ...]):
     for h in lists:
         c = int(h.counts[0])
         parts.append((h.ids[0, :c].tolist(), h.scores[0, :c]))
-    picked = fuse(parts, k, fusion, largest=largest)
+    picked = fuse(parts, k, fusion, largest=largest, floors=(None,) + (0.0,) * (len(parts) - 1))
     out = Hits.empty(1, k, True)
     out.ids = np.full((1, k), None, dtype=object)
     for j, (rid, score, li, pos) in enumerate(picked):

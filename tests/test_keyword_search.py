@@ -95,9 +95,8 @@ def test_fusion_rrf_and_weighted(tmp_path, rng):
     np.testing.assert_allclose(r.scores[0], [rrf[i] for i in r.ids[0]], rtol=1e-6)
     assert r.metadata[0][0]["text"] == DOCS[ids.index(r.ids[0][0])]
     lo, hi = dense.min(), dense.max()
-    klo, khi = min(kw.values()), max(kw.values())
-    w = {i: 0.3 * (dense[ids.index(i)] - lo) / (hi - lo) + (0.7 * (kw[i] - klo) / (khi - klo) if i in kw else 0)
-         for i in ids}
+    khi = max(kw.values())  # the keyword list scales from 0, BM25's floor: its last match still counts
+    w = {i: 0.3 * (dense[ids.index(i)] - lo) / (hi - lo) + (0.7 * kw[i] / khi if i in kw else 0) for i in ids}
     r = col.search(q, k=5, keywords="brown fox", fusion={"method": "weighted", "alpha": 0.3})
     assert r.ids[0] == top(w, 5)
     np.testing.assert_allclose(r.scores[0], [w[i] for i in r.ids[0]], rtol=1e-5)
