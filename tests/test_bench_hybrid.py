@@ -89,7 +89,7 @@ def test_bm25_reference_and_fusion_follow_the_definitions():
         dense = (dense_ids, np.sort(rng.random(25))[::-1])
         kw = (kw_ids, np.sort(rng.random(15) * 9)[::-1])
         assert H.fuse_reference(dense, kw, fusion, 10) == [
-            r[0] for r in fuse([dense, kw], 10, check_fusion(fusion), largest=(True, True))]
+            r[0] for r in fuse([dense, kw], 10, check_fusion(fusion), largest=(True, True), floors=(None, 0.0))]
 
 
 @pytest.mark.skipif(not (HAVE_WORDNET and HAVE_MODEL), reason="needs wordnet-base and the packaged MiniLM")
