@@ -339,7 +339,12 @@ class Shard:
                     q = request.queries
                     q = (q if isinstance(q, np.ndarray) else q.float().cpu().numpy()).reshape(-1).astype(np.float32)
                     if self.backend.kind == "exact":
-                        total += self.store.host @ q
+                        base = self.store.search_view()  # the dense part where the rows are: a GPU's GEMV
+                        if isinstance(base, np.ndarray):
+                            total += base @ q
+                        else:  # n scores come to the host (4 bytes a row), the sparse part is added there
+                            qt = request.queries.reshape(-1).to(base.dtype)
+                            total += (base @ qt).float().cpu().numpy()
                     else:
                         c = min(n, max(4 * k, 100), kernels.MAX_K - 1)
                         found = self.backend.search(self.store, request.queries, c, allow, request.params).keys[0]

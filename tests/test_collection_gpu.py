@@ -99,3 +99,31 @@ def test_encoder_tensor_on_the_device_goes_straight_into_the_search(tmp_path):
     got, want = gpu.search(q, k=5), cpu.search(q.cpu().numpy(), k=5)
     assert_same_knn(got.ids, got.scores, want.ids, np.asarray(want.scores, np.float64), rtol=1e-4, atol=1e-4)
     assert {int(i) % 6 for i in got.ids[0][:3]} == {3} and {int(i) % 6 for i in got.ids[1][:3]} == {2}
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float32", 1e-4), ("float16", 2e-3)])
+def test_gpu_hybrid_search_matches_the_cpu(tmp_path, rng, dtype, rtol):
+    """Dense + sparse on a CUDA collection: the dense part on the device, the sparse part added on the
+    host; the same answers as the CPU collection (and as brute force)."""
+    torch = pytest.importorskip("torch")
+    n, d, vocab = 3000, 32, 200
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    sparse = [{"indices": rng.choice(vocab, 6, replace=False).tolist(), "values": rng.random(6).tolist()}
+              for _ in range(n)]
+    cols = {dev: gs.Collection.create(tmp_path / dev, dim=d, metric="ip", device=dev, dtype=dtype if dev == "cuda"
+                                      else "float32", fsync=False) for dev in ("cpu", "cuda")}
+    for col in cols.values():
+        col.upsert(range(n), x, sparse_values=sparse)
+    S = np.zeros((n, vocab))
+    for i, sv in enumerate(sparse):
+        S[i, sv["indices"]] = sv["values"]
+    for _ in range(5):
+        q = rng.standard_normal(d).astype(np.float32)
+        qs = {"indices": rng.choice(vocab, 12, replace=False).tolist(), "values": rng.random(12).tolist()}
+        qd = np.zeros(vocab)
+        qd[qs["indices"]] = qs["values"]
+        ref = x.astype(np.float64) @ q + S @ qd
+        want = np.argsort(-ref, kind="stable")[:10]
+        for dev, col in cols.items():
+            res = col.search(torch.from_numpy(q).cuda() if dev == "cuda" else q, k=10, sparse_vector=qs)
+            assert_same_knn(res.ids, res.scores, [[str(i) for i in want]], [ref[want]], rtol=rtol, atol=rtol)
