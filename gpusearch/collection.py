@@ -451,14 +451,8 @@ class Collection:
         self._check_open()
         ids = as_ids(ids)
         sparse = None
-        if sparse_values is not None and self.bm25_field:
-            raise InvalidArgumentError(f"this collection makes its sparse vectors from the text in metadata field "
-                                       f"{self.bm25_field!r} (BM25); send the text, not sparse_values",
-                                       field="sparse_values")
         if sparse_values is not None:
-            if self.metric != "ip":
-                raise InvalidArgumentError(f"sparse_values need metric 'ip' (Pinecone's dotproduct); this "
-                                           f"collection's metric is {self.metric!r}", field="sparse_values")
+            self._check_takes_sparse()
             sparse = check_sparse_list(sparse_values, len(ids))
         if not self.dim:
             if vectors is not None:
@@ -505,6 +499,16 @@ class Collection:
         if vecs.nbytes >= RELEASE_AFTER_BYTES:
             release_freed()  # the batch's WAL record and copies went through pools that keep freed pages
         return WriteResult(len(keep), seq)
+
+    def _check_takes_sparse(self) -> None:
+        """Sparse values are sent only to an ``ip`` collection that does not make its own (BM25)."""
+        if self.bm25_field:
+            raise InvalidArgumentError(f"this collection makes its sparse vectors from the text in metadata field "
+                                       f"{self.bm25_field!r} (BM25); send the text, not sparse_values",
+                                       field="sparse_values")
+        if self.metric != "ip":
+            raise InvalidArgumentError(f"sparse_values need metric 'ip' (Pinecone's dotproduct); this "
+                                       f"collection's metric is {self.metric!r}", field="sparse_values")
 
     def _keyword_vectors(self, metadata, n: int) -> list | None:
         """The term counts of each record's ``bm25_field`` text (``None`` where it has none)."""
@@ -591,14 +595,8 @@ class Collection:
         if values is None and set_metadata is None and sparse_values is None:
             raise InvalidArgumentError("update needs values=[...], sparse_values={...} and/or set_metadata={...}")
         new_sparse = None
-        if sparse_values is not None and self.bm25_field:
-            raise InvalidArgumentError(f"this collection makes its sparse vectors from the text in metadata field "
-                                       f"{self.bm25_field!r} (BM25); send the text, not sparse_values",
-                                       field="sparse_values")
         if sparse_values is not None:
-            if self.metric != "ip":
-                raise InvalidArgumentError(f"sparse_values need metric 'ip' (Pinecone's dotproduct); this "
-                                           f"collection's metric is {self.metric!r}", field="sparse_values")
+            self._check_takes_sparse()
             new_sparse = check_sparse(sparse_values, "sparse_values")
             if not len(new_sparse) and not self.dim:
                 raise InvalidArgumentError("a record of a sparse collection needs sparse_values with at least one "

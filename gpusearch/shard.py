@@ -362,17 +362,22 @@ class Shard:
                 if allow is not None:
                     keep = allow[rows]
                     rows, score = rows[keep], score[keep]
-                hits = Hits.empty(1, k, True)
-                if len(rows):
-                    kk = min(k, len(rows))
-                    kth = np.partition(-score, kk - 1)[kk - 1]
-                    pick = np.flatnonzero(-score <= kth)
-                    order = sorted(pick.tolist(), key=lambda j: (-float(score[j]), self.ids[int(rows[j])]))[:k]
-                    hits.keys[0, : len(order)] = rows[order]
-                    hits.scores[0, : len(order)] = score[order]
+                hits = self._best_of(rows, score, k)
             if request.include_metadata or request.include_vectors:
                 self._attach(hits, request, schema)
             return hits, self.ids
+
+    def _best_of(self, rows: np.ndarray, score: np.ndarray, k: int) -> Hits:
+        """One query's hits: the ``k`` of ``rows`` with the largest ``score``, ties to the smaller id."""
+        hits = Hits.empty(1, k, True)
+        if len(rows):
+            kk = min(k, len(rows))
+            kth = np.partition(-score, kk - 1)[kk - 1]
+            pick = np.flatnonzero(-score <= kth)
+            order = sorted(pick.tolist(), key=lambda j: (-float(score[j]), self.ids[int(rows[j])]))[:k]
+            hits.keys[0, : len(order)] = rows[order]
+            hits.scores[0, : len(order)] = score[order]
+        return hits
 
     def keyword_stats(self, terms: np.ndarray) -> tuple[int, float, np.ndarray]:
         """This shard's part of the BM25 statistics: live records with terms, their total length, and
@@ -403,14 +408,7 @@ class Shard:
                     score = np.bincount(inv, weights=w).astype(np.float32)
                     allow = self.allow_mask(request.filter, schema)
                     keep = self.alive[cand] if allow is None else allow[cand]
-                    cand, score = cand[keep], score[keep]
-                    if len(cand):
-                        kk = min(k, len(cand))
-                        kth = np.partition(-score, kk - 1)[kk - 1]
-                        pick = np.flatnonzero(-score <= kth)
-                        order = sorted(pick.tolist(), key=lambda j: (-float(score[j]), self.ids[int(cand[j])]))[:k]
-                        hits.keys[0, : len(order)] = cand[order]
-                        hits.scores[0, : len(order)] = score[order]
+                    hits = self._best_of(cand[keep], score[keep], k)
             if request.include_metadata or request.include_vectors:
                 self._attach(hits, request, schema)
             return hits, self.ids
