@@ -124,6 +124,9 @@ def _value_array(raw: Any, name: str) -> np.ndarray:
         raise InvalidTypeError(f"{name}.values must be a list of numbers, got {type(raw).__name__}", field=name)
     try:
         arr = np.asarray(raw, dtype=np.float64)
+    except OverflowError:  # an integer too large for a float
+        raise InvalidArgumentError(f"{name}.values must be finite float32 numbers, got one too large",
+                                   field=name) from None
     except (TypeError, ValueError):
         bad = next((v for v in raw if isinstance(v, bool) or not isinstance(v, numbers.Real)), None)
         raise InvalidTypeError(f"{name}.values must be numbers, got {type(bad).__name__} ({bad!r})",

@@ -510,7 +510,7 @@ class AggregatorServer(_http.HttpRoutes):
         """``model`` (a request's model name) must be this server's ``own`` encoder or reranker, or a name
         ``model_aliases`` maps onto it: another model's vectors or scores would be silently wrong."""
         names = {own} | {a for a, k in self.cfg.model_aliases.items() if k == kind}
-        if model not in names:
+        if not isinstance(model, str) or model not in names:
             what = "embeds text with" if kind == "encoder" else "reranks with"
             raise InvalidArgumentError(f"model {model!r} is not served here: this server {what} {own!r}; map a "
                                        f"model name onto it with model_aliases in the server's configuration "

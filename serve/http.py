@@ -331,7 +331,10 @@ def parse_records(raw: bytes) -> list[dict]:
     """
     import json
 
-    text = raw.decode("utf-8", errors="strict") if raw else ""
+    try:
+        text = raw.decode("utf-8", errors="strict") if raw else ""
+    except UnicodeDecodeError as e:
+        raise InvalidArgumentError(f"the body is not UTF-8 text (byte {e.start}): send NDJSON") from None
     stripped = text.strip()
     if not stripped:
         raise InvalidArgumentError("the body holds no records: send NDJSON, one JSON object a line")
@@ -910,6 +913,9 @@ class HttpRoutes:
                 if v.get("sparse_values") is not None:
                     sparse = check_sparse(v["sparse_values"], "vector.sparse_values")
             else:
+                if not isinstance(q["id"], str):
+                    raise InvalidArgumentError(f"query.id must be a record id (a string), got {q['id']!r}",
+                                               field="id")
                 self._id(q["id"], "id")
             top_k = q.get("top_k", 10)
             name = self._collection(grant, namespace, request)

@@ -95,7 +95,9 @@ def _fit(values, dim):
 
 
 def fit_dims(case) -> None:
-    """Fit the vectors of a valid request to the dim of the collection it names."""
+    """Fit the vectors of a valid request to the dim of the collection it names. The fuzz collections are
+    dense cosine ones without a keyword index, so a valid request to them sends no sparse values (an ``ip``
+    collection's) and searches a text densely (no ``mode``/``fusion``, which need a ``bm25Field``)."""
     body = case.body
     if not isinstance(body, dict):
         return
@@ -104,15 +106,20 @@ def fit_dims(case) -> None:
         return
     if case.path == "/vectors/upsert" and isinstance(body.get("vectors"), list):
         for v in body["vectors"]:
-            if isinstance(v, dict) and "values" in v:
-                v["values"] = _fit(v["values"], dim)
+            if isinstance(v, dict):
+                v.pop("sparseValues", None)
+                v["values"] = _fit(v.get("values") or [], dim)
     elif case.path == "/query":
+        for name in ("sparseVector", "mode", "fusion"):
+            body.pop(name, None)
         if "vector" in body:
             body["vector"] = _fit(body["vector"], dim)
         if isinstance(body.get("queries"), list):
             body["queries"] = [_fit(q, dim) for q in body["queries"]]
-    elif case.path == "/vectors/update" and "values" in body:
-        body["values"] = _fit(body["values"], dim)
+    elif case.path == "/vectors/update":
+        body.pop("sparseValues", None)
+        if "values" in body:
+            body["values"] = _fit(body["values"], dim)
     elif case.path == "/collections" and case.method == "POST":
         body["dimension"] = dim
 
