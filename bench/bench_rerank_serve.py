@@ -85,6 +85,7 @@ sys.path.insert(0, str(HERE))
 from loadgen import percentiles, tree_rss_bytes  # noqa: E402
 from machine import machine_info, result_path  # noqa: E402
 from server_proc import free_port  # noqa: E402
+from bench_serve import Cursor  # noqa: E402  (the same shared query cursor as the served benchmark)
 
 COLLECTION = "bench"
 INDEX, NAMESPACE = "rr", "ns"
@@ -221,19 +222,6 @@ class Meter:
         d_ours = sum(max(0.0, v - self.a[1].get(p, 0.0)) for p, v in ours.items())
         d_busy = busy - self.a[2]
         return {"wall_s": wall, "ours_cpu_cores": d_ours / wall, "others_cpu_cores": max(0.0, d_busy - d_ours) / wall}
-
-
-class Cursor:
-    def __init__(self, total: int, start: int, modulo: int):
-        self.total, self.start, self.modulo, self.n = total, start, modulo, 0
-        self.lock = threading.Lock()
-
-    def next(self) -> int | None:
-        with self.lock:
-            if self.n >= self.total:
-                return None
-            self.n += 1
-            return (self.start + self.n - 1) % self.modulo
 
 
 def run_http(url: str, bodies: list[bytes], conc: int, total: int, start: int, timeout_s: float,

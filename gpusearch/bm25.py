@@ -227,3 +227,23 @@ def fuse_hits(lists, k: int, fusion: Mapping, *, largest: tuple[bool, ...]):
 def keyword_candidates(k: int) -> int:
     """How deep each list of a fused query goes: ``max(4k, 100)``, at most 10,000."""
     return min(max(4 * k, 100), 10_000)
+
+
+def sum_stats(parts, n_terms: int) -> tuple[int, float, np.ndarray]:
+    """The collection's BM25 statistics from its shards' ``(records, total length, df)``."""
+    parts = list(parts)
+    return (sum(p[0] for p in parts), sum(p[1] for p in parts),
+            np.sum([p[2] for p in parts], axis=0) if parts else np.zeros(n_terms, np.int64))
+
+
+def keyword_requests(request, stats: tuple[int, float, np.ndarray]):
+    """What a keyword query asks every shard, once the collection's statistics are known: the keyword
+    list's request, and the dense list's for a fused query (``None`` for keywords alone); each list
+    ``keyword_candidates(k)`` deep when fused. Answer with :func:`fuse_hits` over (dense, keyword)."""
+    from dataclasses import replace
+
+    kw = request.keyword.with_stats(*stats)
+    if request.fusion is None:
+        return replace(request, keyword=kw), None
+    depth = keyword_candidates(request.k)
+    return replace(request, keyword=kw, k=depth), replace(request, keyword=None, fusion=None, k=depth)

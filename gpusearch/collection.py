@@ -17,7 +17,6 @@ committed parts only, so a batch is all there or not at all.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import dataclasses
 import hashlib
 import json
 import logging
@@ -38,14 +37,14 @@ from .backends.options import LEGACY_OPTIONS
 from .devices import resolve_device
 from .errors import ClosedError, InvalidArgumentError, InvalidTypeError
 from .fileio import DiskFullError, atomic_write_json, read_json
-from .bm25 import encode_text, fuse_hits, keyword_candidates
+from .bm25 import encode_text, fuse_hits, keyword_requests, sum_stats
 from .sparse import check_sparse, check_sparse_list, sparse_to_arrow
 from .filters import compile_filter
 from .hits import Hits
 from .merge import merge
 from .progress import progress
 from .request import MAX_TOP_K, SearchParams, SearchRequest, build_request
-from .results import FetchResult, SearchResult, WriteResult
+from .results import FetchResult, SearchResult, WriteResult, result_of_hits
 from .shard import Shard
 from .wal import WALCorruptError, WriteAheadLog
 
@@ -710,9 +709,7 @@ class Collection:
     def keyword_stats(self, terms) -> tuple[int, float, np.ndarray]:
         """BM25 statistics over every shard: live records with text, their total length, and how many
         hold each of ``terms``."""
-        parts = [s.keyword_stats(terms) for s in self._shards]
-        return (sum(p[0] for p in parts), sum(p[1] for p in parts),
-                np.sum([p[2] for p in parts], axis=0) if parts else np.zeros(len(terms), np.int64))
+        return sum_stats((s.keyword_stats(terms) for s in self._shards), len(terms))
 
     def _with_ids(self, hits, ids_lists):
         n = len(self._shards)
@@ -726,25 +723,18 @@ class Collection:
 
     def _search_fused(self, request: SearchRequest):
         """A keyword query: BM25 over the collection's statistics, alone or fused with the dense list."""
-        kw = request.keyword.with_stats(*self.keyword_stats(request.keyword.terms))
-        if request.fusion is None:
-            return self._with_ids(*self.search_hits(dataclasses.replace(request, keyword=kw)))
-        depth = keyword_candidates(request.k)
-        k_hits = self._with_ids(*self.search_hits(dataclasses.replace(request, keyword=kw, k=depth)))
-        d_hits = self._with_ids(*self.search_hits(dataclasses.replace(request, keyword=None, fusion=None, k=depth)))
+        k_req, d_req = keyword_requests(request, self.keyword_stats(request.keyword.terms))
+        k_hits = self._with_ids(*self.search_hits(k_req))
+        if d_req is None:
+            return k_hits
+        d_hits = self._with_ids(*self.search_hits(d_req))
         return fuse_hits([d_hits, k_hits], request.k, request.fusion, largest=(self.metric != "l2", True))
 
     def search_request(self, request: SearchRequest) -> SearchResult:
         """Answer a request built by :meth:`request` (the edge: ids are looked up for the final k only)."""
         if request.keyword is not None:
-            hits = self._search_fused(request)
-            counts = hits.counts.tolist()
-            ids = [hits.ids[q, :c].tolist() for q, c in enumerate(counts)]
-            info = {"sequence": self._seq, "index": self.index, "lineage": self.lineage}
-            return SearchResult(ids, [hits.scores[q, :c] for q, c in enumerate(counts)], hits.metadata,
-                                None if hits.vectors is None else [hits.vectors[q, :c] for q, c in enumerate(counts)],
-                                info, None if hits.sparse is None else [hits.sparse[q, :c].tolist()
-                                                                        for q, c in enumerate(counts)])
+            return result_of_hits(self._search_fused(request),
+                                  {"sequence": self._seq, "index": self.index, "lineage": self.lineage})
         hits, ids_lists = self.search_hits(request)
         n = len(self._shards)
         keys = hits.keys.tolist()

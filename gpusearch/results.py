@@ -6,7 +6,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ["SearchResult", "QueryResult", "WriteResult", "FetchResult"]
+__all__ = ["SearchResult", "QueryResult", "WriteResult", "FetchResult", "result_of_hits"]
 
 
 @dataclass(frozen=True)
@@ -75,3 +75,19 @@ class FetchResult:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+def result_of_hits(hits, info: dict, *, metadata: bool = True, vectors: bool = True) -> SearchResult:
+    """The edge's :class:`SearchResult` of :class:`~gpusearch.hits.Hits` that carry their ``ids`` (each
+    query's valid hits first): metadata, and vectors with their sparse parts, when asked for and present."""
+    counts = hits.counts.tolist()
+
+    def cut(a):
+        return [a[q, :c] for q, c in enumerate(counts)]
+
+    return SearchResult(
+        [row.tolist() for row in cut(hits.ids)], cut(hits.scores),
+        hits.metadata if metadata else None,
+        cut(hits.vectors) if vectors and hits.vectors is not None else None,
+        info,
+        [row.tolist() for row in cut(hits.sparse)] if vectors and hits.sparse is not None else None)

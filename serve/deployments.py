@@ -37,7 +37,7 @@ import numpy as np
 from ray import serve
 
 from gpusearch.arrays import as_ids
-from gpusearch.bm25 import fuse_hits, keyword_candidates
+from gpusearch.bm25 import fuse_hits, keyword_requests, sum_stats
 from gpusearch.backends import import_on_first_batch, warm_up
 from gpusearch.catalog import Catalog, CatalogReader, CollectionNotFound, ShardCatalog
 from gpusearch.collection import shard_of, sorted_page
@@ -46,7 +46,7 @@ from gpusearch.errors import (AlreadyExistsError, DeadlineExceededError, Invalid
 from gpusearch.fileio import atomic_write_json, read_json
 from gpusearch.merge import candidates_per_shard, merge, rescore_exact
 from gpusearch.request import SearchRequest
-from gpusearch.results import FetchResult, SearchResult
+from gpusearch.results import FetchResult, SearchResult, result_of_hits
 
 from . import _limits
 from . import http as _http
@@ -594,47 +594,33 @@ class AggregatorServer(_http.HttpRoutes):
         merged, _ = merge(hits, k_fetch, largest=info["metric"] != "l2")
         if rerank == "exact":
             merged = rescore_exact(request.queries, merged, request.k, metric=info["metric"])
-        counts = merged.counts.tolist()
-        ids = [merged.ids[q, :c].tolist() for q, c in enumerate(counts)]
-        scores = [merged.scores[q, :c] for q, c in enumerate(counts)]
-        metas = merged.metadata if include_metadata else None
-        vecs = [merged.vectors[q, :c] for q, c in enumerate(counts)] if include_vectors else None
-        sparse = ([merged.sparse[q, :c].tolist() for q, c in enumerate(counts)]
-                  if include_vectors and merged.sparse is not None else None)
+        return self._answer(name, request, merged, info, missing, seconds)
+
+    def _answer(self, name: str, request: SearchRequest, merged, info: dict, missing: list,
+                seconds: dict) -> SearchResult:
+        """The merged hits of a search as its result, with what the shards said about it."""
         self.metrics.answered(seconds, bool(missing))
-        return SearchResult(ids, scores, metas, vecs, {
+        return result_of_hits(merged, {
             "collection": name, "sequence": info["sequence"], "index": info["index"], "lineage": info["lineage"],
             "partial": bool(missing), "missing_shards": missing, "shard_seconds": seconds,
-            "records": info["records"], "dim": info["dim"]}, sparse)
+            "records": info["records"], "dim": info["dim"]},
+            metadata=request.include_metadata, vectors=request.include_vectors)
 
     async def _search_keyword(self, name: str, request: SearchRequest) -> SearchResult:
         """A keyword query: the collection's BM25 statistics from every shard, then the keyword list
-        (and the dense one, for fusion) from every shard, merged, then fused."""
+        and, for fusion, the dense one from every shard (both at once), merged, then fused."""
         terms = request.keyword.terms
         parts = await asyncio.gather(*(self._ask(i, "keyword_stats", name, terms) for i in range(len(self.shards))))
-        kw = request.keyword.with_stats(sum(p[0] for p in parts), sum(p[1] for p in parts),
-                                        np.sum([p[2] for p in parts], axis=0))
-        depth = request.k if request.fusion is None else keyword_candidates(request.k)
-        k_hits, info, missing, seconds = await self._fan_out(name, dataclasses.replace(request, keyword=kw, k=depth))
-        merged, _ = merge(k_hits, depth, largest=True)
-        if request.fusion is not None:
-            d_hits, _, d_missing, _ = await self._fan_out(
-                name, dataclasses.replace(request, keyword=None, fusion=None, k=depth))
-            d_merged, _ = merge(d_hits, depth, largest=info["metric"] != "l2")
-            merged = fuse_hits([d_merged, merged], request.k, request.fusion, largest=(info["metric"] != "l2", True))
-            missing = sorted(set(missing) | set(d_missing))
-        counts = merged.counts.tolist()
-        self.metrics.answered(seconds, bool(missing))
-        return SearchResult(
-            [merged.ids[q, :c].tolist() for q, c in enumerate(counts)],
-            [merged.scores[q, :c] for q, c in enumerate(counts)],
-            merged.metadata if request.include_metadata else None,
-            [merged.vectors[q, :c] for q, c in enumerate(counts)] if request.include_vectors else None,
-            {"collection": name, "sequence": info["sequence"], "index": info["index"], "lineage": info["lineage"],
-             "partial": bool(missing), "missing_shards": missing, "shard_seconds": seconds,
-             "records": info["records"], "dim": info["dim"]},
-            [merged.sparse[q, :c].tolist() for q, c in enumerate(counts)]
-            if request.include_vectors and merged.sparse is not None else None)
+        k_req, d_req = keyword_requests(request, sum_stats(parts, len(terms)))
+        if d_req is None:
+            k_hits, info, missing, seconds = await self._fan_out(name, k_req)
+            return self._answer(name, request, merge(k_hits, k_req.k, largest=True)[0], info, missing, seconds)
+        (k_hits, info, missing, seconds), (d_hits, _, d_missing, _) = await asyncio.gather(
+            self._fan_out(name, k_req), self._fan_out(name, d_req))
+        largest = info["metric"] != "l2"
+        merged = fuse_hits([merge(d_hits, d_req.k, largest=largest)[0], merge(k_hits, k_req.k, largest=True)[0]],
+                           request.k, request.fusion, largest=(largest, True))
+        return self._answer(name, request, merged, info, sorted(set(missing) | set(d_missing)), seconds)
 
     # -- stopping ----------------------------------------------------------------
     async def drain(self, grace_s: float) -> int:

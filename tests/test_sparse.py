@@ -17,6 +17,7 @@ from gpusearch.errors import InvalidArgumentError
 from gpusearch.replica import ShardFollower
 from gpusearch.sparse import MAX_SPARSE_NNZ, SparseVector, check_sparse
 from knn_check import assert_same_knn, recall_at
+from test_replica import crash  # stop a writer as a kill would
 
 DIM = 16
 VOCAB = 400
@@ -152,15 +153,6 @@ def check_fetch(col, model, ask):
         if model.vec[rid] is not None:
             np.testing.assert_array_equal(res.vectors[j], model.vec[rid])
         assert res.metadata[j] == model.meta[rid]
-
-
-def crash(col):
-    """Stop a writer as a kill would: files closed (locks released), no checkpoint (as tests/test_replica.py)."""
-    for s in col._shards:
-        s.wal.close()
-    col._commits.close()
-    col._pool.shutdown(wait=True)
-    col._closed = True
 
 
 def ip_collection(path, **kw):
