@@ -13,6 +13,7 @@ from .collection import FORMAT_VERSION, METRICS, Collection, shard_of
 from .request import MAX_TOP_K, HNSWParams, IVFParams, SearchParams, SearchRequest
 from .results import FetchResult, QueryResult, SearchResult, WriteResult
 from .sparse import SparseVector
+from .backup import list_backups, restore
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,8 @@ __all__ = [
     "IVFParams",
     "HNSWParams",
     "SparseVector",
+    "restore",
+    "list_backups",
     "errors",
     "FORMAT_VERSION",
     "shard_of",

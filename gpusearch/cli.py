@@ -72,6 +72,47 @@ def _compact(args) -> int:
     return 0
 
 
+def _backup(args) -> int:
+    import gpusearch as gs
+
+    col = gs.Collection.open(args.path, device="cpu")
+    try:
+        info = col.backup(args.uri, note=args.note)
+    finally:
+        col.close()
+    print(f"backup {info['id']} of {args.path}: {info['records']} records at sequence {info['sequence']}, "
+          f"{_mb(info['bytes'])} ({_mb(info['uploaded_bytes'])} copied, the rest already at {args.uri}) "
+          f"in {info['seconds']:.1f} s")
+    return 0
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _backups(args) -> int:
+    from .backup import list_backups
+
+    found = list_backups(args.uri)
+    if not found:
+        print(f"no complete backup at {args.uri}")
+        return 0
+    print(f"{'id':<44} {'created (UTC)':<21} {'sequence':>9} {'records':>10} {'size':>10}  source")
+    for b in found:
+        print(f"{b['id']:<44} {b['created_at']:<21} {b['sequence']:>9} {b['records']:>10} {_mb(b['bytes']):>10}  "
+              f"{b['source']}")
+    return 0
+
+
+def _restore(args) -> int:
+    from .backup import restore
+
+    info = restore(args.uri, args.path, backup_id=args.backup)
+    print(f"restored backup {info['id']} ({info['records']} records, sequence {info['sequence']}) to {args.path} "
+          f"in {info['seconds']:.1f} s")
+    return 0
+
+
 def _serve(args) -> int:
     from gpusearch.serve.config import ServeConfig
 
@@ -294,10 +335,28 @@ def main(argv=None) -> int:
     c.add_argument("path")
     c.add_argument("--device", default="auto")
     c.set_defaults(fn=_compact)
+    b = sub.add_parser("backup", help="copy a collection to a path or URI (file://, s3://, gs://) while it "
+                                      "takes writes; incremental when the URI holds an older backup")
+    b.add_argument("path", help="the collection's directory (not one a running server holds: use its "
+                                "POST /collections/{name}/backup)")
+    b.add_argument("uri")
+    b.add_argument("--note", default=None, help="a note kept in the backup's manifest")
+    b.set_defaults(fn=_backup)
+
+    bl = sub.add_parser("backups", help="list the complete backups at a path or URI")
+    bl.add_argument("uri")
+    bl.set_defaults(fn=_backups)
+
+    r = sub.add_parser("restore", help="make a new collection from a backup (the newest unless --backup)")
+    r.add_argument("uri")
+    r.add_argument("path", help="where the new collection goes; must not exist")
+    r.add_argument("--backup", default=None, metavar="ID", help="which backup (see `gpusearch backups`)")
+    r.set_defaults(fn=_restore)
+
     args = p.parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, TypeError, ImportError) as e:
+    except (ValueError, TypeError, ImportError, LookupError, OSError) as e:
         print(f"gpusearch {args.cmd}: {e}", file=sys.stderr)
         return 2
 

@@ -378,6 +378,9 @@ class Collection:
                 shard.close()
             commits.close()
             raise
+        from .backup import remove_stale_pins
+
+        remove_stale_pins(path)  # this process holds the collection's locks now
         return cls(path, config, shards, device=device, next_seq=last + 1, commits=commits)
 
     # -- helpers -------------------------------------------------------------
@@ -813,6 +816,15 @@ class Collection:
             "schema": dict(self.schema),
             "shards": shards,
         }
+
+    # -- backups ---------------------------------------------------------------
+    def backup(self, uri, *, note: str | None = None) -> dict:
+        """A consistent point-in-time copy of this collection at ``uri`` (a local path, ``file://``,
+        ``s3://bucket/prefix``, ``gs://...``), taken while writes go on; incremental when ``uri`` already
+        holds an older backup of it. Restore with :func:`gpusearch.restore`. See :mod:`gpusearch.backup`."""
+        from .backup import backup
+
+        return backup(self, uri, note=note)
 
     # -- maintenance ---------------------------------------------------------
     def checkpoint(self) -> None:

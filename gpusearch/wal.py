@@ -717,6 +717,12 @@ class WriteAheadLog:
             self._fd = None
             current.sealed = True
 
+    def files(self) -> list[tuple[Path, int]]:
+        """The log's files, oldest first, with the bytes written to each so far (a record boundary:
+        an append in progress is not counted until it is complete). A backup copies these prefixes."""
+        with self._lock:
+            return [(f.path, f.size) for f in self._files]
+
     def drop_through(self, seq: int, *, keep_newest: bool = True) -> None:
         """Delete the files all of whose records have seq <= ``seq``.
 
