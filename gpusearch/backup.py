@@ -132,7 +132,8 @@ def backup(col, uri, *, note: str | None = None) -> dict[str, Any]:
     """Copy ``col`` (an open, writable :class:`gpusearch.Collection`) to the location ``uri``; see the
     module docstring. Writes go on meanwhile. Returns the manifest's summary: ``id``, ``sequence``,
     ``records``, ``bytes`` (the backup's size), ``uploaded_bytes`` (what this backup had to copy: less
-    than ``bytes`` when an older backup at ``uri`` holds files it shares), ``seconds``.
+    than ``bytes`` when an older backup at ``uri`` holds files it shares), ``seconds``, and
+    ``writes_paused_s`` (how long the write lock was held to pin the files).
     Use :meth:`gpusearch.Collection.backup`."""
     loc = Location(uri)
     if loc.local and _inside(Path(loc.root), col.path):
@@ -141,7 +142,9 @@ def backup(col, uri, *, note: str | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     pins = col.path / PINS_DIR / uuid.uuid4().hex
     try:
+        t_pin = time.perf_counter()
         seq, records, files = _pin(col, pins)
+        pin_s = time.perf_counter() - t_pin  # how long writes waited on the backup
         stamp = datetime.now(timezone.utc)
         backup_id = f"{stamp:%Y%m%dT%H%M%S%fZ}-{seq:020d}"
         total = sum(n for _, _, n in files)
@@ -178,7 +181,8 @@ def backup(col, uri, *, note: str | None = None) -> dict[str, Any]:
     log.info("collection %s: backup %s (sequence %d, %d records, %d bytes, %d uploaded) at %s in %.1f s",
              col.path, backup_id, seq, records, total, uploaded, uri, secs)
     return {"id": backup_id, "uri": str(uri), "sequence": seq, "records": records, "bytes": total,
-            "uploaded_bytes": uploaded, "files": len(entries), "seconds": round(secs, 3)}
+            "uploaded_bytes": uploaded, "files": len(entries), "seconds": round(secs, 3),
+            "writes_paused_s": round(pin_s, 4)}
 
 
 def _inside(root: Path, path: Path) -> bool:

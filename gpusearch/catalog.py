@@ -354,6 +354,35 @@ class Catalog:
         with self._lock:
             return {n: self._get(n).stats() for n in self.names()}
 
+    def backup(self, name, uri, *, note: str | None = None) -> dict:
+        """Back up collection ``name`` (or the one an alias names) to ``uri``: see :mod:`gpusearch.backup`.
+        Writes to it go on meanwhile. A local location inside the data directory is refused."""
+        from .storage import Location
+
+        loc = Location(uri)
+        if loc.local and Path(loc.root).resolve().is_relative_to(self.data_dir.resolve()):
+            raise InvalidArgumentError(f"back up to a location outside the server's data directory, got {uri!r}",
+                                       field="uri")
+        return self.get(name).backup(uri, note=note)
+
+    def restore(self, name, uri, *, backup_id: str | None = None) -> dict:
+        """A new collection ``name`` from a backup at ``uri`` (the newest unless ``backup_id``); assembled
+        under ``<data_dir>/restoring/`` and renamed into ``collections/`` when whole."""
+        from .backup import restore
+
+        name = check_name(name)
+        with self._lock:
+            if name in self.aliases():
+                raise AlreadyExistsError(f"{name!r} is an alias; pick another collection name")
+            if name in self.names():
+                raise AlreadyExistsError(f"collection {name!r} already exists; restore to another name")
+        # Downloading can take minutes: not under the lock. The final rename refuses a name taken meanwhile.
+        info = restore(uri, _collection_dir(self.data_dir, name), backup_id=backup_id, shards=self.shards,
+                       work_dir=self.data_dir / "restoring")
+        with self._lock:
+            self._get(name)  # open it: replays the WAL tail the backup holds, checks that it loads
+        return info
+
     def close(self) -> None:
         with self._lock:
             for col in self._open.values():

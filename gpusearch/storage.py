@@ -17,19 +17,24 @@ whose manifest, written last, is the commit point).
 >>> loc.put_bytes("a/b.json", b"{}")
 >>> loc.get_bytes("a/b.json"), loc.size("a/b.json"), loc.size("missing")
 (b'{}', 2, None)
+>>> within("s3://b/backups/docs?region=x", "s3://b/backups?region=x"), within("s3://b/backupsX", "s3://b/backups")
+(True, False)
+>>> within("/srv/bk/../etc", "/srv/bk")
+False
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Callable
 
 from .errors import InvalidArgumentError, NotFoundError
 
-__all__ = ["Location", "CHUNK_BYTES"]
+__all__ = ["Location", "CHUNK_BYTES", "within"]
 
 CHUNK_BYTES = 8 << 20  # streamed in pieces of this size: a file is never all in memory
 
@@ -169,3 +174,25 @@ class Location:
     def delete(self, rel: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.delete_file(self._key(rel))
+
+
+def _parts(uri) -> tuple[str, str, str, str]:
+    text = str(uri)
+    if "://" not in text:
+        return "local", "", Path(text).expanduser().resolve().as_posix(), ""
+    p = urllib.parse.urlsplit(text)
+    if p.scheme == "file":
+        return "local", "", Path(urllib.parse.unquote(p.path)).resolve().as_posix(), ""
+    path = "/" + "/".join(x for x in p.path.split("/") if x not in ("", "."))
+    if "/../" in path + "/":
+        path = "/\0"  # never within anything
+    return p.scheme.lower(), p.netloc.lower(), path, p.query
+
+
+def within(uri, prefix) -> bool:
+    """Whether the location ``uri`` is ``prefix`` or below it (same scheme, bucket and settings; local
+    paths compared once resolved, so ``..`` and symbolic links cannot step out)."""
+    a, b = _parts(uri), _parts(prefix)
+    if a[:2] != b[:2] or a[3] != b[3]:
+        return False
+    return a[2] == b[2] or a[2].startswith(b[2].rstrip("/") + "/")

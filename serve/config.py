@@ -128,6 +128,12 @@ class ServeConfig:
     # e.g. {"multilingual-e5-large": "encoder", "bge-reranker-v2-m3": "reranker"}. A request naming
     # any other model than these and the server's own is refused (it would get another model's vectors).
     model_aliases: dict[str, str] = field(default_factory=dict)
+    # Backups over HTTP (POST /collections/{name}/backup and /restore, GET /backups): the location a
+    # request that names none uses (a path or URI; None: "<data_dir>-backups"), and the other locations
+    # (paths or URI prefixes) a request may name. Anything else is refused, so that an API key cannot
+    # make the server write to or read from places its operator did not choose.
+    backup_uri: str | None = None
+    backup_locations: list[str] = field(default_factory=list)
     overfetch: int = 4
     # Fractional CPU reservations: a 2-core machine must fit every replica.
     num_cpus_shard: float = 0.25
@@ -225,6 +231,14 @@ class ServeConfig:
                                                            "collections": sorted(grant.collections)}
         self.api_keys = keys
         self.data_dir = str(Path(self.data_dir).expanduser().resolve())
+        if self.backup_uri is None:
+            self.backup_uri = self.data_dir + "-backups"
+        elif not isinstance(self.backup_uri, str) or not self.backup_uri:
+            raise ValueError(f"backup_uri must be a path or URI, got {self.backup_uri!r}")
+        if isinstance(self.backup_locations, str) or not all(
+                isinstance(x, str) and x for x in self.backup_locations):
+            raise ValueError(f"backup_locations must be a list of paths or URI prefixes, got {self.backup_locations!r}")
+        self.backup_locations = list(self.backup_locations)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, env: Mapping[str, str] | None = None,
@@ -250,6 +264,8 @@ class ServeConfig:
                 continue
             if name == "api_keys":
                 values[name] = _parse_keys(raw)
+            elif name == "backup_locations":  # comma-separated
+                values[name] = [x.strip() for x in raw.split(",") if x.strip()]
             elif name == "index_options":  # JSON: GPUSEARCH_INDEX_OPTIONS='{"efConstruction": 200}'
                 try:
                     values[name] = json.loads(raw)
@@ -266,7 +282,7 @@ class ServeConfig:
 
 
 # Fields whose default is None: the type an environment value is read as.
-_NONE_DEFAULT_TYPES = {"encoder": str, "num_gpus_shard": float, "search_threads": int, "log_dir": str}
+_NONE_DEFAULT_TYPES = {"backup_uri": str, "encoder": str, "num_gpus_shard": float, "search_threads": int, "log_dir": str}
 
 
 def _parse_keys(raw: str) -> dict[str, Any]:

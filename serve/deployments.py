@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import dataclasses
 import contextlib
 import logging
@@ -221,6 +222,46 @@ class Writer:
 
     async def drop(self, collection) -> None:
         await self._run(self.catalog.drop, collection)
+
+    def _storage(self, fn, *args, **kw):
+        try:
+            return fn(*args, **kw)
+        except OSError as exc:  # pyarrow's S3 and GCS clients raise OSError naming the request that failed
+            if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):  # this machine's disk: 507
+                raise
+            raise UnavailableError(f"the storage location failed: {exc}; nothing was changed here, retry "
+                                   f"once it is reachable") from exc
+
+    def _location(self, uri) -> str:
+        """``uri``, when it is the server's backup location or under one of ``backup_locations``; the
+        backup location when None."""
+        from gpusearch.storage import within
+
+        if uri is None:
+            return self.cfg.backup_uri
+        allowed = [self.cfg.backup_uri, *self.cfg.backup_locations]
+        if not isinstance(uri, str) or not any(within(uri, a) for a in allowed):
+            raise InvalidArgumentError(f"uri must be this server's backup location or below one of its "
+                                       f"backup_locations (settings backup_uri, backup_locations), or left out "
+                                       f"for the backup location; got {str(uri)[:200]!r}", field="uri")
+        return uri
+
+    async def backup(self, collection, uri=None, note=None) -> dict:
+        """A point-in-time copy of ``collection`` at ``uri`` (gpusearch.backup); writes go on meanwhile."""
+        uri = self._location(uri)
+        return await self._run(self._storage, self.catalog.backup, collection, uri, note=note)
+
+    async def restore(self, collection, uri=None, backup_id=None) -> dict:
+        """A new collection ``collection`` from a backup at ``uri`` (the newest there unless ``backup_id``)."""
+        uri = self._location(uri)
+        info = await self._run(self._storage, self.catalog.restore, collection, uri, backup_id=backup_id)
+        return {**info, "collection": _describe(self.catalog.get(collection).stats())}
+
+    async def backups(self, uri=None) -> dict:
+        from gpusearch.backup import list_backups
+
+        uri = self._location(uri)
+        return {"uri": uri, "backups": await self._run(self._storage, list_backups, uri)}
 
     async def set_alias(self, alias, target) -> None:
         await self._run(self.catalog.set_alias, alias, target)

@@ -207,6 +207,20 @@ class AliasBody(_Body):
     collection: str
 
 
+class BackupBody(_Body):
+    uri: Optional[str] = Field(default=None, max_length=2048, description=(
+        "where the backup goes: the server's backup location (setting backup_uri) when left out, or a path "
+        "or URI below one of its backup_locations"))
+    note: Optional[str] = Field(default=None, max_length=1024, description="kept in the backup's manifest")
+
+
+class RestoreBody(_Body):
+    uri: Optional[str] = Field(default=None, max_length=2048, description=(
+        "where the backup is: the server's backup location when left out (as for backup)"))
+    backup: Optional[str] = Field(default=None, max_length=200, description=(
+        "the backup's id (GET /backups lists them); the newest complete one when left out"))
+
+
 # -- the OpenAPI document, with this server's limits ----------------------------
 def _non_null(schema: dict) -> dict:
     """The part of a property schema that is not ``null`` (pydantic writes Optional as anyOf)."""
@@ -1106,6 +1120,33 @@ class HttpRoutes:
             await self.writer.drop.remote(check_name(name))
             return {}
         return await self._guard(request, "collections", True, run, admin=True)
+
+    @api.post("/collections/{name}/backup")
+    async def http_backup_collection(self, name: str, body: BackupBody, request: Request):
+        """Ours: a consistent point-in-time copy of the collection, taken while writes go on (see
+        gpusearch.backup); incremental when the location holds an older backup of it."""
+        async def run(grant):
+            COLLECTION.set(check_name(name))
+            return await self.writer.backup.remote(check_name(name), body.uri, body.note)
+        return await self._guard(request, "backup", True, run, admin=True)
+
+    @api.post("/collections/{name}/restore", status_code=201)
+    async def http_restore_collection(self, name: str, body: RestoreBody, request: Request):
+        """Ours: a new collection ``name`` made from a backup (every byte checked against the backup's hashes)."""
+        async def run(grant):
+            COLLECTION.set(check_name(name))
+            info = await self.writer.restore.remote(check_name(name), body.uri, body.backup)
+            info.pop("path", None)  # the server's own file system is not the caller's business
+            return JSONResponse(info, status_code=201)
+        return await self._guard(request, "restore", True, run, admin=True)
+
+    @api.get("/backups")
+    async def http_list_backups(self, request: Request, uri: Optional[str] = None):
+        """Ours: the complete backups at the server's backup location (or at ``uri``, one of its
+        backup_locations), oldest first."""
+        async def run(grant):
+            return await self.writer.backups.remote(uri)
+        return await self._guard(request, "backups", True, run, admin=True)
 
     @api.put("/aliases/{alias}")
     async def http_set_alias(self, alias: str, body: AliasBody, request: Request):
