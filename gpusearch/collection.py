@@ -23,6 +23,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -213,6 +214,9 @@ class Collection:
         self._shards = shards
         self._seq = next_seq - 1
         self._commits = commits
+        # Which opening of the collection this is: a reopen may have cut a torn WAL tail and appended at
+        # the cut, which a copy of the files made before it must not take as an extension (gpusearch.mirror).
+        self.epoch = uuid.uuid4().hex
         self._write_lock = threading.Lock()
         # More threads than cores only makes BLAS and FAISS threads fight over them.
         self._pool = cf.ThreadPoolExecutor(max_workers=max(1, min(len(shards), os.cpu_count() or 1)),
