@@ -393,23 +393,50 @@ class Catalog:
 class ShardCatalog:
     """Shard ``shard`` of every collection under ``data_dir``, read-only, caught up on every batch."""
 
-    def __init__(self, data_dir, shard: int, *, device: str = "auto"):
+    def __init__(self, data_dir, shard: int, *, device: str = "auto", source=None):
+        """``source``: None to read the writer's own files at ``data_dir``; or, for a replica that shares
+        no file system with the writer, an object whose ``names()`` lists the writer's collections and
+        whose ``fetch(name, shard, have, epoch, token)`` returns :func:`gpusearch.mirror.sync_answer`'s
+        answer (raising ``CollectionNotFoundError`` for a collection the writer does not have): this
+        shard of each collection is then copied under ``data_dir`` (:class:`gpusearch.mirror.ShardMirror`)
+        and synced before every search, fetch and listing, so a query sees every write acknowledged
+        before it."""
         from .replica import ShardFollower  # the replica module is only needed on the read side
 
         self._Follower = ShardFollower
         self.data_dir, self.shard, self.device = Path(data_dir), int(shard), device
+        self._source = source
+        self._mirrors: dict[str, Any] = {}
         self._followers: dict[str, Any] = {}
         self._schemas: dict[str, _JsonFileCache] = {}
         self._lock = threading.Lock()
         meta_path = self.data_dir / "catalog.json"
-        if meta_path.exists():
+        if source is None and meta_path.exists():
             n = read_json(meta_path).get("shards")
             if not 0 <= self.shard < n:
                 raise ValueError(f"shard must be in [0, {n}) for {self.data_dir}, got {shard}")
 
     def names(self) -> list[str]:
+        if self._source is not None:
+            return sorted(self._source.names())
         root = self.data_dir / "collections"
         return sorted(p.name for p in root.iterdir() if (p / "collection.json").exists()) if root.exists() else []
+
+    def _sync(self, name: str) -> None:
+        """Bring this shard's copy of ``name`` up to the writer (a replica without a shared file system)."""
+        from .mirror import ShardMirror
+
+        with self._lock:
+            m = self._mirrors.get(name)
+            if m is None:
+                fetch = lambda have, epoch, token: self._source.fetch(name, self.shard, have, epoch, token)  # noqa: E731
+                m = self._mirrors[name] = ShardMirror(_collection_dir(self.data_dir, name), self.shard, fetch)
+        try:
+            m.sync()
+        except CollectionNotFound:
+            with self._lock:
+                if self._mirrors.get(name) is m:
+                    del self._mirrors[name]
 
     def open_all(self) -> None:
         """Load every collection now (a replica does this before it takes queries)."""
@@ -419,6 +446,8 @@ class ShardCatalog:
     def follower(self, name: str):
         """The caught-up follower of this shard of ``name`` (opened on first use, forgotten once dropped)."""
         path = _collection_dir(self.data_dir, name)
+        if self._source is not None:
+            self._sync(name)
         with self._lock:
             f = self._followers.get(name)
             if not (path / "collection.json").exists():

@@ -79,15 +79,21 @@ def build_app(cfg: ServeConfig):
     shard_opts: dict[str, Any] = {"num_cpus": cfg.num_cpus_shard}
     if gpus:
         shard_opts["num_gpus"] = gpus
+    if cfg.shard_resources:
+        shard_opts["resources"] = dict(cfg.shard_resources)
+    # The Writer (and the Aggregator, which reads collection settings from data_dir) on the node that holds
+    # data_dir when writer_resources pins them; shard replicas anywhere with replication "ray".
+    near_data: dict[str, Any] = {"resources": dict(cfg.writer_resources)} if cfg.writer_resources else {}
+    writer = Writer.options(ray_actor_options={"num_cpus": cfg.num_cpus_other, **near_data}).bind(d)
     shards = [
         ShardServer.options(name=f"Shard{i}", num_replicas=cfg.replicas, ray_actor_options=shard_opts,
                             max_ongoing_requests=256,
-                            health_check_period_s=SHARD_HEALTH_CHECK_PERIOD_S).bind(d, i)
+                            health_check_period_s=SHARD_HEALTH_CHECK_PERIOD_S).bind(
+            d, i, *([writer] if cfg.replication == "ray" else []))
         for i in range(cfg.shards)
     ]
-    writer = Writer.options(ray_actor_options={"num_cpus": cfg.num_cpus_other}).bind(d)
     # The encoder runs in the Aggregator's process: on the GPUs' share when there are GPUs.
-    agg_opts: dict[str, Any] = {"num_cpus": cfg.num_cpus_other}
+    agg_opts: dict[str, Any] = {"num_cpus": cfg.num_cpus_other, **near_data}
     if gpus and cfg.encoder_enabled:
         agg_opts["num_gpus"] = gpus
     return Aggregator.options(ray_actor_options=agg_opts, max_ongoing_requests=256).bind(d, writer, *shards)

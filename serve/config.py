@@ -147,6 +147,16 @@ class ServeConfig:
     # Stopping (SIGTERM/SIGINT to `gpusearch serve`): new requests get 503 and in-flight ones have
     # this many seconds to finish before Ray stops; a second signal stops at once.
     drain_grace_s: float = 5.0
+    # How shard replicas follow the Writer. "shared": they read the Writer's data_dir (one machine, or a
+    # file system every node mounts). "ray": each replica keeps its own copy of its shard's files, in
+    # replica_dir on its node (None: the node's temporary directory), synced from the Writer through Ray
+    # on every query (gpusearch.mirror), so replicas run on nodes that share no file system with it.
+    replication: str = "shared"
+    replica_dir: str | None = None
+    # Ray resources each Writer and Aggregator replica asks for, and each shard replica: custom resources
+    # pin them to nodes, e.g. writer_resources {"gpusearch_writer": 1} on the node that holds data_dir.
+    writer_resources: dict[str, float] = field(default_factory=dict)
+    shard_resources: dict[str, float] = field(default_factory=dict)
     # Logs: Serve's per-replica files (log_dir, or the Ray session's logs/serve/), one line per
     # request at INFO from the Aggregator; "text" or "json" (one JSON object a line, for log shippers).
     log_level: str = "INFO"
@@ -231,6 +241,17 @@ class ServeConfig:
                                                            "collections": sorted(grant.collections)}
         self.api_keys = keys
         self.data_dir = str(Path(self.data_dir).expanduser().resolve())
+        if self.replication not in ("shared", "ray"):
+            raise ValueError(f"replication must be 'shared' or 'ray', got {self.replication!r}")
+        if self.replica_dir is not None:
+            self.replica_dir = str(Path(self.replica_dir).expanduser())
+        for name in ("writer_resources", "shard_resources"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping) or not all(
+                    isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                    for k, v in value.items()):
+                raise ValueError(f"{name} must map Ray resource names to positive numbers, got {value!r}")
+            setattr(self, name, {k: float(v) for k, v in value.items()})
         if self.backup_uri is None:
             self.backup_uri = self.data_dir + "-backups"
         elif not isinstance(self.backup_uri, str) or not self.backup_uri:
@@ -266,6 +287,12 @@ class ServeConfig:
                 values[name] = _parse_keys(raw)
             elif name == "backup_locations":  # comma-separated
                 values[name] = [x.strip() for x in raw.split(",") if x.strip()]
+            elif name in ("writer_resources", "shard_resources"):  # JSON: '{"gpusearch_writer": 1}'
+                try:
+                    values[name] = json.loads(raw)
+                except ValueError:
+                    raise ValueError(f"{_ENV_PREFIX}{name.upper()} must be a JSON object such as "
+                                     f"'{{\"gpusearch_writer\": 1}}', got {raw!r}") from None
             elif name == "index_options":  # JSON: GPUSEARCH_INDEX_OPTIONS='{"efConstruction": 200}'
                 try:
                     values[name] = json.loads(raw)
@@ -282,7 +309,7 @@ class ServeConfig:
 
 
 # Fields whose default is None: the type an environment value is read as.
-_NONE_DEFAULT_TYPES = {"backup_uri": str, "encoder": str, "num_gpus_shard": float, "search_threads": int, "log_dir": str}
+_NONE_DEFAULT_TYPES = {"backup_uri": str, "replica_dir": str, "encoder": str, "num_gpus_shard": float, "search_threads": int, "log_dir": str}
 
 
 def _parse_keys(raw: str) -> dict[str, Any]:

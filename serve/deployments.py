@@ -29,7 +29,9 @@ import dataclasses
 import contextlib
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from typing import Sequence
@@ -273,6 +275,16 @@ class Writer:
         stats = await self._run(self.catalog.stats)
         return {"collections": {n: _describe(s) for n, s in stats.items()}, "aliases": self.catalog.aliases()}
 
+    # -- replicas without a shared file system (replication "ray"; gpusearch.mirror) --------------
+    async def mirror_sync(self, collection: str, shard: int, have: dict, epoch, token=None) -> dict:
+        """What shard ``shard``'s copy of ``collection`` on a replica needs (:func:`gpusearch.mirror.sync_answer`)."""
+        from gpusearch.mirror import sync_answer
+
+        return await asyncio.to_thread(lambda: sync_answer(self.catalog.get(collection), shard, have, epoch, token))
+
+    async def collection_names(self) -> list[str]:
+        return await asyncio.to_thread(self.catalog.names)
+
     def check_health(self) -> None:
         self.catalog.names()  # raises when the data directory is gone
 
@@ -319,9 +331,31 @@ def _warm_up_gently(threads: int) -> None:
     warm_up(threads)
 
 
+class _WriterFiles:
+    """The Writer's files, reached through Ray (a shard replica of replication "ray")."""
+
+    def __init__(self, writer, timeout_s: float):
+        self.writer, self.timeout_s = writer, timeout_s
+
+    def _call(self, method: str, *args):
+        try:
+            return getattr(self.writer, method).remote(*args).result(timeout_s=self.timeout_s)
+        except Exception as e:  # noqa: BLE001 - Ray wraps the Writer's errors; keep the one that matters
+            cause = unwrap(e)
+            if isinstance(cause, CollectionNotFound):
+                raise CollectionNotFound(str(cause), name=getattr(cause, "name", None)) from None
+            raise
+
+    def names(self) -> list[str]:
+        return self._call("collection_names")
+
+    def fetch(self, name: str, shard: int, have: dict, epoch, token) -> dict:
+        return self._call("mirror_sync", name, shard, have, epoch, token)
+
+
 @serve.deployment(name="Shard")
 class ShardServer:
-    def __init__(self, cfg: dict, shard: int):
+    def __init__(self, cfg: dict, shard: int, writer=None):
         from ._faults import hold_while_file_exists; hold_while_file_exists()  # noqa: E702 - test hook, see _faults.py
         self.cfg = ServeConfig(**cfg)
         replica_logging(self.cfg.log_level)
@@ -330,8 +364,31 @@ class ShardServer:
         # A query must never wait for torch's import (1.5-3 s) past the aggregator's shard timeout: CPU
         # batches take the NumPy path until a background thread has imported it (gpusearch.backends._cpu_batch).
         import_on_first_batch(False)
-        self.catalog = ShardCatalog(self.cfg.data_dir, shard, device=self.cfg.device)
-        self.catalog.open_all()  # caught up before Serve routes anything here
+        if self.cfg.replication == "ray":
+            # Its own copy on this node, of this shard only: nothing of the Writer's data_dir is read here.
+            root = self.cfg.replica_dir or tempfile.gettempdir()
+            os.makedirs(root, exist_ok=True)
+            self.local_dir = tempfile.mkdtemp(prefix=f"gpusearch-shard{shard}-", dir=root)
+            source = _WriterFiles(writer, timeout_s=max(30.0, self.cfg.shard_timeout_s))
+            self.catalog = ShardCatalog(self.local_dir, shard, device=self.cfg.device, source=source)
+            # Ray handles block only off the replica's event loop: load (copy every collection) in a thread.
+            failed: list = []
+
+            def load():
+                try:
+                    self.catalog.open_all()
+                except BaseException as exc:  # noqa: BLE001 - raised below, in the constructor
+                    failed.append(exc)
+
+            loader = threading.Thread(target=load, name="gpusearch-mirror-load")
+            loader.start()
+            loader.join()
+            if failed:
+                raise failed[0]
+        else:
+            self.local_dir = None
+            self.catalog = ShardCatalog(self.cfg.data_dir, shard, device=self.cfg.device)
+            self.catalog.open_all()  # caught up before Serve routes anything here
         threading.Thread(target=_warm_up_gently, args=(self.cfg.shard_search_threads(),), daemon=True,
                          name="gpusearch-torch-import").start()
         # Concurrent queries share one engine search; see serve/batching.py for why not @serve.batch.
@@ -357,9 +414,26 @@ class ShardServer:
     async def stats(self) -> dict:
         return await asyncio.to_thread(self.catalog.stats)
 
+    def where(self) -> dict:
+        """This replica's node, its copy's directory (None when it reads the Writer's data_dir) and what
+        is in it: for operators, and for the multi-node tests."""
+        import ray
+
+        files = []
+        if self.local_dir:
+            for root, _dirs, names in os.walk(self.local_dir):
+                files += [os.path.relpath(os.path.join(root, n), self.local_dir) for n in names]
+        return {"shard": self.shard, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                "local_dir": self.local_dir, "files": sorted(files)}
+
     def check_health(self) -> None:
-        if not os.path.isdir(self.cfg.data_dir):
-            raise RuntimeError(f"data directory {self.cfg.data_dir} is gone")
+        where = self.local_dir or self.cfg.data_dir
+        if not os.path.isdir(where):
+            raise RuntimeError(f"data directory {where} is gone")
+
+    def __del__(self):
+        if getattr(self, "local_dir", None):
+            shutil.rmtree(self.local_dir, ignore_errors=True)
 
 
 class AggregatorServer(_http.HttpRoutes):
