@@ -64,7 +64,7 @@ from typing import Any, Callable
 from .errors import CollectionNotFoundError
 from .fileio import atomic_write_bytes, fsync_dir
 
-__all__ = ["ShardMirror", "sync_answer", "BUDGET_BYTES"]
+__all__ = ["ShardMirror", "sync_answer", "unchanged_answer", "BUDGET_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,16 @@ def _token(col, s) -> list:
             [(p.name, n) for p, n in col._commits.files()]]
 
 
+def unchanged_answer(col, shard: int, epoch: str | None, token: list | None) -> dict | None:
+    """:func:`sync_answer`'s answer when nothing changed since ``token``, else None. Takes no lock held
+    for longer than a WAL append (an event loop may call it)."""
+    if not isinstance(shard, int) or not 0 <= shard < len(col._shards):
+        raise ValueError(f"shard must be in [0, {len(col._shards)}), got {shard!r}")
+    if token is not None and epoch == col.epoch and token == _token(col, col._shards[shard]):
+        return {"epoch": col.epoch, "unchanged": True, "token": token}
+    return None
+
+
 def sync_answer(col, shard: int, have: dict[str, int], epoch: str | None, token: list | None = None, *,
                 budget: int = BUDGET_BYTES) -> dict[str, Any]:
     """What the mirror of shard ``shard`` of ``col`` needs, given the lengths ``have`` of its files
@@ -101,12 +111,11 @@ def sync_answer(col, shard: int, have: dict[str, int], epoch: str | None, token:
     ``{"epoch", "unchanged": True, "token"}``, without taking the write lock. That is safe for
     read-your-writes: a write is acknowledged only once its records are complete, under the lock
     that the answer which produced the token was computed under."""
-    if not isinstance(shard, int) or not 0 <= shard < len(col._shards):
-        raise ValueError(f"shard must be in [0, {len(col._shards)}), got {shard!r}")
+    quick = unchanged_answer(col, shard, epoch, token)
+    if quick is not None:
+        return quick
     same_epoch = epoch == col.epoch
     s = col._shards[shard]
-    if token is not None and same_epoch and token == _token(col, s):
-        return {"epoch": col.epoch, "unchanged": True, "token": token}
     files: dict[str, int] = {}
     whole: dict[str, bytes] = {}
     opened: dict[str, Any] = {}

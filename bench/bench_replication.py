@@ -1,0 +1,125 @@
+"""What replicas that share no file system with the Writer cost: replication "ray" against "shared".
+
+    RAY_AUTH_MODE=disabled .venv/bin/python bench/bench_replication.py [--n 20000] [--dim 384] [--repeats 2]
+
+One local Ray (a single node: what is measured is the log shipping and the per-query sync, not a
+network), the app with 2 shards x 1 replica, Flat, served over HTTP, for each mode in turn (alternating,
+``--repeats`` rounds, medians):
+
+- ingest: ``--n`` x ``--dim`` records upserted in batches of 1,000 (records/s);
+- query: 200 one-at-a-time top-10 queries after the ingest (p50 ms);
+- read-your-writes: 100 times an upsert of one record, then a query that must see it (p50 of the query, ms);
+- catch-up: an upsert of 10,000 records in 10 batches, then the time of the first query, which must see
+  them (with "ray", each shard replica copies its part of the log, about 7.7 MB at 384 dims).
+
+In "shared" the replicas read the Writer's files; in "ray" each keeps its own copy, synced from the
+Writer through a Ray call before every search (gpusearch.mirror). Writes bench/results/replication-<cpuN>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info, result_path  # noqa: E402
+from server_proc import free_port  # noqa: E402
+
+
+def measure(http, rng, n: int, dim: int) -> dict:
+    ns = "bench"
+    t = time.perf_counter()
+    for lo in range(0, n, 1000):
+        X = rng.standard_normal((min(1000, n - lo), dim)).astype(np.float32)
+        body = {"namespace": ns, "vectors": [{"id": f"r{lo + j}", "values": X[j].tolist()} for j in range(len(X))]}
+        r = http.post("/vectors/upsert", json=body)
+        assert r.status_code == 200, r.text
+    ingest_s = time.perf_counter() - t
+    lat = []
+    for q in rng.standard_normal((200, dim)).astype(np.float32):
+        t = time.perf_counter()
+        r = http.post("/query", json={"namespace": ns, "vector": q.tolist(), "topK": 10})
+        lat.append(time.perf_counter() - t)
+        assert r.status_code == 200 and not r.json()["partial"], r.text
+    ryw = []
+    for i in range(100):
+        v = rng.standard_normal(dim).astype(np.float32)
+        r = http.post("/vectors/upsert", json={"namespace": ns, "vectors": [{"id": f"w{i}", "values": v.tolist()}]})
+        assert r.status_code == 200, r.text
+        t = time.perf_counter()
+        r = http.post("/query", json={"namespace": ns, "vector": v.tolist(), "topK": 1})
+        ryw.append(time.perf_counter() - t)
+        assert r.json()["matches"][0]["id"] == f"w{i}", r.text
+    last = None
+    for b in range(10):
+        X = rng.standard_normal((1000, dim)).astype(np.float32)
+        body = {"namespace": ns, "vectors": [{"id": f"c{b}-{j}", "values": X[j].tolist()} for j in range(1000)]}
+        assert http.post("/vectors/upsert", json=body).status_code == 200
+        last = (f"c{b}-999", X[999])
+    t = time.perf_counter()
+    r = http.post("/query", json={"namespace": ns, "vector": last[1].tolist(), "topK": 1})
+    catch_up = time.perf_counter() - t
+    assert r.json()["matches"][0]["id"] == last[0], r.text
+    ms = lambda xs: round(statistics.median(xs) * 1000, 2)  # noqa: E731
+    return {"ingest_records_s": round(n / ingest_s, 1), "query_p50_ms": ms(lat),
+            "query_p90_ms": round(float(np.percentile(lat, 90)) * 1000, 2), "ryw_query_p50_ms": ms(ryw),
+            "catch_up_10k_ms": round(catch_up * 1000, 1)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=20_000)
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import httpx
+    import ray
+    from ray import serve
+
+    from gpusearch.serve.app import build_app
+    from gpusearch.serve.config import ServeConfig
+
+    work = Path(tempfile.mkdtemp(prefix="gs-repl-"))
+    ray.init(include_dashboard=False, num_cpus=os.cpu_count(), log_to_driver=False, _node_ip_address="127.0.0.1",
+             _temp_dir=tempfile.mkdtemp(prefix="gsray-", dir="/tmp"))
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    runs: dict[str, list] = {"shared": [], "ray": []}
+    try:
+        for r in range(args.repeats):
+            for mode in ("shared", "ray"):
+                cfg = ServeConfig(data_dir=str(work / f"{mode}-{r}"), host="127.0.0.1", port=port, shards=2,
+                                  replicas=1, device="cpu", fsync=True, encoder_enabled=False, replication=mode,
+                                  replica_dir=str(work / f"replicas-{mode}-{r}"), shard_timeout_s=30.0)
+                serve.run(build_app(cfg), name="gpusearch", route_prefix="/")
+                with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
+                    res = measure(http, np.random.default_rng(r), args.n, args.dim)
+                serve.delete("gpusearch")
+                runs[mode].append(res)
+                print(f"round {r} {mode}: {res}", flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    med = {m: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for m, rs in runs.items()}
+    out = {"benchmark": "replication", "n": args.n, "dim": args.dim, "shards": 2, "replicas": 1,
+           "machine": machine_info(), "date": time.strftime("%Y-%m-%d"), "loadavg_1min_after": os.getloadavg()[0],
+           "command": "bench/bench_replication.py " + " ".join(sys.argv[1:]), "median": med, "runs": runs,
+           "ray_over_shared": {k: round(med["ray"][k] / med["shared"][k], 3) for k in med["ray"]}}
+    path = Path(args.out) if args.out else result_path("replication", out["machine"])
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps({"median": med, "ray_over_shared": out["ray_over_shared"]}))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
