@@ -1,0 +1,31 @@
+"""bench/bench_replication.py on a small collection: both modes measured in one run (ingest, query, read-your-
+writes, catch-up), with what it measured written out. (Its --rehydrate-n run, four more deployments, is
+left to the benchmark itself: bench/results/replication-rehydrate-cpu2.json.)"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_replication_bench_measures_both_modes(tmp_path):
+    out = tmp_path / "replication.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_replication.py"), "--n", "1000", "--dim", "8",
+                        "--repeats", "1", "--out", str(out)], env=env,
+                       capture_output=True, text=True, timeout=900, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["benchmark"] == "replication" and res["n"] == 1000
+    for mode in ("shared", "ray"):
+        m = res["median"][mode]
+        assert m["ingest_records_s"] > 0 and m["query_p50_ms"] > 0 and m["ryw_query_p50_ms"] > 0
+        assert m["catch_up_10k_ms"] > 0
+    assert set(res["ray_over_shared"]) == set(res["median"]["ray"])
