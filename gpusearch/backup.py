@@ -58,7 +58,7 @@ from typing import Any
 from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 from .fileio import fsync_dir, is_temp_file, read_json
 from .progress import progress
-from .storage import CHUNK_BYTES, Location
+from .storage import Location, read_prefix
 
 __all__ = ["BACKUP_FORMAT_VERSION", "PINS_DIR", "backup", "list_backups", "restore"]
 
@@ -80,14 +80,9 @@ def _pin_file(src: Path, dst: Path, length: int) -> None:
     try:
         os.link(src, dst)
     except OSError:
-        with open(src, "rb") as a, open(dst, "wb") as b:
-            left = length
-            while left > 0:
-                chunk = a.read(min(CHUNK_BYTES, left))
-                if not chunk:
-                    raise OSError(f"{src} ended {left} bytes short of {length}")
+        with open(dst, "wb") as b:
+            for chunk in read_prefix(src, length):
                 b.write(chunk)
-                left -= len(chunk)
 
 
 def _pin(col, pins: Path) -> tuple[int, int, list[tuple[str, Path, int]]]:
@@ -193,14 +188,8 @@ def _sha256_prefix(path: Path, length: int) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    left = length
-    with open(path, "rb") as f:
-        while left > 0:
-            chunk = f.read(min(CHUNK_BYTES, left))
-            if not chunk:
-                raise OSError(f"{path} ended {left} bytes short of {length}")
-            digest.update(chunk)
-            left -= len(chunk)
+    for chunk in read_prefix(path, length):
+        digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import CollectionNotFoundError
-from .fileio import atomic_write_bytes, fsync_dir
+from .fileio import atomic_write_bytes
 
 __all__ = ["ShardMirror", "sync_answer", "unchanged_answer", "BUDGET_BYTES"]
 

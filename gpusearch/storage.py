@@ -34,7 +34,7 @@ from typing import Callable
 
 from .errors import InvalidArgumentError, NotFoundError
 
-__all__ = ["Location", "CHUNK_BYTES", "within"]
+__all__ = ["Location", "CHUNK_BYTES", "read_prefix", "within"]
 
 CHUNK_BYTES = 8 << 20  # streamed in pieces of this size: a file is never all in memory
 
@@ -126,15 +126,10 @@ class Location:
         key = self._key(rel)
         self._parent(key)
         digest = hashlib.sha256()
-        left = length
-        with open(local, "rb") as src, self.fs.open_output_stream(key) as out:
-            while left > 0:
-                chunk = src.read(min(CHUNK_BYTES, left))
-                if not chunk:
-                    raise OSError(f"{local} ended {left} bytes short of the {length} bytes to upload")
+        with self.fs.open_output_stream(key) as out:
+            for chunk in read_prefix(local, length):
                 digest.update(chunk)
                 out.write(chunk)
-                left -= len(chunk)
                 if on_bytes is not None:
                     on_bytes(len(chunk))
         return digest.hexdigest()
@@ -174,6 +169,19 @@ class Location:
     def delete(self, rel: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.delete_file(self._key(rel))
+
+
+def read_prefix(path, length: int):
+    """The first ``length`` bytes of the file at ``path``, in pieces of at most ``CHUNK_BYTES``; ``OSError``
+    when it holds fewer."""
+    left = length
+    with open(path, "rb") as f:
+        while left > 0:
+            chunk = f.read(min(CHUNK_BYTES, left))
+            if not chunk:
+                raise OSError(f"{path} ended {left} bytes short of the {length} bytes expected")
+            left -= len(chunk)
+            yield chunk
 
 
 def _parts(uri) -> tuple[str, str, str, str]:

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +21,7 @@ from gpusearch.backup import PINS_DIR, _manifests
 from gpusearch.cli import main as cli_main
 from gpusearch.errors import AlreadyExistsError, NotFoundError
 from gpusearch.storage import Location
+from server_proc import free_port  # bench/server_proc.py, on the path by conftest
 
 DIM = 8
 
@@ -309,16 +308,11 @@ def test_cli_backup_backups_and_restore(tmp_path, capsys):
 
 
 # -- S3 ----------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory):
     pytest.importorskip("moto", reason="moto[server] is in the dev extra")
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
     with open(log, "wb") as out:
