@@ -145,8 +145,15 @@ def backup(col, uri, *, note: str | None = None) -> dict[str, Any]:
         total = sum(n for _, _, n in files)
         entries, uploaded = [], 0
         with progress(total, f"backing up {col.path.name}", unit="B", min_total=64 << 20) as bar:
+            hashes, kept = col._backup_hashes, {}  # immutable file -> SHA-256, from the last backup
             for rel, pinned, length in files:
-                sha = _sha256_prefix(pinned, length)
+                st = os.stat(pinned)
+                mark = (rel, length, st.st_ino, st.st_mtime_ns)  # a hard link: the original's inode and mtime
+                sha = hashes.get(mark) if _immutable(rel) else None
+                if sha is None:
+                    sha = _sha256_prefix(pinned, length)
+                if _immutable(rel):
+                    kept[mark] = sha
                 key = _blob_key(sha)
                 if loc.size(key) != length:  # not there yet (or a copy cut short by an earlier failure)
                     got = loc.upload(pinned, key, length, on_bytes=bar.update)
@@ -170,6 +177,7 @@ def backup(col, uri, *, note: str | None = None) -> dict[str, Any]:
         if note is not None:
             manifest["note"] = str(note)
         loc.put_bytes(f"backups/{backup_id}.json", json.dumps(manifest, indent=1).encode())  # the commit point
+        col._backup_hashes = kept
     finally:
         shutil.rmtree(pins, ignore_errors=True)
     secs = time.perf_counter() - t0
@@ -178,6 +186,11 @@ def backup(col, uri, *, note: str | None = None) -> dict[str, Any]:
     return {"id": backup_id, "uri": str(uri), "sequence": seq, "records": records, "bytes": total,
             "uploaded_bytes": uploaded, "files": len(entries), "seconds": round(secs, 3),
             "writes_paused_s": round(pin_s, 4)}
+
+
+def _immutable(rel: str) -> bool:
+    """Segments, bitmaps and indexes: written once under a name no other content ever gets."""
+    return rel.rsplit("/", 1)[-1].startswith(("seg-", "alive-", "index-"))
 
 
 def _inside(root: Path, path: Path) -> bool:

@@ -217,6 +217,7 @@ class Collection:
         # Which opening of the collection this is: a reopen may have cut a torn WAL tail and appended at
         # the cut, which a copy of the files made before it must not take as an extension (gpusearch.mirror).
         self.epoch = uuid.uuid4().hex
+        self._backup_hashes: dict = {}  # SHA-256 of snapshot files hashed by the last backup (gpusearch.backup)
         self._write_lock = threading.Lock()
         # More threads than cores only makes BLAS and FAISS threads fight over them.
         self._pool = cf.ThreadPoolExecutor(max_workers=max(1, min(len(shards), os.cpu_count() or 1)),

@@ -125,33 +125,19 @@ class Location:
         Raises ``OSError`` when the file holds fewer bytes than ``length``."""
         key = self._key(rel)
         self._parent(key)
-        digest = hashlib.sha256()
         with self.fs.open_output_stream(key) as out:
-            for chunk in read_prefix(local, length):
-                digest.update(chunk)
-                out.write(chunk)
-                if on_bytes is not None:
-                    on_bytes(len(chunk))
+            digest = _copy_hashing(read_prefix(local, length), out.write, on_bytes)
         return digest.hexdigest()
 
     def download(self, rel: str, local: str | os.PathLike, *, size: int, sha256: str,
                  on_bytes: Callable[[int], None] | None = None) -> None:
         """Copy ``rel`` to the local file, checking its size and SHA-256; on a mismatch the local file is
         removed and ``ValueError`` names the object."""
-        digest = hashlib.sha256()
-        n = 0
         Path(local).parent.mkdir(parents=True, exist_ok=True)
         try:
             with self.fs.open_input_stream(self._key(rel)) as src, open(local, "wb") as out:
-                while True:
-                    chunk = src.read(CHUNK_BYTES)
-                    if not chunk:
-                        break
-                    digest.update(chunk)
-                    out.write(chunk)
-                    n += len(chunk)
-                    if on_bytes is not None:
-                        on_bytes(len(chunk))
+                digest = _copy_hashing(iter(lambda: src.read(CHUNK_BYTES), b""), out.write, on_bytes)
+                n = out.tell()
                 out.flush()
                 os.fsync(out.fileno())
             if n != size or digest.hexdigest() != sha256:
@@ -169,6 +155,26 @@ class Location:
     def delete(self, rel: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.delete_file(self._key(rel))
+
+
+def _copy_hashing(chunks, write, on_bytes=None):
+    """Write every chunk and return their SHA-256; each chunk is hashed in a second thread while it is
+    written (both let go of the GIL), so the hash costs little on top of the copy."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    digest = hashlib.sha256()
+    with ThreadPoolExecutor(1, thread_name_prefix="gpusearch-sha256") as hasher:
+        pending = None
+        for chunk in chunks:
+            if pending is not None:
+                pending.result()
+            pending = hasher.submit(digest.update, chunk)  # one thread: the chunks are hashed in order
+            write(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+        if pending is not None:
+            pending.result()
+    return digest
 
 
 def read_prefix(path, length: int):

@@ -178,7 +178,9 @@ def test_backup_under_a_write_stream_is_the_collection_at_its_sequence(tmp_path)
     assert not (tmp_path / "src" / PINS_DIR).exists() or not any((tmp_path / "src" / PINS_DIR).iterdir())
 
 
-def test_second_backup_uploads_only_what_changed(tmp_path):
+def test_second_backup_uploads_only_what_changed(tmp_path, monkeypatch):
+    import gpusearch.backup as backup_mod
+
     rng = np.random.default_rng(4)
     col = _collection(tmp_path / "src", shards=2)
     _fill(col, rng, 2000)
@@ -186,7 +188,15 @@ def test_second_backup_uploads_only_what_changed(tmp_path):
     first = col.backup(tmp_path / "bk")
     _fill(col, rng, 50, start=2000)
     col.checkpoint()
+    hashed = []
+    real = backup_mod._sha256_prefix
+    monkeypatch.setattr(backup_mod, "_sha256_prefix", lambda p, n: hashed.append(p.name) or real(p, n))
     second = col.backup(tmp_path / "bk")
+    monkeypatch.undo()
+    # the segments the first backup hashed are not read again: only the new ones and the small files
+    assert not any(name in hashed for name in
+                   [e["path"].rsplit("/", 1)[-1] for e in _manifests(Location(tmp_path / "bk"))[0]["files"]
+                    if "/seg-" in e["path"]]), hashed
     assert second["bytes"] > first["bytes"]
     # the 2,000-row segments are already there: what is new is the 50 rows' segments, bitmaps, manifests
     assert second["uploaded_bytes"] < first["bytes"] / 5
