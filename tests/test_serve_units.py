@@ -228,6 +228,25 @@ def test_shipped_configs_are_valid():
     args = deploy["applications"][0]["args"]
     cfg = ServeConfig.load(None, env={"GPUSEARCH_API_KEYS": "k:rw"}, **args)
     assert (cfg.shards, cfg.replicas, cfg.num_gpus_shard) == (4, 2, 0.45)
+    deploy = yaml.safe_load((configs / "multi-node.yaml").read_text())
+    ServeDeploySchema.model_validate(deploy) if hasattr(ServeDeploySchema, "model_validate") \
+        else ServeDeploySchema.parse_obj(deploy)
+    cfg = ServeConfig.load(None, env={"GPUSEARCH_API_KEYS": "k:rw"}, **deploy["applications"][0]["args"])
+    assert (cfg.replication, cfg.writer_resources, cfg.backup_uri) == (
+        "ray", {"gpusearch_writer": 1.0}, "s3://my-bucket/gpusearch-backups")
+
+
+def test_replication_and_backup_settings_are_checked():
+    with pytest.raises(ValueError, match="replication must be 'shared' or 'ray'"):
+        ServeConfig(replication="nfs")
+    with pytest.raises(ValueError, match="writer_resources must map Ray resource names to positive numbers"):
+        ServeConfig(writer_resources={"gpusearch_writer": 0})
+    with pytest.raises(ValueError, match="backup_locations must be a list"):
+        ServeConfig(backup_locations="s3://b/x")
+    cfg = ServeConfig.load(None, env={"GPUSEARCH_REPLICATION": "ray", "GPUSEARCH_SHARD_RESOURCES": '{"slot": 1}',
+                                      "GPUSEARCH_BACKUP_LOCATIONS": "s3://b/x,/srv/bk"})
+    assert (cfg.replication, cfg.shard_resources, cfg.backup_locations) == ("ray", {"slot": 1.0}, ["s3://b/x", "/srv/bk"])
+    assert cfg.backup_uri == cfg.data_dir + "-backups"
 
 
 def test_greedy_batcher_takes_everything_that_queued():
