@@ -248,6 +248,13 @@ class Catalog:
             atomic_write_json(self._aliases_path, aliases)
 
     # -- collections ---------------------------------------------------------
+    def _check_free(self, name: str, hint: str = "") -> None:
+        """Refuse ``name`` for a new collection when an alias or a collection has it (call under the lock)."""
+        if name in self.aliases():
+            raise AlreadyExistsError(f"{name!r} is an alias; pick another collection name")
+        if name in self.names():
+            raise AlreadyExistsError(f"collection {name!r} already exists{hint}")
+
     def create(self, name, *, dim: int | None, metric: str | None = None, index: str | None = None,
                lineage: Mapping | None = None, index_options: Mapping | None = None,
                vector_type: str = "dense", bm25_field: str | None = None) -> Collection:
@@ -255,10 +262,7 @@ class Catalog:
         for records with sparse vectors only."""
         name = check_name(name)
         with self._lock:
-            if name in self.aliases():
-                raise AlreadyExistsError(f"{name!r} is an alias; pick another collection name")
-            if name in self.names():
-                raise AlreadyExistsError(f"collection {name!r} already exists")
+            self._check_free(name)
             sparse = vector_type == "sparse"
             col = Collection.create(_collection_dir(self.data_dir, name), dim=dim, metric=metric or self.metric,
                                     index="Flat" if sparse else index or self.index, shards=self.shards,
@@ -372,16 +376,22 @@ class Catalog:
 
         name = check_name(name)
         with self._lock:
-            if name in self.aliases():
-                raise AlreadyExistsError(f"{name!r} is an alias; pick another collection name")
-            if name in self.names():
-                raise AlreadyExistsError(f"collection {name!r} already exists; restore to another name")
+            self._check_free(name, "; restore to another name")
         # Downloading can take minutes: not under the lock. The final rename refuses a name taken meanwhile.
         info = restore(uri, _collection_dir(self.data_dir, name), backup_id=backup_id, shards=self.shards,
                        work_dir=self.data_dir / "restoring")
         with self._lock:
             self._get(name)  # open it: replays the WAL tail the backup holds, checks that it loads
         return info
+
+    def unchanged_sync(self, name: str, shard: int, epoch, token) -> dict | None:
+        """:func:`gpusearch.mirror.unchanged_answer` for collection ``name`` when it is open here, without
+        the catalog's lock or the file system (an event loop calls it on every replica's sync); None when
+        the answer needs :func:`gpusearch.mirror.sync_answer`."""
+        from .mirror import unchanged_answer
+
+        col = self._open.get(name)
+        return None if col is None or col._closed else unchanged_answer(col, shard, epoch, token)
 
     def close(self) -> None:
         with self._lock:

@@ -278,13 +278,11 @@ class Writer:
     # -- replicas without a shared file system (replication "ray"; gpusearch.mirror) --------------
     async def mirror_sync(self, collection: str, shard: int, have: dict, epoch, token=None) -> dict:
         """What shard ``shard``'s copy of ``collection`` on a replica needs (:func:`gpusearch.mirror.sync_answer`)."""
-        from gpusearch.mirror import sync_answer, unchanged_answer
+        from gpusearch.mirror import sync_answer
 
-        col = self.catalog._open.get(collection)  # open and not replaced: no lock, no file system
-        if col is not None and not col._closed:
-            quick = unchanged_answer(col, shard, epoch, token)  # nothing new: answered on the loop, no thread hop
-            if quick is not None:
-                return quick
+        quick = self.catalog.unchanged_sync(collection, shard, epoch, token)  # nothing new: no thread hop
+        if quick is not None:
+            return quick
         return await asyncio.to_thread(lambda: sync_answer(self.catalog.get(collection), shard, have, epoch, token))
 
     async def collection_names(self) -> list[str]:
