@@ -123,12 +123,13 @@ def _pin(col, pins: Path) -> tuple[int, int, list[tuple[str, Path, int]]]:
     return seq, records, files
 
 
-def backup(col, uri, *, note: str | None = None) -> dict[str, Any]:
+def backup(col, uri, *, note: str | None = None, extra: dict | None = None) -> dict[str, Any]:
     """Copy ``col`` (an open, writable :class:`gpusearch.Collection`) to the location ``uri``; see the
     module docstring. Writes go on meanwhile. Returns the manifest's summary: ``id``, ``sequence``,
     ``records``, ``bytes`` (the backup's size), ``uploaded_bytes`` (what this backup had to copy: less
     than ``bytes`` when an older backup at ``uri`` holds files it shares), ``seconds``, and
     ``writes_paused_s`` (how long the write lock was held to pin the files).
+    ``extra``: more fields for the manifest (:mod:`gpusearch.durable` notes the Writer's term).
     Use :meth:`gpusearch.Collection.backup`."""
     loc = Location(uri)
     if loc.local and _inside(Path(loc.root), col.path):
@@ -176,6 +177,8 @@ def backup(col, uri, *, note: str | None = None) -> dict[str, Any]:
         }
         if note is not None:
             manifest["note"] = str(note)
+        if extra:
+            manifest["extra"] = dict(extra)
         loc.put_bytes(f"backups/{backup_id}.json", json.dumps(manifest, indent=1).encode())  # the commit point
         col._backup_hashes = kept
     finally:

@@ -189,8 +189,13 @@ class Catalog:
     """
 
     def __init__(self, data_dir, *, shards: int = 2, metric: str = "cosine", index: str = "Flat",
-                 device: str = "auto", fsync: bool = True, index_options: Mapping | None = None):
+                 device: str = "auto", fsync: bool = True, index_options: Mapping | None = None,
+                 durable=None):
+        """``durable``: a :class:`gpusearch.durable.DurableStore` that has taken over (a Writer whose log
+        and snapshots live at a storage URI): every collection's writes are shipped there, and
+        creating, dropping, restoring and aliasing change the catalog there first."""
         self.data_dir = Path(data_dir)
+        self.durable = durable
         self.index_options = dict(index_options) if index_options else None  # for collections of `index`
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -236,6 +241,8 @@ class Catalog:
                 raise InvalidArgumentError(f"{alias!r} is a collection; an alias needs a name no collection has")
             aliases = self.aliases()
             aliases[alias] = target
+            if self.durable is not None:
+                self.durable.publish(aliases=aliases)
             atomic_write_json(self._aliases_path, aliases)
 
     def drop_alias(self, alias) -> None:
@@ -245,6 +252,8 @@ class Catalog:
             if alias not in aliases:
                 raise CollectionNotFound(f"no alias {alias!r}", name=alias)
             del aliases[alias]
+            if self.durable is not None:
+                self.durable.publish(aliases=aliases)
             atomic_write_json(self._aliases_path, aliases)
 
     # -- collections ---------------------------------------------------------
@@ -271,7 +280,20 @@ class Catalog:
                                     (self.index_options if not index and not sparse else None),
                                     vector_type=vector_type, bm25_field=bm25_field)
             self._open[name] = col
+            if self.durable is not None:
+                self._made_durable(name, col)
             return col
+
+    def _made_durable(self, name: str, col: Collection) -> None:
+        """Snapshot a collection made here to the storage URI and publish it; when that fails, the
+        collection is removed again (a refused request leaves nothing behind)."""
+        try:
+            self.durable.created(name, col)
+        except BaseException:
+            col.close()
+            del self._open[name]
+            shutil.rmtree(_collection_dir(self.data_dir, name), ignore_errors=True)
+            raise
 
     def _get(self, name: str) -> Collection:
         col = self._open.get(name)
@@ -280,6 +302,8 @@ class Catalog:
             if not (path / "collection.json").exists():
                 raise CollectionNotFound(f"no collection or alias named {name!r}", name=name)
             col = self._open[name] = Collection.open(path, device=self.device, fsync=self.fsync)
+            if self.durable is not None:
+                self.durable.attach(name, col)
         return col
 
     def get(self, name) -> Collection:
@@ -295,6 +319,8 @@ class Catalog:
             if pointing:
                 raise InvalidArgumentError(f"alias {pointing[0]!r} points at {name!r}; switch or drop the alias first")
             col = self._get(name)
+            if self.durable is not None:
+                self.durable.dropped(name)  # the commit point: a new Writer no longer rebuilds it
             col.close()
             del self._open[name]
             trash = self.data_dir / "trash"
@@ -381,7 +407,12 @@ class Catalog:
         info = restore(uri, _collection_dir(self.data_dir, name), backup_id=backup_id, shards=self.shards,
                        work_dir=self.data_dir / "restoring")
         with self._lock:
-            self._get(name)  # open it: replays the WAL tail the backup holds, checks that it loads
+            if self.durable is None:
+                self._get(name)  # open it: replays the WAL tail the backup holds, checks that it loads
+            else:
+                path = _collection_dir(self.data_dir, name)
+                col = self._open[name] = Collection.open(path, device=self.device, fsync=self.fsync)
+                self._made_durable(name, col)
         return info
 
     def unchanged_sync(self, name: str, shard: int, epoch, token) -> dict | None:

@@ -217,6 +217,7 @@ class Collection:
         # Which opening of the collection this is: a reopen may have cut a torn WAL tail and appended at
         # the cut, which a copy of the files made before it must not take as an extension (gpusearch.mirror).
         self.epoch = uuid.uuid4().hex
+        self._log_sink = None  # gpusearch.durable's shipper, when the Writer keeps its log at a storage URI
         self._backup_hashes: dict = {}  # SHA-256 of snapshot files hashed by the last backup (gpusearch.backup)
         self._write_lock = threading.Lock()
         # More threads than cores only makes BLAS and FAISS threads fight over them.
@@ -404,15 +405,59 @@ class Collection:
         return self._seq
 
     def _commit(self, parts: dict[int, bytes], apply: dict[int, ops_mod.Op]) -> int:
-        """Log ``parts`` (shard -> payload) durably, commit, apply; returns the sequence number."""
+        """Log ``parts`` (shard -> payload) durably, commit, apply; returns the sequence number.
+
+        With a log sink attached (:mod:`gpusearch.durable`: the Writer's log at a storage URI), the
+        write is refused before anything is written when the sink cannot take it, and, once logged
+        here, it is shipped before it counts as acknowledged: a failure to ship is raised after the
+        write is applied (it is in this WAL, so this copy must show it), as a retryable error."""
+        sink = self._log_sink
+        if sink is not None:
+            sink.before_write()
         seq = self._next_seq()
         shards = sorted(parts)
         self._on_every(lambda i: self._shards[i].log(seq, parts[i]), shards)
         if len(shards) > 1:
             self._commits.append(seq, _commit_payload(shards))
+        shipped = sink.ship(seq, parts) if sink is not None else None
         for i in shards:
             self._shards[i].apply(seq, apply[i])
+        if shipped is not None:
+            raise shipped
         return seq
+
+    def apply_logged(self, seq: int, parts: dict[int, bytes]) -> None:
+        """Log and apply a write another copy of this collection logged as ``seq`` (``parts``: shard ->
+        payload, as :meth:`_commit` logged them): how a Writer rebuilds a collection from the log at
+        a storage URI (:mod:`gpusearch.durable`). ``seq`` must be above every sequence number here."""
+        from .wal import WALRecord
+
+        self._check_open()
+        with self._write_lock:
+            if seq <= self._seq:
+                raise ValueError(f"collection {self.path}: write {seq} is not after {self._seq}")
+            if any(not 0 <= i < len(self._shards) for i in parts):
+                raise ValueError(f"collection {self.path}: write {seq} names shards {sorted(parts)}, the "
+                                 f"collection has {len(self._shards)}")
+            ops = {i: _replayed_op(WALRecord(seq, p), self._shards[i], self.dim) for i, p in parts.items()}
+            self._seq = seq
+            shards = sorted(parts)
+            self._on_every(lambda i: self._shards[i].log(seq, parts[i]), shards)
+            if len(shards) > 1:
+                self._commits.append(seq, _commit_payload(shards))
+            schema = self.schema
+            for i in shards:
+                self._shards[i].apply(seq, ops[i])
+                schema = md.merge_schemas(schema, self._shards[i].schema)
+            if schema != self.schema:
+                atomic_write_json(self.path / _SCHEMA, schema)
+                self.schema = schema
+            self._maybe_checkpoint()
+
+    def attach_log(self, sink) -> None:
+        """Ship every write from now on to ``sink`` (see :meth:`_commit`); None to stop."""
+        with self._write_lock:
+            self._log_sink = sink
 
     def _on_every(self, fn, items) -> None:
         """Run ``fn`` on every item in the pool and wait for all, then raise the first failure.
