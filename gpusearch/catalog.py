@@ -465,6 +465,22 @@ class ShardCatalog:
 
     def _sync(self, name: str) -> None:
         """Bring this shard's copy of ``name`` up to the writer (a replica without a shared file system)."""
+        m = self._mirror(name)
+        try:
+            m.sync()
+        except CollectionNotFound:
+            with self._lock:
+                if self._mirrors.get(name) is m:
+                    del self._mirrors[name]
+
+    def seed(self, name: str, rel: str, size: int, sha256: str) -> Path:
+        """Where to put a copy of the writer's file ``rel`` of collection ``name`` got from a storage URI
+        (see :meth:`gpusearch.mirror.ShardMirror.seed`); a replica that shares no file system only."""
+        if self._source is None:
+            raise ValueError("only a replica that copies from its writer (source=...) takes seeds")
+        return self._mirror(name).seed(rel, size, sha256)
+
+    def _mirror(self, name: str):
         from .mirror import ShardMirror
 
         with self._lock:
@@ -472,12 +488,7 @@ class ShardCatalog:
             if m is None:
                 fetch = lambda have, epoch, token: self._source.fetch(name, self.shard, have, epoch, token)  # noqa: E731
                 m = self._mirrors[name] = ShardMirror(_collection_dir(self.data_dir, name), self.shard, fetch)
-        try:
-            m.sync()
-        except CollectionNotFound:
-            with self._lock:
-                if self._mirrors.get(name) is m:
-                    del self._mirrors[name]
+            return m
 
     def open_all(self) -> None:
         """Load every collection now (a replica does this before it takes queries)."""

@@ -47,10 +47,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UnavailableError
-from .storage import Location
+from .storage import Location, join_uri
 
 __all__ = ["DurableStore", "FencedError", "NotDurableError", "LocalLease", "RayLease", "encode_writes",
-           "decode_writes", "SNAPSHOT_EVERY_BYTES"]
+           "decode_writes", "seed_sources", "SNAPSHOT_EVERY_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -108,38 +108,35 @@ def decode_writes(data: bytes, name: str = "log object") -> list[tuple[int, dict
     return writes
 
 
-class LocalLease:
-    """The lease in one process (tests; a single node): terms from a counter."""
-
-    def __init__(self):
-        self._term, self._lock = 0, threading.Lock()
-
-    def acquire(self) -> int:
-        with self._lock:
-            self._term += 1
-            return self._term
-
-    def current(self) -> int:
-        return self._term
-
-
 class _LeaseActor:
     """Holds the current term of one storage URI, on the head node (whose loss ends the Ray cluster
     anyway). Each term handed out is recorded at the URI first, so a restarted lease never hands
     one out twice."""
 
-    def __init__(self, uri: str):
-        self.loc = Location(uri)
-        self.term = max((int(k[:8]) for k in self.loc.list("leases") if re.match(r"^\d{8}\.json$", k)), default=0)
+    def __init__(self, uri: str | None):
+        self.loc = Location(uri) if uri is not None else None
+        self.term = 0 if self.loc is None else max(
+            (int(k[:8]) for k in self.loc.list("leases") if re.match(r"^\d{8}\.json$", k)), default=0)
+        self._lock = threading.Lock()
 
-    def acquire(self, owner: str) -> int:
-        term = self.term + 1
-        self.loc.put_bytes(f"leases/{term:08d}.json", json.dumps({"owner": owner, "at": time.time()}).encode())
-        self.term = term
-        return term
+    def acquire(self, owner: str = "") -> int:
+        with self._lock:
+            term = self.term + 1
+            if self.loc is not None:
+                self.loc.put_bytes(f"leases/{term:08d}.json", json.dumps({"owner": owner, "at": time.time()}).encode())
+            self.term = term
+            return term
 
     def current(self) -> int:
         return self.term
+
+
+class LocalLease(_LeaseActor):
+    """The lease in one process (tests, tools, a single node): terms from a counter, which starts after
+    the terms already handed out at ``uri`` when given (and records its own there)."""
+
+    def __init__(self, uri: str | None = None):
+        super().__init__(uri)
 
 
 class RayLease:
@@ -245,6 +242,7 @@ class DurableStore:
         self._collections: dict[str, Any] = {}  # name -> open Collection (for snapshots)
         self.shippers: dict[str, _Shipper] = {}
         self.recovery: dict[str, Any] = {}
+        self._known: dict[str, dict] = {}  # name -> SHA-256 of rebuilt files, for the collection's backup cache
 
     # -- the lease -------------------------------------------------------------
     def check_not_fenced(self) -> None:
@@ -290,13 +288,21 @@ class DurableStore:
         from .collection import Collection
 
         key, prefix = f"{name}/{gen}", f"collections/{name}/{gen}"
-        gen_loc = f"{self.uri.rstrip('/')}/{prefix}"
+        gen_loc = join_uri(self.uri, prefix)
         snaps = [m for m in _manifests(Location(gen_loc))
                  if not self._void(int((m.get("extra") or {}).get("term", 0)), int(m["sequence"]), key, terms)]
         if not snaps:
             raise ValueError(f"{self.uri}: collection {name!r} ({gen}) has no valid snapshot")
         snap = max(snaps, key=lambda m: (m["sequence"], m["id"]))
         restore(gen_loc, path, backup_id=snap["id"], shards=self.shards, work_dir=path.parent.parent / "restoring")
+        # The restored files' SHA-256 (checked by the restore): a shard replica seeded from the same
+        # snapshot (seed_sources) is told it has them without the Writer reading them again.
+        known = {}
+        for e in snap["files"]:
+            if e["path"].rsplit("/", 1)[-1].startswith(("seg-", "alive-", "index-")):
+                st = (path / e["path"]).stat()
+                known[(e["path"], e["size"], st.st_ino, st.st_mtime_ns)] = e["sha256"]
+        self._known[name] = known
         col = Collection.open(path, device=device, fsync=fsync)
         cur, applied, objects = int(snap["sequence"]), 0, []
         for k, size in self.loc.list(f"{prefix}/log").items():
@@ -374,6 +380,7 @@ class DurableStore:
             shipper = _Shipper(self, name, gen, col._seq)
             self.shippers[name] = shipper
             self._collections[name] = col
+            col._backup_hashes.update(self._known.pop(name, {}))
         col.attach_log(shipper)
 
     def created(self, name: str, col) -> None:
@@ -398,7 +405,7 @@ class DurableStore:
     def _snapshot_to(self, col, prefix: str) -> dict:
         from .backup import backup
 
-        info = backup(col, f"{self.uri.rstrip('/')}/{prefix}", extra={"term": self.term})
+        info = backup(col, join_uri(self.uri, prefix), extra={"term": self.term})
         self.check_lease()
         return info
 
@@ -442,6 +449,31 @@ class DurableStore:
         return {"uri": self.uri, "term": self.term, "fenced": self.fenced,
                 "shipped_writes": sum(s.shipped_writes for s in self.shippers.values()),
                 "shipped_bytes": sum(s.shipped_bytes for s in self.shippers.values()), "recovery": self.recovery}
+
+
+def seed_sources(uri: str, shard: int) -> dict[str, dict[str, Any]]:
+    """What a new replica of shard ``shard`` can copy from the storage URI instead of from the Writer:
+    per collection of the current catalog, the location of its newest snapshot and that shard's
+    segments, bitmaps and indexes in it (``{"uri", "files": [(path, size, sha256, blob key)]}``). A
+    replica offers what it copied to the Writer (:meth:`gpusearch.mirror.ShardMirror.seed`), which
+    takes a file only when it has one of that name, size and SHA-256, so a stale or void snapshot
+    costs a copy, never a wrong answer."""
+    from .backup import _blob_key, _manifests
+
+    store = DurableStore(uri, LocalLease(), shards=0)
+    current = store._latest_catalog() or {}
+    base = f"shard-{int(shard):03d}/"
+    out = {}
+    for name, gen in sorted((current.get("collections") or {}).items()):
+        gen_uri = join_uri(uri, f"collections/{name}/{gen}")
+        snaps = _manifests(Location(gen_uri))
+        if not snaps:
+            continue
+        snap = max(snaps, key=lambda m: (m["sequence"], m["id"]))
+        files = [(e["path"], int(e["size"]), e["sha256"], _blob_key(e["sha256"])) for e in snap["files"]
+                 if e["path"].startswith(base) and e["path"][len(base):].startswith(("seg-", "alive-", "index-"))]
+        out[name] = {"uri": gen_uri, "files": files, "snapshot": snap["id"]}
+    return out
 
 
 def clear_dir(path: Path, keep: Callable[[Path], bool] = lambda p: False) -> None:

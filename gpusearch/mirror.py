@@ -115,6 +115,7 @@ def sync_answer(col, shard: int, have: dict[str, int], epoch: str | None, token:
     if quick is not None:
         return quick
     same_epoch = epoch == col.epoch
+    have_len = {rel: v for rel, v in have.items() if isinstance(v, int)}
     s = col._shards[shard]
     files: dict[str, int] = {}
     whole: dict[str, bytes] = {}
@@ -130,7 +131,13 @@ def sync_answer(col, shard: int, have: dict[str, int], epoch: str | None, token:
 
             def add(rel: str, path: Path, size: int) -> None:
                 files[rel] = size
-                if have.get(rel) != size or (_kind(rel) == "append" and not same_epoch):
+                mine = have.get(rel)
+                if isinstance(mine, (list, tuple)):  # a seed: [size, SHA-256], taken only when both match
+                    if mine[0] == size and _known_sha256(col, rel, path, size) == mine[1]:
+                        return
+                    have_len[rel] = 0
+                    opened[rel] = open(path, "rb")
+                elif mine != size or (_kind(rel) == "append" and not same_epoch):
                     opened[rel] = open(path, "rb")  # readable after the lock even if deleted meanwhile
 
             mpath = s.path / "manifest.json"
@@ -150,7 +157,7 @@ def sync_answer(col, shard: int, have: dict[str, int], epoch: str | None, token:
         pieces, left, complete = [], budget, True
         for rel in sorted(opened, key=lambda r: (_kind(r) != "append", r)):  # the log first: it is what is new
             size = files[rel]
-            start = have.get(rel, 0) if (same_epoch or _kind(rel) != "append") else 0
+            start = have_len.get(rel, 0) if (same_epoch or _kind(rel) != "append") else 0
             if start > size:  # the copy is longer: not this file any more (a new collection, or a cut tail)
                 start = 0
             n = min(size - start, max(left, 0))
@@ -170,6 +177,15 @@ def sync_answer(col, shard: int, have: dict[str, int], epoch: str | None, token:
             "token": now if complete else None}
 
 
+def _known_sha256(col, rel: str, path: Path, size: int) -> str | None:
+    """The SHA-256 of an immutable file of ``col`` when a snapshot or rebuild already hashed it."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return col._backup_hashes.get((rel, size, st.st_ino, st.st_mtime_ns))
+
+
 class ShardMirror:
     """A local copy of what one shard's follower reads, at ``path`` (the collection's directory here).
 
@@ -186,9 +202,13 @@ class ShardMirror:
         self._token: list | None = None  # of the last complete answer applied
         self._staged: dict[str, int] = {}  # relative path -> bytes staged so far (immutable files)
         self._deltas: dict[str, tuple[int, bytearray]] = {}  # append-only: start offset, staged bytes
+        # Files fetched from somewhere else than the writer (a snapshot at a storage URI), staged, and
+        # used only once the writer says it has a file of that name, size and SHA-256: path -> (size, sha).
+        self._seeds: dict[str, tuple[int, str]] = {}
         self._lock = threading.Lock()
         self.syncs = 0
         self.bytes_received = 0
+        self.seeded_bytes = 0
 
     def _local(self) -> dict[str, int]:
         """Lengths of the files of the copy that the writer's answer describes."""
@@ -201,8 +221,20 @@ class ShardMirror:
                         out[f"{prefix}/{p.name}"] = p.stat().st_size
         return out
 
-    def _have(self) -> dict[str, int]:
-        have = self._local()
+    def seed(self, rel: str, size: int, sha256: str) -> Path:
+        """Where to put a copy of the writer's immutable file ``rel`` got elsewhere (``size`` bytes with
+        ``sha256``, checked by the caller): the next sync offers it, and the writer sends the file only
+        when it has none of that name, size and hash."""
+        if _kind(rel) != "immutable":
+            raise ValueError(f"only segments, bitmaps and indexes can be seeded, got {rel!r}")
+        self._seeds[rel] = (int(size), str(sha256))
+        return self.path / _STAGING / rel
+
+    def _have(self) -> dict:
+        staging = self.path / _STAGING
+        have: dict = {rel: [size, sha] for rel, (size, sha) in self._seeds.items()
+                      if os.path.isfile(staging / rel) and os.path.getsize(staging / rel) == size}
+        have.update(self._local())
         have.update(self._staged)
         for rel, (start, data) in self._deltas.items():
             have[rel] = start + len(data)
@@ -231,6 +263,7 @@ class ShardMirror:
                     self._remove()
                     self._staged.clear()
                     self._deltas.clear()
+                    self._seeds.clear()
                     self.epoch = None
                     continue
                 self._take(ans)
@@ -252,6 +285,7 @@ class ShardMirror:
         staging = self.path / _STAGING
         for rel, start, data in ans["pieces"]:
             self.bytes_received += len(data)
+            self._seeds.pop(rel, None)  # the writer sends it: its own bytes replace the seed
             if _kind(rel) == "append":
                 cur = self._deltas.get(rel)
                 if cur is None or cur[0] + len(cur[1]) != start:
@@ -283,6 +317,12 @@ class ShardMirror:
                 os.replace(staging / rel, self.path / rel)
                 changed = True
         self._staged.clear()
+        for rel, (size, _sha) in sorted(self._seeds.items()):  # the writer took them: same name, size, hash
+            if files.get(rel) == size and (staging / rel).exists() and not (self.path / rel).exists():
+                os.replace(staging / rel, self.path / rel)
+                self.seeded_bytes += size
+                changed = True
+        self._seeds.clear()
         # 2. the logs: shard WAL before the commit log, as the writer appends them
         for rel in sorted(self._deltas, key=lambda r: (r.startswith("commits/"), r)):
             start, data = self._deltas[rel]

@@ -34,7 +34,7 @@ from typing import Callable
 
 from .errors import InvalidArgumentError, NotFoundError
 
-__all__ = ["Location", "CHUNK_BYTES", "read_prefix", "within"]
+__all__ = ["Location", "CHUNK_BYTES", "read_prefix", "within", "join_uri"]
 
 CHUNK_BYTES = 8 << 20  # streamed in pieces of this size: a file is never all in memory
 
@@ -201,6 +201,17 @@ def _parts(uri) -> tuple[str, str, str, str]:
     if "/../" in path + "/":
         path = "/\0"  # never within anything
     return p.scheme.lower(), p.netloc.lower(), path, p.query
+
+
+def join_uri(uri, rel: str) -> str:
+    """The location ``rel`` below ``uri``, keeping a URI's query (its settings) at the end.
+
+    >>> join_uri("s3://b/p?region=x", "c/d"), join_uri("/srv/bk/", "c")
+    ('s3://b/p/c/d?region=x', '/srv/bk/c')
+    """
+    text, rel = str(uri), rel.strip("/")
+    base, sep, query = text.partition("?") if "://" in text else (text, "", "")
+    return f"{base.rstrip('/')}/{rel}{sep}{query}"
 
 
 def within(uri, prefix) -> bool:

@@ -81,8 +81,9 @@ def build_app(cfg: ServeConfig):
         shard_opts["num_gpus"] = gpus
     if cfg.shard_resources:
         shard_opts["resources"] = dict(cfg.shard_resources)
-    # The Writer (and the Aggregator, which reads collection settings from data_dir) on the node that holds
-    # data_dir when writer_resources pins them; shard replicas anywhere with replication "ray".
+    # The Writer on the node that holds data_dir when writer_resources pins it; with replication "shared" the
+    # Aggregator too (it reads collection settings from data_dir). With replication "ray", shard replicas
+    # and the Aggregator keep copies of what they need and run anywhere.
     near_data: dict[str, Any] = {"resources": dict(cfg.writer_resources)} if cfg.writer_resources else {}
     writer = Writer.options(ray_actor_options={"num_cpus": cfg.num_cpus_other, **near_data}).bind(d)
     shards = [
@@ -93,7 +94,7 @@ def build_app(cfg: ServeConfig):
         for i in range(cfg.shards)
     ]
     # The encoder runs in the Aggregator's process: on the GPUs' share when there are GPUs.
-    agg_opts: dict[str, Any] = {"num_cpus": cfg.num_cpus_other, **near_data}
+    agg_opts: dict[str, Any] = {"num_cpus": cfg.num_cpus_other, **(near_data if cfg.replication == "shared" else {})}
     if gpus and cfg.encoder_enabled:
         agg_opts["num_gpus"] = gpus
     return Aggregator.options(ray_actor_options=agg_opts, max_ongoing_requests=256).bind(d, writer, *shards)

@@ -157,6 +157,12 @@ class ServeConfig:
     # pin them to nodes, e.g. writer_resources {"gpusearch_writer": 1} on the node that holds data_dir.
     writer_resources: dict[str, float] = field(default_factory=dict)
     shard_resources: dict[str, float] = field(default_factory=dict)
+    # Durability beyond the Writer's node (gpusearch.durable; needs replication "ray"): every write is
+    # acknowledged only once it is also in an object at this storage URI (a path every Writer node sees,
+    # file://, s3://bucket/prefix, gs://...), collections are snapshot there, and a Writer that starts on
+    # any node (its node died) takes a new lease term, fencing the old one, and rebuilds every collection
+    # from it. None: the Writer's data_dir is the only copy (the embedded default).
+    storage_uri: str | None = None
     # Logs: Serve's per-replica files (log_dir, or the Ray session's logs/serve/), one line per
     # request at INFO from the Aggregator; "text" or "json" (one JSON object a line, for log shippers).
     log_level: str = "INFO"
@@ -252,6 +258,18 @@ class ServeConfig:
                     for k, v in value.items()):
                 raise ValueError(f"{name} must map Ray resource names to positive numbers, got {value!r}")
             setattr(self, name, {k: float(v) for k, v in value.items()})
+        if self.storage_uri is not None:
+            if not isinstance(self.storage_uri, str) or not self.storage_uri:
+                raise ValueError(f"storage_uri must be a path or URI such as s3://bucket/prefix, got "
+                                 f"{self.storage_uri!r}")
+            if self.replication != "ray":
+                raise ValueError("storage_uri needs replication 'ray': a Writer rebuilt on another node has its "
+                                 "own directory, which shard replicas cannot read (got replication "
+                                 f"{self.replication!r})")
+            if "://" not in self.storage_uri:
+                self.storage_uri = str(Path(self.storage_uri).expanduser().resolve())
+                if Path(self.storage_uri).is_relative_to(self.data_dir):
+                    raise ValueError(f"storage_uri must be outside data_dir ({self.data_dir}), got {self.storage_uri!r}")
         if self.backup_uri is None:
             self.backup_uri = self.data_dir + "-backups"
         elif not isinstance(self.backup_uri, str) or not self.backup_uri:
@@ -309,7 +327,7 @@ class ServeConfig:
 
 
 # Fields whose default is None: the type an environment value is read as.
-_NONE_DEFAULT_TYPES = {"backup_uri": str, "replica_dir": str, "encoder": str, "num_gpus_shard": float, "search_threads": int, "log_dir": str}
+_NONE_DEFAULT_TYPES = {"backup_uri": str, "storage_uri": str, "replica_dir": str, "encoder": str, "num_gpus_shard": float, "search_threads": int, "log_dir": str}
 
 
 def _parse_keys(raw: str) -> dict[str, Any]:

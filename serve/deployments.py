@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from typing import Sequence
 
 import numpy as np
@@ -82,12 +83,50 @@ class Writer:
         replica_logging(self.cfg.log_level)
         self.closed = False
         self.writing = 0
+        self.durable, self._dir_lock = None, None
+        data_dir = self.cfg.data_dir
+        if self.cfg.storage_uri:
+            data_dir = self._take_over()
         # The writer never searches: its copy stays on the host and the GPUs stay with the shards.
-        self.catalog = Catalog(self.cfg.data_dir, shards=self.cfg.shards, metric=self.cfg.metric,
+        self.catalog = Catalog(data_dir, shards=self.cfg.shards, metric=self.cfg.metric,
                                index=self.cfg.index, device="cpu", fsync=self.cfg.fsync,
-                               index_options=self.cfg.index_options)
+                               index_options=self.cfg.index_options, durable=self.durable)
+        self.identity = uuid.uuid4().hex  # tells the Aggregator's copy of the catalog files this Writer's
         self._lock = asyncio.Lock()
         self._index_lock = threading.Lock()
+
+    def _take_over(self) -> str:
+        """Durability at the storage URI (gpusearch.durable): take a new lease term (fencing any older
+        Writer) and rebuild every collection from the URI in a directory of this Writer's own under
+        data_dir; copies older Writers on this node left (no process holds their lock) are removed."""
+        import fcntl
+        from pathlib import Path
+
+        from gpusearch.durable import DurableStore, RayLease
+
+        root = Path(self.cfg.data_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        for old in root.glob("writer-*"):
+            try:
+                fd = os.open(old / ".lock", os.O_RDWR)
+            except OSError:
+                shutil.rmtree(old, ignore_errors=True)
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a Writer still runs there (being replaced): never touched
+            finally:
+                os.close(fd)
+            shutil.rmtree(old, ignore_errors=True)
+        mine = Path(tempfile.mkdtemp(prefix="writer-", dir=root))
+        self._dir_lock = os.open(mine / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._dir_lock, fcntl.LOCK_EX)
+        self.durable = DurableStore(self.cfg.storage_uri, RayLease(self.cfg.storage_uri), shards=self.cfg.shards)
+        self.durable.take_over(mine, device="cpu", fsync=self.cfg.fsync)
+        if self.durable.catalog.get("indexes"):
+            atomic_write_json(mine / INDEXES_FILE, self.durable.catalog["indexes"])
+        return str(mine)
 
     async def _run(self, fn, *args, **kw):
         if self.closed:
@@ -127,11 +166,13 @@ class Writer:
 
     # -- Pinecone indexes (serve/_indexes.py): records in <data_dir>/indexes.json, written here only --
     def _indexes(self) -> dict:
-        path = os.path.join(self.cfg.data_dir, INDEXES_FILE)
+        path = os.path.join(self.catalog.data_dir, INDEXES_FILE)
         return read_json(path) if os.path.exists(path) else {}
 
     def _save_indexes(self, indexes: dict) -> None:
-        atomic_write_json(os.path.join(self.cfg.data_dir, INDEXES_FILE), indexes)
+        if self.durable is not None:
+            self.durable.publish(indexes=indexes)  # first: refused there, nothing changes here
+        atomic_write_json(os.path.join(self.catalog.data_dir, INDEXES_FILE), indexes)
 
     def _create_index(self, record: dict) -> dict:
         with self._index_lock:
@@ -288,7 +329,50 @@ class Writer:
     async def collection_names(self) -> list[str]:
         return await asyncio.to_thread(self.catalog.names)
 
+    # -- the Aggregator's copy of the catalog's small files (replication "ray") -----------------
+    def _meta_files(self) -> list[tuple[str, str]]:
+        root = self.catalog.data_dir
+        out = [(n, str(root / n)) for n in ("catalog.json", "aliases.json", INDEXES_FILE)]
+        for name in self.catalog.names():
+            for f in ("collection.json", "schema.json"):
+                out.append((f"collections/{name}/{f}", str(root / "collections" / name / f)))
+        return out
+
+    def meta_sync(self, token=None) -> dict:
+        """The catalog's small files (settings, aliases, indexes, each collection's settings and fields)
+        for an Aggregator that shares no file system with this Writer: ``{"token": t}`` alone when
+        nothing changed since ``token``, else also ``files`` {path: bytes}. A stat per file: cheap
+        enough for every request the Aggregator takes."""
+        stamps, found = [self.identity], []
+        for rel, path in self._meta_files():
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            stamps.append((rel, st.st_size, st.st_mtime_ns, st.st_ino))
+            found.append((rel, path))
+        import hashlib
+
+        now = hashlib.sha256(repr(stamps).encode()).hexdigest()
+        if now == token:
+            return {"token": now}
+        files = {}
+        for rel, path in found:
+            with contextlib.suppress(FileNotFoundError):
+                with open(path, "rb") as f:
+                    files[rel] = f.read()
+        return {"token": now, "files": files}
+
+    def where(self) -> dict:
+        """This Writer's node, directory and lease term (tests and operators)."""
+        import ray
+
+        return {"node_id": ray.get_runtime_context().get_node_id(), "data_dir": str(self.catalog.data_dir),
+                "durable": None if self.durable is None else self.durable.stats()}
+
     def check_health(self) -> None:
+        if self.durable is not None and self.durable.fenced:
+            raise RuntimeError("a newer Writer took over this one's lease")
         self.catalog.names()  # raises when the data directory is gone
 
 
@@ -356,6 +440,25 @@ class _WriterFiles:
         return self._call("mirror_sync", name, shard, have, epoch, token)
 
 
+def _seed_from_storage(catalog: ShardCatalog, uri: str, shard: int) -> dict:
+    """Copy this shard's files of each collection's newest snapshot at the storage URI (SHA-256
+    checked) for the mirror to offer the Writer, which then sends only what is newer. A failure
+    here costs only speed: the Writer sends everything."""
+    from gpusearch.durable import seed_sources
+    from gpusearch.storage import Location
+
+    t0, n, nbytes = time.perf_counter(), 0, 0
+    try:
+        for name, src in seed_sources(uri, shard).items():
+            loc = Location(src["uri"])
+            for rel, size, sha, key in src["files"]:
+                loc.download(key, catalog.seed(name, rel, size, sha), size=size, sha256=sha)
+                n, nbytes = n + 1, nbytes + size
+    except Exception as exc:  # noqa: BLE001 - the Writer sends what is missing
+        log.warning("shard %d: copying from the storage URI failed (%s); the Writer sends everything", shard, exc)
+    return {"files": n, "bytes": nbytes, "seconds": round(time.perf_counter() - t0, 3)}
+
+
 @serve.deployment(name="Shard")
 class ShardServer:
     def __init__(self, cfg: dict, shard: int, writer=None):
@@ -367,6 +470,7 @@ class ShardServer:
         # A query must never wait for torch's import (1.5-3 s) past the aggregator's shard timeout: CPU
         # batches take the NumPy path until a background thread has imported it (gpusearch.backends._cpu_batch).
         import_on_first_batch(False)
+        self.seeded = None
         if self.cfg.replication == "ray":
             # Its own copy on this node, of this shard only: nothing of the Writer's data_dir is read here.
             root = self.cfg.replica_dir or tempfile.gettempdir()
@@ -379,6 +483,8 @@ class ShardServer:
 
             def load():
                 try:
+                    if self.cfg.storage_uri:
+                        self.seeded = _seed_from_storage(self.catalog, self.cfg.storage_uri, shard)
                     self.catalog.open_all()
                 except BaseException as exc:  # noqa: BLE001 - raised below, in the constructor
                     failed.append(exc)
@@ -427,7 +533,9 @@ class ShardServer:
             for root, _dirs, names in os.walk(self.local_dir):
                 files += [os.path.relpath(os.path.join(root, n), self.local_dir) for n in names]
         return {"shard": self.shard, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
-                "local_dir": self.local_dir, "files": sorted(files)}
+                "local_dir": self.local_dir, "files": sorted(files), "seeded": self.seeded,
+                "seeded_bytes_used": sum(m.seeded_bytes for m in getattr(self.catalog, "_mirrors", {}).values()),
+                "bytes_from_writer": sum(m.bytes_received for m in getattr(self.catalog, "_mirrors", {}).values())}
 
     def check_health(self) -> None:
         where = self.local_dir or self.cfg.data_dir
@@ -437,6 +545,112 @@ class ShardServer:
     def __del__(self):
         if getattr(self, "local_dir", None):
             shutil.rmtree(self.local_dir, ignore_errors=True)
+
+
+class _CatalogCopy:
+    """The Aggregator's copy of the Writer's small catalog files (settings, aliases, indexes, each
+    collection's settings and fields) when it shares no file system with the Writer (replication
+    "ray"): synced after every call the Aggregator makes to the Writer, so a request sees what the
+    requests before it changed, and every half second for what other Aggregator replicas changed."""
+
+    PERIOD_S = 0.5
+
+    def __init__(self, writer, root: str):
+        from pathlib import Path
+
+        os.makedirs(root, exist_ok=True)
+        self.writer, self.dir = writer, Path(tempfile.mkdtemp(prefix="gpusearch-aggregator-", dir=root))
+        self.token = None
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+
+    def apply(self, ans: dict) -> None:
+        from gpusearch.fileio import atomic_write_bytes
+
+        with self._lock:
+            files = ans.get("files")
+            if files is None or ans["token"] == self.token:
+                return
+            for rel, data in files.items():
+                path = self.dir / rel
+                if path.exists() and path.read_bytes() == data:
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(path, data)
+            names = {rel.split("/")[1] for rel in files if rel.startswith("collections/")}
+            cols = self.dir / "collections"
+            for d in (cols.iterdir() if cols.exists() else ()):
+                if d.name not in names:  # dropped: its settings go first, so nobody reads it as a collection
+                    (d / "collection.json").unlink(missing_ok=True)
+                    shutil.rmtree(d, ignore_errors=True)
+                elif f"collections/{d.name}/schema.json" not in files:
+                    (d / "schema.json").unlink(missing_ok=True)
+            for n in ("aliases.json", INDEXES_FILE):
+                if n not in files:
+                    (self.dir / n).unlink(missing_ok=True)
+            self.token = ans["token"]
+
+    async def sync(self) -> None:
+        self.apply(await self.writer.meta_sync.remote(self.token))
+
+    def sync_blocking(self, timeout_s: float = 60.0) -> None:
+        self.apply(self.writer.meta_sync.remote(self.token).result(timeout_s=timeout_s))
+
+    def start(self) -> None:
+        """The first copy (blocking, off the event loop), then the periodic sync in a thread."""
+        failed: list = []
+
+        def first():
+            try:
+                self.sync_blocking(timeout_s=600.0)  # a Writer taking over may rebuild big collections first
+            except BaseException as exc:  # noqa: BLE001 - raised below, in the constructor
+                failed.append(exc)
+
+        t = threading.Thread(target=first, name="gpusearch-catalog-copy")
+        t.start()
+        t.join()
+        if failed:
+            raise failed[0]
+
+        def loop():
+            while not self._stopped.wait(self.PERIOD_S):
+                try:
+                    self.sync_blocking(timeout_s=10.0)
+                except Exception as exc:  # noqa: BLE001 - the Writer is moving or gone: keep the last copy
+                    log.debug("catalog copy: sync failed (%s)", exc)
+
+        threading.Thread(target=loop, daemon=True, name="gpusearch-catalog-sync").start()
+
+    def close(self) -> None:
+        self._stopped.set()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class _ThenSync:
+    """The Writer's handle, with the Aggregator's catalog copy synced after every call."""
+
+    def __init__(self, handle, copy: _CatalogCopy):
+        self._handle, self._copy = handle, copy
+
+    def __getattr__(self, method: str):
+        return _ThenSyncMethod(getattr(self._handle, method), self._copy)
+
+
+class _ThenSyncMethod:
+    def __init__(self, method, copy: _CatalogCopy):
+        self._method, self._copy = method, copy
+
+    def remote(self, *args, **kw):
+        return self._call(args, kw)
+
+    async def _call(self, args, kw):
+        try:
+            return await self._method.remote(*args, **kw)
+        finally:
+            try:
+                await self._copy.sync()
+            except Exception as exc:  # noqa: BLE001 - the periodic sync catches up
+                log.debug("catalog copy: sync after a write failed (%s)", exc)
 
 
 class AggregatorServer(_http.HttpRoutes):
@@ -457,7 +671,13 @@ class AggregatorServer(_http.HttpRoutes):
         # and drain() waits for in_flight (requests under way) to reach 0.
         self.draining = False
         self.in_flight = 0
-        self.reader = CatalogReader(self.cfg.data_dir)
+        self.catalog_copy = None
+        if self.cfg.replication == "ray" and writer is not None:
+            # No file system shared with the Writer: read a copy of its catalog files on this node.
+            self.catalog_copy = _CatalogCopy(writer, self.cfg.replica_dir or tempfile.gettempdir())
+            self.catalog_copy.start()
+            self.writer = _ThenSync(writer, self.catalog_copy)
+        self.reader = CatalogReader(self.catalog_copy.dir if self.catalog_copy else self.cfg.data_dir)
         self.grants = self.cfg.key_grants()
         self.metrics = Metrics()
         _limits.BODY_LIMIT["bytes"] = self.cfg.max_body_bytes

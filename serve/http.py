@@ -467,7 +467,7 @@ class HttpRoutes:
     def _index_records(self) -> dict:
         cache = getattr(self, "_indexes_cache", None)
         if cache is None:
-            cache = self._indexes_cache = _JsonFileCache(Path(self.cfg.data_dir) / INDEXES_FILE, {})
+            cache = self._indexes_cache = _JsonFileCache(Path(self.reader.data_dir) / INDEXES_FILE, {})
         return cache.get()
 
     def _index(self, request: Optional[Request]) -> Optional[dict]:

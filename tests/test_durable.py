@@ -178,3 +178,57 @@ def test_take_over_refuses_a_directory_with_collections(tmp_path):
     with pytest.raises(ValueError, match="shards=2"):
         DurableStore(uri, lease, shards=3).take_over(tmp_path / "z")
     cat.close()
+
+
+def _seeded_mirror(tmp_path, col, uri, shard, corrupt: bool = False):
+    from gpusearch.durable import seed_sources
+    from gpusearch.mirror import ShardMirror, sync_answer
+
+    m = ShardMirror(tmp_path / f"replica-{shard}" / "docs", shard,
+                    lambda have, epoch, token: sync_answer(col, shard, have, epoch, token))
+    offered = 0
+    for rel, size, sha, key in seed_sources(uri, shard)["docs"]["files"]:
+        dest = m.seed(rel, size, sha)
+        Location(seed_sources(uri, shard)["docs"]["uri"]).download(key, dest, size=size, sha256=sha)
+        if corrupt:  # same name and size, other bytes, and a hash that matches them: the writer must refuse it
+            import hashlib
+
+            data = bytearray(dest.read_bytes())
+            data[-1] ^= 0xFF
+            dest.write_bytes(bytes(data))
+            m._seeds[rel] = (size, hashlib.sha256(bytes(data)).hexdigest())
+        offered += size
+    return m, offered
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_a_new_replica_copies_its_shard_from_the_snapshot_and_only_the_rest_from_the_writer(tmp_path, corrupt):
+    from gpusearch.replica import ShardFollower
+
+    uri, lease = str(tmp_path / "bucket"), LocalLease()
+    store, cat = _writer(tmp_path, uri, lease, "a")
+    X = _vecs(3000, 1)
+    cat.upsert("docs", [f"r{i}" for i in range(3000)], X)
+    col = cat.get("docs")
+    col.checkpoint()
+    store.snapshot("docs")
+    cat.upsert("docs", ["late"], _vecs(1, 2))  # after the snapshot: only the writer has it
+    m, offered = _seeded_mirror(tmp_path, col, uri, 0, corrupt)
+    assert offered > 3000 * DIM * 4 // 4
+    m.sync()
+    if corrupt:
+        assert m.seeded_bytes == 0 and m.bytes_received >= offered
+    else:
+        assert m.seeded_bytes == offered and m.bytes_received < offered / 4
+    f = ShardFollower.open(m.path, 0, device="cpu")
+    from gpusearch.collection import shard_of
+
+    mine = sorted(i for i in col.ids_matching({}) if shard_of(i, 2) == 0)
+    assert len(f) == len(mine)
+    q = X[:5]
+    got = f.search(q, k=5).ids
+    got = got.tolist() if hasattr(got, "tolist") else got
+    ref = col.search(q, k=50).ids
+    assert [[i for i in r if shard_of(i, 2) == 0][:5] for r in ref] == got
+    f.close()
+    cat.close()

@@ -234,6 +234,7 @@ def test_shipped_configs_are_valid():
     cfg = ServeConfig.load(None, env={"GPUSEARCH_API_KEYS": "k:rw"}, **deploy["applications"][0]["args"])
     assert (cfg.replication, cfg.writer_resources, cfg.backup_uri) == (
         "ray", {"gpusearch_writer": 1.0}, "s3://my-bucket/gpusearch-backups")
+    assert cfg.storage_uri == "s3://my-bucket/gpusearch-data"
 
 
 def test_replication_and_backup_settings_are_checked():
@@ -247,6 +248,13 @@ def test_replication_and_backup_settings_are_checked():
                                       "GPUSEARCH_BACKUP_LOCATIONS": "s3://b/x,/srv/bk"})
     assert (cfg.replication, cfg.shard_resources, cfg.backup_locations) == ("ray", {"slot": 1.0}, ["s3://b/x", "/srv/bk"])
     assert cfg.backup_uri == cfg.data_dir + "-backups"
+    assert cfg.storage_uri is None
+    with pytest.raises(ValueError, match="storage_uri needs replication 'ray'"):
+        ServeConfig(storage_uri="s3://b/gs")
+    with pytest.raises(ValueError, match="storage_uri must be outside data_dir"):
+        ServeConfig(replication="ray", data_dir="/tmp/gsd", storage_uri="/tmp/gsd/bucket")
+    cfg = ServeConfig.load(None, env={"GPUSEARCH_REPLICATION": "ray", "GPUSEARCH_STORAGE_URI": "s3://b/gs?region=x"})
+    assert cfg.storage_uri == "s3://b/gs?region=x"
 
 
 def test_greedy_batcher_takes_everything_that_queued():
