@@ -92,19 +92,48 @@ def build_catalog(data_dir: Path, n: int, dim: int) -> None:
     cat.close()
 
 
-def rehydrate(serve, build_app, ServeConfig, work: Path, port: int, n: int, dim: int, repeats: int) -> dict:
+def build_at_uri(uri: str, n: int, dim: int, work: Path) -> None:
+    """The same collection written by a Writer whose log and snapshots live at ``uri`` (gpusearch.durable),
+    checkpointed and snapshot there: what a served Writer with ``storage_uri`` rebuilds from."""
+    import shutil
+
+    from gpusearch.catalog import Catalog
+    from gpusearch.durable import DurableStore, LocalLease
+
+    tmp = work / "build-at-uri"
+    store = DurableStore(uri, LocalLease(uri), shards=1, background_snapshots=False)
+    store.take_over(tmp)
+    cat = Catalog(tmp, shards=1, metric="cosine", device="cpu", fsync=False, durable=store)
+    rng = np.random.default_rng(0)
+    cat.create("big", dim=dim)
+    for lo in range(0, n, 50_000):
+        hi = min(lo + 50_000, n)
+        cat.upsert("big", [f"v{i}" for i in range(lo, hi)], rng.standard_normal((hi - lo, dim), dtype=np.float32))
+    cat.get("big").checkpoint()
+    store.snapshot("big")
+    cat.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def rehydrate(serve, build_app, ServeConfig, work: Path, port: int, n: int, dim: int, repeats: int,
+              modes=("shared", "ray")) -> dict:
     import httpx
 
     data_dir = work / f"big-{n}x{dim}"
     t = time.perf_counter()
-    build_catalog(data_dir, n, dim)
+    if "storage" in modes:
+        build_at_uri(str(work / "bucket"), n, dim, work)
+    if {"shared", "ray"} & set(modes):
+        build_catalog(data_dir, n, dim)
     print(f"built {n} x {dim} in {time.perf_counter() - t:.1f} s", flush=True)
-    out: dict[str, list] = {"shared": [], "ray": []}
+    out: dict[str, list] = {m: [] for m in modes}
     for r in range(repeats):
-        for mode in ("shared", "ray"):
+        for mode in modes:
             kw = dict(data_dir=str(data_dir), host="127.0.0.1", port=port, shards=1, device="cpu", fsync=False,
                       encoder_enabled=False, replication=mode, replica_dir=str(work / f"rehydrate-{mode}-{r}"),
                       shard_timeout_s=60.0)
+            if mode == "storage":  # replication "ray" with the Writer's log and snapshots at a storage URI
+                kw.update(replication="ray", storage_uri=str(work / "bucket"), data_dir=str(work / f"writer-{r}"))
             t = time.perf_counter()
             serve.run(build_app(ServeConfig(replicas=1, **kw)), name="gpusearch", route_prefix="/")
             first = time.perf_counter() - t
@@ -115,13 +144,25 @@ def rehydrate(serve, build_app, ServeConfig, work: Path, port: int, n: int, dim:
                 q = np.ones(dim, dtype=np.float32).tolist()
                 assert all(not http.post("/query", json={"namespace": "big", "vector": q, "topK": 10}).json()["partial"]
                            for _ in range(4))
+            run = {"app_start_s": round(first, 2), "added_replica_s": round(second, 2)}
+            if mode != "shared":
+                h = serve.get_deployment_handle("Shard0", app_name="gpusearch")
+                seen = {}
+                for _ in range(20):  # both replicas' own account of where their copy came from
+                    w = h.where.remote().result(timeout_s=60)
+                    seen[w["pid"]] = w
+                    if len(seen) == 2:
+                        break
+                run["replicas"] = [{k: w.get(k) for k in ("seeded", "seeded_bytes_used", "bytes_from_writer")}
+                                   for w in seen.values()]
             serve.delete("gpusearch")
-            out[mode].append({"app_start_s": round(first, 2), "added_replica_s": round(second, 2)})
+            out[mode].append(run)
             print(f"rehydrate round {r} {mode}: app up in {first:.1f} s, a second replica ready in {second:.1f} s",
                   flush=True)
-    med = {m: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for m, rs in out.items()}
+    med = {m: {k: statistics.median(x[k] for x in rs) for k in ("app_start_s", "added_replica_s")}
+           for m, rs in out.items()}
     return {"n": n, "dim": dim, "median": med, "runs": out, "goal_s": 10.0,
-            "goal_met_ray": med["ray"]["added_replica_s"] <= 10.0}
+            **{f"goal_met_{m}": med[m]["added_replica_s"] <= 10.0 for m in modes if m != "shared"}}
 
 
 def main() -> int:
@@ -130,6 +171,12 @@ def main() -> int:
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--rehydrate-n", type=int, default=0, help="rows of the rehydration run (0: skip it)")
+    ap.add_argument("--rehydrate-modes", default="shared,ray",
+                    help="comma-separated: shared, ray, storage (ray with storage_uri: the new replica copies "
+                         "its shard from the snapshot at the URI and only the rest from the Writer)")
+    ap.add_argument("--modes", default="shared,ray",
+                    help="comma-separated: shared, ray, storage (ray with storage_uri: each write also stored "
+                         "in the log at a local storage URI before it is acknowledged)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -145,17 +192,21 @@ def main() -> int:
              _temp_dir=tempfile.mkdtemp(prefix="gsray-", dir="/tmp"))
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    runs: dict[str, list] = {"shared": [], "ray": []}
+    modes = tuple(args.modes.split(","))
+    runs: dict[str, list] = {m: [] for m in modes}
     rehydration = None
     try:
         if args.rehydrate_n:
             rehydration = rehydrate(serve, build_app, ServeConfig, work, port, args.rehydrate_n, args.dim,
-                                    args.repeats)
+                                    args.repeats, tuple(args.rehydrate_modes.split(",")))
         for r in range(args.repeats):
-            for mode in ("shared", "ray"):
+            for mode in modes:
+                extra = {"replication": mode}
+                if mode == "storage":  # replication "ray" and every write also in the log at a storage URI
+                    extra = {"replication": "ray", "storage_uri": str(work / f"bucket-{r}")}
                 cfg = ServeConfig(data_dir=str(work / f"{mode}-{r}"), host="127.0.0.1", port=port, shards=2,
-                                  replicas=1, device="cpu", fsync=True, encoder_enabled=False, replication=mode,
-                                  replica_dir=str(work / f"replicas-{mode}-{r}"), shard_timeout_s=30.0)
+                                  replicas=1, device="cpu", fsync=True, encoder_enabled=False,
+                                  replica_dir=str(work / f"replicas-{mode}-{r}"), shard_timeout_s=30.0, **extra)
                 serve.run(build_app(cfg), name="gpusearch", route_prefix="/")
                 with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
                     res = measure(http, np.random.default_rng(r), args.n, args.dim)
@@ -172,11 +223,15 @@ def main() -> int:
     out = {"benchmark": "replication", "n": args.n, "dim": args.dim, "shards": 2, "replicas": 1,
            "machine": machine_info(), "date": time.strftime("%Y-%m-%d"), "loadavg_1min_after": os.getloadavg()[0],
            "command": "bench/bench_replication.py " + " ".join(sys.argv[1:]), "median": med, "runs": runs,
-           "ray_over_shared": {k: round(med["ray"][k] / med["shared"][k], 3) for k in med["ray"]},
+           "ray_over_shared": ({k: round(med["ray"][k] / med["shared"][k], 3) for k in med["ray"]}
+                               if {"ray", "shared"} <= set(med) else None),
+           "storage_over_ray": ({k: round(med["storage"][k] / med["ray"][k], 3) for k in med["storage"]}
+                                if {"ray", "storage"} <= set(med) else None),
            "rehydration": rehydration}
     path = Path(args.out) if args.out else result_path("replication", out["machine"])
     path.write_text(json.dumps(out, indent=1) + "\n")
-    print(json.dumps({"median": med, "ray_over_shared": out["ray_over_shared"]}))
+    print(json.dumps({"median": med, "ray_over_shared": out["ray_over_shared"],
+                      "storage_over_ray": out["storage_over_ray"]}))
     print(f"wrote {path}")
     return 0
 
