@@ -130,16 +130,18 @@ class Location:
         return digest.hexdigest()
 
     def download(self, rel: str, local: str | os.PathLike, *, size: int, sha256: str,
-                 on_bytes: Callable[[int], None] | None = None) -> None:
+                 on_bytes: Callable[[int], None] | None = None, fsync: bool = True) -> None:
         """Copy ``rel`` to the local file, checking its size and SHA-256; on a mismatch the local file is
-        removed and ``ValueError`` names the object."""
+        removed and ``ValueError`` names the object. ``fsync=False`` for a copy that can be made again
+        (a replica's cache), which then may not survive a power loss."""
         Path(local).parent.mkdir(parents=True, exist_ok=True)
         try:
             with self.fs.open_input_stream(self._key(rel)) as src, open(local, "wb") as out:
                 digest = _copy_hashing(iter(lambda: src.read(CHUNK_BYTES), b""), out.write, on_bytes)
                 n = out.tell()
                 out.flush()
-                os.fsync(out.fileno())
+                if fsync:
+                    os.fsync(out.fileno())
             if n != size or digest.hexdigest() != sha256:
                 raise ValueError(f"{self.uri}: object {rel!r} holds {n} bytes with SHA-256 {digest.hexdigest()[:12]}…, "
                                  f"expected {size} bytes with {sha256[:12]}…: the copy is damaged")

@@ -452,7 +452,8 @@ def _seed_from_storage(catalog: ShardCatalog, uri: str, shard: int) -> dict:
         for name, src in seed_sources(uri, shard).items():
             loc = Location(src["uri"])
             for rel, size, sha, key in src["files"]:
-                loc.download(key, catalog.seed(name, rel, size, sha), size=size, sha256=sha)
+                # no fsync: the replica's copy is a cache, made again from the URI or the Writer after a crash
+                loc.download(key, catalog.seed(name, rel, size, sha), size=size, sha256=sha, fsync=False)
                 n, nbytes = n + 1, nbytes + size
     except Exception as exc:  # noqa: BLE001 - the Writer sends what is missing
         log.warning("shard %d: copying from the storage URI failed (%s); the Writer sends everything", shard, exc)
@@ -470,7 +471,7 @@ class ShardServer:
         # A query must never wait for torch's import (1.5-3 s) past the aggregator's shard timeout: CPU
         # batches take the NumPy path until a background thread has imported it (gpusearch.backends._cpu_batch).
         import_on_first_batch(False)
-        self.seeded = None
+        self.seeded, self.load_s = None, None
         if self.cfg.replication == "ray":
             # Its own copy on this node, of this shard only: nothing of the Writer's data_dir is read here.
             root = self.cfg.replica_dir or tempfile.gettempdir()
@@ -485,7 +486,9 @@ class ShardServer:
                 try:
                     if self.cfg.storage_uri:
                         self.seeded = _seed_from_storage(self.catalog, self.cfg.storage_uri, shard)
+                    t = time.perf_counter()
                     self.catalog.open_all()
+                    self.load_s = round(time.perf_counter() - t, 3)  # the copy from the Writer, and the open
                 except BaseException as exc:  # noqa: BLE001 - raised below, in the constructor
                     failed.append(exc)
 
@@ -533,7 +536,7 @@ class ShardServer:
             for root, _dirs, names in os.walk(self.local_dir):
                 files += [os.path.relpath(os.path.join(root, n), self.local_dir) for n in names]
         return {"shard": self.shard, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
-                "local_dir": self.local_dir, "files": sorted(files), "seeded": self.seeded,
+                "local_dir": self.local_dir, "files": sorted(files), "seeded": self.seeded, "load_s": self.load_s,
                 "seeded_bytes_used": sum(m.seeded_bytes for m in getattr(self.catalog, "_mirrors", {}).values()),
                 "bytes_from_writer": sum(m.bytes_received for m in getattr(self.catalog, "_mirrors", {}).values())}
 

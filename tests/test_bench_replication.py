@@ -36,3 +36,6 @@ def test_replication_bench_measures_both_modes(tmp_path):
     assert reh["n"] == 3000 and reh["median"]["storage"]["added_replica_s"] > 0
     replicas = reh["runs"]["storage"][0]["replicas"]
     assert len(replicas) == 2 and all(r["seeded_bytes_used"] > 0 for r in replicas), replicas
+    # and so did the replacement of a killed replica
+    replaced = reh["runs"]["storage"][0]["replaced_replica"]
+    assert replaced["seconds"] > 0 and replaced["seeded_bytes_used"] > 0 and replaced["load_s"] >= 0, replaced
