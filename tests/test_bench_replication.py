@@ -19,18 +19,18 @@ def test_replication_bench_measures_both_modes(tmp_path):
     out = tmp_path / "replication.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_replication.py"), "--n", "1000", "--dim", "8",
-                        "--repeats", "1", "--modes", "shared,ray,storage", "--rehydrate-n", "3000",
+                        "--repeats", "1", "--modes", "shared,ray", "--rehydrate-n", "3000",
                         "--rehydrate-modes", "storage", "--out", str(out)], env=env,
                        capture_output=True, text=True, timeout=900, cwd=str(tmp_path))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["benchmark"] == "replication" and res["n"] == 1000
-    for mode in ("shared", "ray", "storage"):
+    for mode in ("shared", "ray"):
         m = res["median"][mode]
         assert m["ingest_records_s"] > 0 and m["query_p50_ms"] > 0 and m["ryw_query_p50_ms"] > 0
         assert m["catch_up_10k_ms"] > 0
     assert set(res["ray_over_shared"]) == set(res["median"]["ray"])
-    assert set(res["storage_over_ray"]) == set(res["median"]["storage"])
+    assert res["storage_over_ray"] is None  # mode storage not asked for here (the rehydration below serves it)
     # a replica added to the served shard copied its files from the snapshot at the storage URI
     reh = res["rehydration"]
     assert reh["n"] == 3000 and reh["median"]["storage"]["added_replica_s"] > 0

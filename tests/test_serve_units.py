@@ -736,3 +736,40 @@ def test_stop_and_log_settings_are_checked():
     with pytest.raises(ValueError, match="drain_grace_s must be a number of seconds"):
         ServeConfig(drain_grace_s=-1)
     assert ServeConfig.load(None, env={"GPUSEARCH_DRAIN_GRACE_S": "7.5"}).drain_grace_s == 7.5
+
+
+def test_the_aggregators_copy_of_the_catalog_follows_the_writer(tmp_path):
+    """replication "ray": the Aggregator reads a copy of the Writer's small catalog files (Writer.meta_sync,
+    _CatalogCopy.apply): new collections, aliases and fields arrive, a drop removes the collection, and an
+    unchanged catalog costs an answer without files."""
+    from gpusearch.errors import CollectionNotFoundError
+    from gpusearch.serve.deployments import Writer, _CatalogCopy
+
+    W = Writer.func_or_class
+    w = W.__new__(W)
+    w.catalog = Catalog(tmp_path / "data", shards=2, device="cpu", fsync=False)
+    w.identity = "writer-1"
+    copy = _CatalogCopy(writer=None, root=str(tmp_path / "agg"))
+    reader = CatalogReader(copy.dir)
+    w.catalog.upsert("docs", ["a"], np.ones((1, 4), np.float32), [{"lang": "en"}])
+    copy.apply(W.meta_sync(w, copy.token))
+    assert reader.info("docs").dim == 4 and reader.schema("docs") == {"lang": "string"}
+    again = W.meta_sync(w, copy.token)
+    assert again == {"token": copy.token}  # nothing changed: no files
+    w.catalog.set_alias("latest", "docs")
+    w.catalog.upsert("docs", ["b"], np.ones((1, 4), np.float32), [{"year": 2020}])
+    w.catalog.create("other", dim=3)
+    copy.apply(W.meta_sync(w, copy.token))
+    assert reader.resolve("latest") == "docs" and reader.info("other").dim == 3
+    assert set(reader.schema("docs")) == {"lang", "year"}
+    w.catalog.drop_alias("latest")
+    w.catalog.drop("other")
+    copy.apply(W.meta_sync(w, copy.token))
+    assert reader.resolve("latest") == "latest"
+    with pytest.raises(CollectionNotFoundError):
+        reader.info("other")
+    # another Writer (a takeover) is another identity: everything is sent again
+    w.identity = "writer-2"
+    assert "files" in W.meta_sync(w, copy.token)
+    w.catalog.close()
+    copy.close()
