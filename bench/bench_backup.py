@@ -24,19 +24,16 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info, result_path  # noqa: E402
-from server_proc import free_port  # noqa: E402
 
 import gpusearch as gs  # noqa: E402
 
@@ -151,21 +148,9 @@ def writes_during_backup(col, uri: str) -> dict:
 
 
 def s3_server():
-    port = free_port()
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/", timeout=2).read()
-            return proc, url
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("moto server did not start")
-            time.sleep(0.2)
+    from server_proc import start_s3_server
+
+    return start_s3_server(Path(tempfile.mkdtemp(prefix="gs-moto-")) / "moto.log")
 
 
 def main() -> int:

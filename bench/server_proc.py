@@ -37,6 +37,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: Credentials a test's S3 protocol server accepts (moto checks none; the client needs some).
+S3_TEST_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def start_s3_server(log_path, timeout_s: float = 60.0):
+    """moto's S3 server (``moto[server]``, the dev extra) on a free loopback port, for tests and benchmarks:
+    returns (process, endpoint URL) once it answers; raises ``RuntimeError`` with its log's tail if it
+    does not within ``timeout_s``. The caller terminates the process."""
+    import urllib.request
+
+    port = free_port()
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **S3_TEST_ENV})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:  # wait on the condition (the server answers), bounded
+        try:
+            urllib.request.urlopen(url + "/", timeout=2).read()
+            return proc, url
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto server did not start: {Path(log_path).read_text()[-2000:]}") from None
+            time.sleep(0.2)
+
+
 def _read(path: str) -> bytes:
     try:
         with open(path, "rb") as f:

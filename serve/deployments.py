@@ -440,6 +440,24 @@ class _WriterFiles:
         return self._call("mirror_sync", name, shard, have, epoch, token)
 
 
+def _off_the_event_loop(fn, name: str) -> None:
+    """Run ``fn`` in a thread and wait for it, raising what it raised: a replica's constructor runs on
+    its event loop, where a Ray handle's blocking ``result()`` must not be called."""
+    failed: list = []
+
+    def run():
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - raised below, in the caller
+            failed.append(exc)
+
+    t = threading.Thread(target=run, name=name)
+    t.start()
+    t.join()
+    if failed:
+        raise failed[0]
+
+
 def _seed_from_storage(catalog: ShardCatalog, uri: str, shard: int) -> dict:
     """Copy this shard's files of each collection's newest snapshot at the storage URI (SHA-256
     checked) for the mirror to offer the Writer, which then sends only what is newer. A failure
@@ -480,23 +498,14 @@ class ShardServer:
             source = _WriterFiles(writer, timeout_s=max(30.0, self.cfg.shard_timeout_s))
             self.catalog = ShardCatalog(self.local_dir, shard, device=self.cfg.device, source=source)
             # Ray handles block only off the replica's event loop: load (copy every collection) in a thread.
-            failed: list = []
-
             def load():
-                try:
-                    if self.cfg.storage_uri:
-                        self.seeded = _seed_from_storage(self.catalog, self.cfg.storage_uri, shard)
-                    t = time.perf_counter()
-                    self.catalog.open_all()
-                    self.load_s = round(time.perf_counter() - t, 3)  # the copy from the Writer, and the open
-                except BaseException as exc:  # noqa: BLE001 - raised below, in the constructor
-                    failed.append(exc)
+                if self.cfg.storage_uri:
+                    self.seeded = _seed_from_storage(self.catalog, self.cfg.storage_uri, shard)
+                t = time.perf_counter()
+                self.catalog.open_all()
+                self.load_s = round(time.perf_counter() - t, 3)  # the copy from the Writer, and the open
 
-            loader = threading.Thread(target=load, name="gpusearch-mirror-load")
-            loader.start()
-            loader.join()
-            if failed:
-                raise failed[0]
+            _off_the_event_loop(load, "gpusearch-mirror-load")
         else:
             self.local_dir = None
             self.catalog = ShardCatalog(self.cfg.data_dir, shard, device=self.cfg.device)
@@ -601,19 +610,8 @@ class _CatalogCopy:
 
     def start(self) -> None:
         """The first copy (blocking, off the event loop), then the periodic sync in a thread."""
-        failed: list = []
-
-        def first():
-            try:
-                self.sync_blocking(timeout_s=600.0)  # a Writer taking over may rebuild big collections first
-            except BaseException as exc:  # noqa: BLE001 - raised below, in the constructor
-                failed.append(exc)
-
-        t = threading.Thread(target=first, name="gpusearch-catalog-copy")
-        t.start()
-        t.join()
-        if failed:
-            raise failed[0]
+        # a Writer taking over may rebuild big collections first
+        _off_the_event_loop(lambda: self.sync_blocking(timeout_s=600.0), "gpusearch-catalog-copy")
 
         def loop():
             while not self._stopped.wait(self.PERIOD_S):

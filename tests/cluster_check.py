@@ -48,28 +48,49 @@ def brute(X, ids, q, k):
     return [ids[j] for j in order]
 
 
-def main() -> int:
-    work = Path(sys.argv[1])
-    work.mkdir(parents=True, exist_ok=True)
+def start_cluster(head_resources: dict, worker_resources: list[dict], tag: str):
+    """A Ray cluster on this machine: a head (2 CPUs) and one raylet per entry of ``worker_resources``
+    (1 CPU each, with those custom resources), every node on 127.0.0.1; this process connected as its
+    driver. Returns (cluster, worker nodes); stop it with :func:`stop_cluster`."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Every node on 127.0.0.1: without this, a driver connecting to "127.0.0.1:port" is sent to the
     # machine's outward address, where nothing listens (Ray resolves localhost for multi-node clusters).
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray
+    from ray.cluster_utils import Cluster
+
+    node_args = dict(node_ip_address="127.0.0.1", num_cpus=1, object_store_memory=80 << 20)
+    cluster = Cluster(initialize_head=True, head_node_args=dict(
+        node_args, num_cpus=2, include_dashboard=False, resources=head_resources,
+        temp_dir=tempfile.mkdtemp(prefix=f"gsray-{tag}-", dir="/tmp")))
+    workers = [cluster.add_node(**node_args, resources=r) for r in worker_resources]
+    ray.init(address=cluster.address, log_to_driver=False)
+    return cluster, workers
+
+
+def stop_cluster(cluster) -> None:
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def main() -> int:
+    work = Path(sys.argv[1])
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    cluster, workers = start_cluster({"gpusearch_writer": 4}, [{"replica_slot": 1}] * 3, "multi")
     import httpx
     import ray
     from ray import serve
-    from ray.cluster_utils import Cluster
 
     from gpusearch.serve.app import build_app
     from gpusearch.serve.config import ServeConfig
 
-    t0 = time.monotonic()
-    node_args = dict(node_ip_address="127.0.0.1", num_cpus=1, object_store_memory=80 << 20)
-    cluster = Cluster(initialize_head=True, head_node_args=dict(
-        node_args, num_cpus=2, include_dashboard=False, resources={"gpusearch_writer": 4},
-        temp_dir=tempfile.mkdtemp(prefix="gsray-multi-", dir="/tmp")))
-    workers = [cluster.add_node(**node_args, resources={"replica_slot": 1}) for _ in range(3)]
-    ray.init(address=cluster.address, log_to_driver=False)
     summary: dict = {"nodes": 4}
     try:
         port = free_port()
@@ -160,11 +181,7 @@ def main() -> int:
         print(json.dumps({"ok": True, **summary}), flush=True)
         return 0
     finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
-            cluster.shutdown()
+        stop_cluster(cluster)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,8 @@ Checks (an AssertionError fails the run; the last line printed is a JSON summary
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -34,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cluster_check import brute, free_port  # noqa: E402
+from cluster_check import brute, free_port, start_cluster, stop_cluster  # noqa: E402
 
 DIM = 16
 NAME = "durable"
@@ -48,23 +46,14 @@ def main() -> int:
     work = Path(sys.argv[1])
     work.mkdir(parents=True, exist_ok=True)
     storage = sys.argv[2] if len(sys.argv) > 2 else str(work / "bucket")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every node on 127.0.0.1 (see cluster_check.py)
+    t0 = time.monotonic()
+    cluster, writers = start_cluster({"replica_slot": 4}, [{"gpusearch_writer": 1}] * 2, "takeover")
     import httpx
-    import ray
     from ray import serve
-    from ray.cluster_utils import Cluster
 
     from gpusearch.serve.app import build_app
     from gpusearch.serve.config import ServeConfig
 
-    t0 = time.monotonic()
-    node_args = dict(node_ip_address="127.0.0.1", num_cpus=1, object_store_memory=80 << 20)
-    cluster = Cluster(initialize_head=True, head_node_args=dict(
-        node_args, num_cpus=2, include_dashboard=False, resources={"replica_slot": 4},
-        temp_dir=tempfile.mkdtemp(prefix="gsray-takeover-", dir="/tmp")))
-    writers = [cluster.add_node(**node_args, resources={"gpusearch_writer": 1}) for _ in range(2)]
-    ray.init(address=cluster.address, log_to_driver=False)
     summary: dict = {"nodes": 3, "storage": storage.split("?")[0].split("://")[0] if "://" in storage else "path"}
     stop = threading.Event()
     try:
@@ -198,11 +187,7 @@ def main() -> int:
         return 0
     finally:
         stop.set()
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
-            cluster.shutdown()
+        stop_cluster(cluster)
 
 
 if __name__ == "__main__":

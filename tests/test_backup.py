@@ -10,8 +10,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -21,7 +19,6 @@ from gpusearch.backup import PINS_DIR, _manifests
 from gpusearch.cli import main as cli_main
 from gpusearch.errors import AlreadyExistsError, NotFoundError
 from gpusearch.storage import Location
-from server_proc import free_port  # bench/server_proc.py, on the path by conftest
 
 DIM = 8
 
@@ -322,23 +319,12 @@ def test_cli_backup_backups_and_restore(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory):
     pytest.importorskip("moto", reason="moto[server] is in the dev extra")
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:  # wait on the condition (the server answers), bounded
-        try:
-            urllib.request.urlopen(url + "/", timeout=2).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"moto server did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
+    from server_proc import start_s3_server
+
+    try:
+        proc, url = start_s3_server(tmp_path_factory.mktemp("moto") / "moto.log")
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_EC2_METADATA_DISABLED")}
     os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_EC2_METADATA_DISABLED="true")
     try:

@@ -37,40 +37,26 @@ def test_replicas_on_other_nodes_share_nothing_answer_exactly_and_survive_a_lost
 def s3_bucket(tmp_path):
     """A bucket on a real S3 protocol server (moto's server mode, a process on a free loopback port)."""
     pytest.importorskip("moto", reason="moto[server] is in the dev extra")
-    import time
-    import urllib.request
-
     import pyarrow.fs as pafs
 
     sys.path.insert(0, str(ROOT / "bench"))
-    from server_proc import free_port
+    from server_proc import S3_TEST_ENV, start_s3_server
 
-    port = free_port()
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_EC2_METADATA_DISABLED": "true"}
-    with open(tmp_path / "moto.log", "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
     try:
-        while True:  # wait on the condition (the server answers), bounded
-            try:
-                urllib.request.urlopen(url + "/", timeout=2).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto server did not start: {(tmp_path / 'moto.log').read_text()[-2000:]}")
-                time.sleep(0.2)
+        proc, url = start_s3_server(tmp_path / "moto.log")
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
         q = f"endpoint_override={url}&region=us-east-1"
         saved = dict(os.environ)
-        os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
+        os.environ.update(S3_TEST_ENV)
         try:
             fs, _ = pafs.FileSystem.from_uri(f"s3://gsdata?{q}&allow_bucket_creation=true")
             fs.create_dir("gsdata")
         finally:
             os.environ.clear()
             os.environ.update(saved)
-        yield f"s3://gsdata/cluster?{q}", env
+        yield f"s3://gsdata/cluster?{q}", {**os.environ, **S3_TEST_ENV}
     finally:
         proc.terminate()
         proc.wait(30)
