@@ -37,20 +37,19 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 import struct
 import threading
 import time
 import uuid
 import zlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import UnavailableError
 from .storage import Location, join_uri
 
 __all__ = ["DurableStore", "FencedError", "NotDurableError", "LocalLease", "RayLease", "encode_writes",
-           "decode_writes", "seed_sources", "SNAPSHOT_EVERY_BYTES"]
+           "decode_writes", "seed_sources", "seed_replica", "SNAPSHOT_EVERY_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,7 @@ class _LeaseActor:
     anyway). Each term handed out is recorded at the URI first, so a restarted lease never hands
     one out twice."""
 
-    def __init__(self, uri: str | None):
+    def __init__(self, uri: str | None = None):
         self.loc = Location(uri) if uri is not None else None
         self.term = 0 if self.loc is None else max(
             (int(k[:8]) for k in self.loc.list("leases") if re.match(r"^\d{8}\.json$", k)), default=0)
@@ -134,9 +133,6 @@ class _LeaseActor:
 class LocalLease(_LeaseActor):
     """The lease in one process (tests, tools, a single node): terms from a counter, which starts after
     the terms already handed out at ``uri`` when given (and records its own there)."""
-
-    def __init__(self, uri: str | None = None):
-        super().__init__(uri)
 
 
 class RayLease:
@@ -352,7 +348,6 @@ class DurableStore:
             report[name] = info
         atomic_write_json(data_dir / "aliases.json", self.catalog["aliases"])
         self.loc.put_bytes(f"terms/{self.term:08d}.json", json.dumps({"starts": starts}).encode())
-        self._starts = starts
         self.publish()
         self.recovery = {"term": self.term, "collections": report, "seconds": round(time.perf_counter() - t0, 3)}
         log.info("took over as term %d: %d collections rebuilt from %s in %.1f s", self.term, len(report),
@@ -476,9 +471,18 @@ def seed_sources(uri: str, shard: int) -> dict[str, dict[str, Any]]:
     return out
 
 
-def clear_dir(path: Path, keep: Callable[[Path], bool] = lambda p: False) -> None:
-    """Remove everything in ``path`` but what ``keep`` spares."""
-    if path.exists():
-        for p in path.iterdir():
-            if not keep(p):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+def seed_replica(catalog, uri: str, shard: int) -> dict[str, Any]:
+    """Copy shard ``shard``'s files of each collection's newest snapshot at ``uri`` (SHA-256 checked) into
+    ``catalog`` (a :class:`gpusearch.catalog.ShardCatalog` that copies from its writer), which offers
+    them to the writer on its first sync. A failure costs only speed: the writer then sends everything.
+    No fsync: a replica's copy is a cache, made again from the URI or the writer after a crash."""
+    t0, n, nbytes = time.perf_counter(), 0, 0
+    try:
+        for name, src in seed_sources(uri, shard).items():
+            loc = Location(src["uri"])
+            for rel, size, sha, key in src["files"]:
+                loc.download(key, catalog.seed(name, rel, size, sha), size=size, sha256=sha, fsync=False)
+                n, nbytes = n + 1, nbytes + size
+    except Exception as exc:  # noqa: BLE001 - the writer sends what is missing
+        log.warning("shard %d: copying from the storage URI failed (%s); the writer sends everything", shard, exc)
+    return {"files": n, "bytes": nbytes, "seconds": round(time.perf_counter() - t0, 3)}

@@ -458,26 +458,6 @@ def _off_the_event_loop(fn, name: str) -> None:
         raise failed[0]
 
 
-def _seed_from_storage(catalog: ShardCatalog, uri: str, shard: int) -> dict:
-    """Copy this shard's files of each collection's newest snapshot at the storage URI (SHA-256
-    checked) for the mirror to offer the Writer, which then sends only what is newer. A failure
-    here costs only speed: the Writer sends everything."""
-    from gpusearch.durable import seed_sources
-    from gpusearch.storage import Location
-
-    t0, n, nbytes = time.perf_counter(), 0, 0
-    try:
-        for name, src in seed_sources(uri, shard).items():
-            loc = Location(src["uri"])
-            for rel, size, sha, key in src["files"]:
-                # no fsync: the replica's copy is a cache, made again from the URI or the Writer after a crash
-                loc.download(key, catalog.seed(name, rel, size, sha), size=size, sha256=sha, fsync=False)
-                n, nbytes = n + 1, nbytes + size
-    except Exception as exc:  # noqa: BLE001 - the Writer sends what is missing
-        log.warning("shard %d: copying from the storage URI failed (%s); the Writer sends everything", shard, exc)
-    return {"files": n, "bytes": nbytes, "seconds": round(time.perf_counter() - t0, 3)}
-
-
 @serve.deployment(name="Shard")
 class ShardServer:
     def __init__(self, cfg: dict, shard: int, writer=None):
@@ -500,7 +480,9 @@ class ShardServer:
             # Ray handles block only off the replica's event loop: load (copy every collection) in a thread.
             def load():
                 if self.cfg.storage_uri:
-                    self.seeded = _seed_from_storage(self.catalog, self.cfg.storage_uri, shard)
+                    from gpusearch.durable import seed_replica
+
+                    self.seeded = seed_replica(self.catalog, self.cfg.storage_uri, shard)
                 t = time.perf_counter()
                 self.catalog.open_all()
                 self.load_s = round(time.perf_counter() - t, 3)  # the copy from the Writer, and the open

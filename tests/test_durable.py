@@ -186,10 +186,10 @@ def _seeded_mirror(tmp_path, col, uri, shard, corrupt: bool = False):
 
     m = ShardMirror(tmp_path / f"replica-{shard}" / "docs", shard,
                     lambda have, epoch, token: sync_answer(col, shard, have, epoch, token))
-    offered = 0
-    for rel, size, sha, key in seed_sources(uri, shard)["docs"]["files"]:
+    offered, src = 0, seed_sources(uri, shard)["docs"]
+    for rel, size, sha, key in src["files"]:
         dest = m.seed(rel, size, sha)
-        Location(seed_sources(uri, shard)["docs"]["uri"]).download(key, dest, size=size, sha256=sha)
+        Location(src["uri"]).download(key, dest, size=size, sha256=sha)
         if corrupt:  # same name and size, other bytes, and a hash that matches them: the writer must refuse it
             import hashlib
 
