@@ -35,6 +35,13 @@ Semantics
   are their negations (no element matches; a record without the field passes
   them). An empty list is present but matches no value. ``$gt`` and friends
   are refused.
+- ``mixed`` fields (records holding values of different kinds, see
+  :mod:`gpusearch.metadata`): a condition compares each record's value with
+  operands of its own kind, as Pinecone does: ``{"code": 5}`` matches the
+  records holding 5 (or 5.0), never the string ``"5"``; ``$gt 3`` is false for a
+  record holding a string; ``$ne``/``$nin`` are the negations of ``$eq``/``$in``,
+  so a record holding another kind passes them. Strings also match any element
+  of a record's list of strings, as on ``string_list`` fields.
 - ``$in`` / ``$nin`` take a non-empty list of operands of one kind (strings,
   bools, or numbers).
 
@@ -70,7 +77,7 @@ import pyarrow.compute as pc
 
 from ._show import show as _show
 from .errors import InvalidArgumentError, InvalidTypeError
-from .metadata import FIELD_TYPES, check_schema
+from .metadata import FIELD_TYPES, MIXED_KINDS, check_schema, to_mixed
 
 __all__ = ["CompiledFilter", "compile_filter", "FIELD_OPERATORS", "LOGICAL_OPERATORS", "MAX_DEPTH"]
 
@@ -84,6 +91,9 @@ _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 _KIND_NAMES = {"string": "a string", "number": "a number (int or float)", "bool": "a bool (true or false)"}
 _FIELD_KIND = {"string": "string", "int": "number", "float": "number", "bool": "bool", "string_list": "string"}
+# The children of a mixed field an operand of each kind is compared with (equality, then order).
+_MIXED_CHILDREN = {"string": (("string", "string_list"), ("string",)), "number": (("int", "float"), ("int", "float")),
+                   "bool": (("bool",), ())}
 
 
 class _Node:
@@ -122,6 +132,12 @@ def _or(parts: list) -> Any:
     return _combine(parts, True, lambda a, b: a | b)
 
 
+def _not(part: Any) -> Any:
+    if isinstance(part, bool):
+        return not part
+    return _Node(~part.expr, part.fields, part.lists)  # node expressions are never null
+
+
 class CompiledFilter:
     """A filter compiled against a collection schema; build with :func:`compile_filter`.
 
@@ -134,14 +150,15 @@ class CompiledFilter:
         The metadata fields whose columns :meth:`mask` reads.
     """
 
-    __slots__ = ("expression", "fields", "key", "_types", "_lists", "_constant")
+    __slots__ = ("expression", "fields", "key", "_types", "_lists", "_constant", "_children")
 
-    def __init__(self, expression, fields, types, lists, constant, key=None):
+    def __init__(self, expression, fields, types, lists, constant, key=None, children=None):
         self.expression = expression
         self.fields = fields
-        self._types = types  # field -> pa.DataType from the schema at compile time
+        self._types = types  # column -> pa.DataType from the schema at compile time
         self._lists = lists  # (derived column, field, value set, negate)
         self._constant = constant  # bool when the filter folded to a constant, else None
+        self._children = children or {}  # derived column -> (mixed field, kind): one child of its struct
         # The filter as canonical JSON and the types of the fields it reads: equal keys select the
         # same rows, so a batcher may answer requests with equal keys in one search.
         self.key = key if key is not None else (str(expression), ())
@@ -192,7 +209,8 @@ class CompiledFilter:
         n = table.num_rows
         if self._constant is not None:
             return np.full(n, self._constant, dtype=bool)
-        columns = {name: self._column(table, name, t) for name, t in self._types.items()}
+        columns = {name: self._child(table, *self._children[name], t) if name in self._children
+                   else self._column(table, name, t) for name, t in self._types.items()}
         for derived, field, values, negate in self._lists:
             columns[derived] = _any_in(columns[field], values, negate, n)
         inputs = pa.table(columns)
@@ -212,6 +230,21 @@ class CompiledFilter:
         return out
 
     @staticmethod
+    def _child(table: pa.Table, name: str, kind: str, target: pa.DataType):
+        """The values of kind ``kind`` in mixed field ``name`` (null in records holding another kind)."""
+        n = table.num_rows
+        col = table.column(name) if name in table.schema.names else None
+        if col is not None and pa.types.is_struct(col.type):
+            return CompiledFilter._column(pa.table({name: pc.struct_field(col, kind)}), name, target)
+        if col is not None and col.type == target:  # a column written before the field held other kinds
+            return col
+        if col is not None and pa.types.is_integer(col.type) and kind == "int":
+            return col.cast(target)
+        if col is not None and pa.types.is_list(col.type) and kind == "string_list":
+            return col.cast(target)
+        return pa.nulls(n, target)
+
+    @staticmethod
     def _column(table: pa.Table, name: str, target: pa.DataType):
         n = table.num_rows
         if name not in table.schema.names:
@@ -219,9 +252,14 @@ class CompiledFilter:
         col = table.column(name)
         if col.type == target:
             return col
+        if pa.types.is_struct(target) and not pa.types.is_struct(col.type):  # mixed now, one type when written
+            kind = next((k for k in MIXED_KINDS if FIELD_TYPES[k] == col.type), None)
+            if kind is not None:
+                return to_mixed(col, kind)
         if pa.types.is_integer(col.type) and pa.types.is_floating(target):
             return col.cast(target, safe=False)
-        if pa.types.is_null(col.type) or (pa.types.is_list(col.type) and pa.types.is_list(target)):
+        if pa.types.is_null(col.type) or (pa.types.is_list(col.type) and pa.types.is_list(target)) or (
+                pa.types.is_struct(col.type) and pa.types.is_struct(target)):
             try:
                 return col.cast(target)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -247,6 +285,7 @@ class _Compiler:
     def __init__(self, schema: Mapping[str, str]):
         self.schema = schema
         self.list_count = 0
+        self.children: dict[str, tuple[str, str]] = {}  # derived column -> (mixed field, kind)
 
     def filter(self, flt: Any, depth: int, where: str) -> Any:
         if not isinstance(flt, Mapping):
@@ -317,6 +356,11 @@ class _Compiler:
             self.unseen(field, op, operand)
             return op in ("$ne", "$nin")
         ftype = self.schema[field]
+        if ftype == "mixed":
+            return self.mixed(field, op, operand)
+        return self.typed(field, ftype, op, operand)
+
+    def typed(self, field: str, ftype: str, op: str, operand: Any) -> Any:
         if op in _COMPARISONS and ftype in ("bool", "string_list"):
             raise InvalidArgumentError(
                 f"{op} is not supported on {ftype} field {field!r}; use $eq, $ne, $in, $nin or $exists"
@@ -332,6 +376,22 @@ class _Compiler:
         if ftype == "float" and isinstance(value, int):
             return self.float_vs_int(field, op, value)
         return self.compare(field, op, value)
+
+    def mixed(self, field: str, op: str, operand: Any) -> Any:
+        """A condition on a mixed field: on the children holding the operand's kind, each as a typed field."""
+        self.unseen(field, op, operand)  # the operand alone decides what is well formed
+        kind = _operand_kind(operand[0] if op in ("$in", "$nin") else operand)
+        equality, order = _MIXED_CHILDREN[kind]
+        positive = {"$ne": "$eq", "$nin": "$in"}.get(op, op)
+        parts = [self.typed(self.child(field, k), k, positive, operand)
+                 for k in (order if op in _COMPARISONS else equality)]
+        node = _or(parts)
+        return _not(node) if positive != op else node
+
+    def child(self, field: str, kind: str) -> str:
+        name = f"$mixed{len(self.children)}.{kind}"
+        self.children[name] = (field, kind)
+        return name
 
     def unseen(self, field: str, op: str, operand: Any) -> None:
         """Check the operand of a condition on a field no record has, as if the field had the operand's
@@ -530,11 +590,15 @@ def compile_filter(filter: Any, schema: Mapping[str, str]) -> CompiledFilter | N
     if not filter:
         return None
     schema = check_schema(schema)
-    node = _Compiler(schema).filter(filter, 0, "filter")
+    compiler = _Compiler(schema)
+    node = compiler.filter(filter, 0, "filter")
     text = json.dumps(filter, sort_keys=True, separators=(",", ":"))
     if isinstance(node, bool):
         return CompiledFilter(pc.scalar(node), frozenset(), {}, (), node, key=(text, ()))
-    fields = sorted(node.fields | {f for _, f, _, _ in node.lists})
-    types = {name: FIELD_TYPES[schema[name]] for name in sorted(node.fields)}
-    return CompiledFilter(node.expr, node.fields, types, node.lists, None,
-                          key=(text, tuple((f, schema[f]) for f in fields)))
+    children = compiler.children
+    columns = sorted(node.fields | {f for _, f, _, _ in node.lists})
+    types = {name: FIELD_TYPES[children[name][1] if name in children else schema[name]] for name in columns}
+    fields = sorted({children[c][0] if c in children else c for c in columns})
+    return CompiledFilter(node.expr, frozenset(fields), types, node.lists, None,
+                          key=(text, tuple((f, schema[f]) for f in fields)),
+                          children={c: children[c] for c in columns if c in children})

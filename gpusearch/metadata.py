@@ -1,9 +1,9 @@
 """Record metadata: flat JSON-like objects per record, held as Arrow columns.
 
 A collection keeps a *schema*, a mapping from field name to one of the field
-types in :data:`FIELD_TYPES`; a field has one type across the whole
-collection. Each shard holds its metadata as a :class:`pyarrow.Table` with one
-nullable column per field, a null meaning "this record has no such field".
+types in :data:`FIELD_TYPES`. Each shard holds its metadata as a
+:class:`pyarrow.Table` with one nullable column per field, a null meaning "this
+record has no such field".
 
 Values a record may hold: ``str``, ``bool``, ``int`` (within int64), finite
 ``float``, and lists or tuples of ``str`` (a ``string_list`` field; an empty
@@ -12,13 +12,19 @@ Python type. ``int`` and ``float`` are compatible: an ``int`` field that
 receives a float becomes a ``float`` field, and ints written to a ``float``
 field are stored as the nearest float64.
 
+A field whose records hold values of other kinds (an int in one record and a
+string in another, as Pinecone allows) becomes a ``mixed`` field: a struct
+column with one child per kind (:data:`MIXED_KINDS`), exactly one of them set in
+a record that has the field, so every value keeps its own type (an int stays an
+int beside floats). Filters compare a mixed field's values with operands of
+their own kind (see :mod:`gpusearch.filters`).
+
 Errors follow one rule: :class:`TypeError` when a Python object has a type
 metadata cannot hold (a record that is not a mapping, a key that is not a
 string, a value that is ``None``, a nested object, a set, bytes, a list item
 that is not a string); :class:`ValueError` when the type is right but the value
 is not (an empty key, a key starting with ``$``, NaN or infinity, an int outside
-int64, a length that does not match) or when a value's type conflicts with the
-type the field already has.
+int64, a length that does not match).
 
 Zero columns, n rows: Arrow can hold a table with no columns and any number of
 rows (``normalize_metadata(None, n, {})`` returns one, built from a
@@ -41,6 +47,7 @@ from .errors import InvalidArgumentError, InvalidTypeError
 
 __all__ = [
     "FIELD_TYPES",
+    "MIXED_KINDS",
     "normalize_metadata",
     "merge_schemas",
     "schema_of",
@@ -52,13 +59,15 @@ __all__ = [
     "rows_to_dicts",
 ]
 
-FIELD_TYPES: dict[str, pa.DataType] = {
+_KIND_TYPES: dict[str, pa.DataType] = {
     "string": pa.string(),
     "int": pa.int64(),
     "float": pa.float64(),
     "bool": pa.bool_(),
     "string_list": pa.list_(pa.string()),
 }
+MIXED_KINDS = tuple(_KIND_TYPES)  # the children of a mixed field's struct, in this order
+FIELD_TYPES: dict[str, pa.DataType] = {**_KIND_TYPES, "mixed": pa.struct(list(_KIND_TYPES.items()))}
 
 _TYPE_NAMES = {t: name for name, t in FIELD_TYPES.items()}
 _INT64_MIN = -(2**63)
@@ -128,7 +137,7 @@ def check_schema(schema: Any) -> dict[str, str]:
     >>> check_schema({"year": "integer"})
     Traceback (most recent call last):
     ...
-    gpusearch.errors.InvalidArgumentError: schema field 'year' has unknown type 'integer'; expected one of 'string', 'int', 'float', 'bool', 'string_list'
+    gpusearch.errors.InvalidArgumentError: schema field 'year' has unknown type 'integer'; expected one of 'string', 'int', 'float', 'bool', 'string_list', 'mixed'
     """
     if not isinstance(schema, Mapping):
         raise InvalidTypeError(f"schema must be a mapping of field name to type name, got {type(schema).__name__}")
@@ -230,24 +239,14 @@ def _column_kind(name: str, col: list, types: set, schema_type: str | None) -> s
             raise InvalidTypeError(f"metadata field {name!r} in record {i} has {_a(t.__name__)} value {_show(col[i])}; {what}")
         kinds.setdefault(k, t)
     numeric = set(kinds) <= {"int", "float"}
-    if len(kinds) > 1 and not numeric:
-        first, second = sorted(kinds, key=lambda k: _first_index(col, lambda v: _kind(type(v)) == k))[:2]
-        i = _first_index(col, lambda v: _kind(type(v)) == first)
-        j = _first_index(col, lambda v: _kind(type(v)) == second)
-        raise InvalidArgumentError(
-            f"metadata field {name!r} has type {first!r} in record {i} but record {j} has {_a(second)} value "
-            f"{_show(col[j])}; a field must have one type"
-        )
+    if schema_type == "mixed" or (len(kinds) > 1 and not numeric):
+        return "mixed"
     kind = "float" if "float" in kinds else next(iter(kinds))
     if schema_type is None or schema_type == kind:
         return kind
     if numeric and schema_type in ("int", "float"):
         return "float"
-    i = _first_index(col, lambda v: _kind(type(v)) in kinds)
-    raise InvalidArgumentError(
-        f"metadata field {name!r} has type {schema_type!r} in this collection, but record {i} has "
-        f"{_a(_kind(type(col[i])))} value {_show(col[i])}"
-    )
+    return "mixed"  # a value of another kind than the field's: each record keeps its own
 
 
 def _check_list_items(name: str, col: list) -> None:
@@ -267,10 +266,10 @@ def _check_list_items(name: str, col: list) -> None:
 
 def _plain_values(col: list, types: set, kind: str) -> list:
     """Convert NumPy scalars and subclasses to the plain built-in types."""
-    plain = _PLAIN[kind]
     exact = {str, bool, int, float, list, tuple, _NONE_TYPE}
-    if types <= exact:
+    if types <= exact or kind == "mixed":  # a mixed field's values are made plain child by child
         return col
+    plain = _PLAIN[kind]
     return [v if v is None or type(v) in exact else plain(v) for v in col]
 
 
@@ -313,7 +312,30 @@ def _float_array(name: str, col: list) -> pa.Array:
     return arr
 
 
+def _mixed_array(name: str, col: list) -> pa.Array:
+    """A mixed field's struct column: per record, its value in the child of its own kind."""
+    kinds = [None if v is None else _kind(type(v)) for v in col]
+    children = []
+    for kind in MIXED_KINDS:
+        part = [v if k == kind else None for v, k in zip(col, kinds)]
+        part = _plain_values(part, set(map(type, part)), kind)
+        children.append(_build_array(name, part, kind))
+    missing = pa.array([k is None for k in kinds], type=pa.bool_())
+    return pa.StructArray.from_arrays(children, fields=list(FIELD_TYPES["mixed"]), mask=missing)
+
+
+def to_mixed(col, kind: str):
+    """A column of one field type (``kind``) as a mixed field's struct column; nulls stay missing."""
+    if isinstance(col, pa.ChunkedArray):
+        return pa.chunked_array([to_mixed(c, kind) for c in col.chunks], type=FIELD_TYPES["mixed"])
+    n = len(col)
+    children = [col.cast(FIELD_TYPES[k]) if k == kind else pa.nulls(n, FIELD_TYPES[k]) for k in MIXED_KINDS]
+    return pa.StructArray.from_arrays(children, fields=list(FIELD_TYPES["mixed"]), mask=col.is_null())
+
+
 def _build_array(name: str, col: list, kind: str) -> pa.Array:
+    if kind == "mixed":
+        return _mixed_array(name, col)
     if kind == "int":
         return _int_array(name, col)
     if kind == "float":
@@ -347,8 +369,9 @@ def normalize_metadata(metadata: Any, n: int, schema: Mapping[str, str]) -> tupl
         the returned schema (in its order), null where a record lacks the
         field. With no fields it has zero columns and still ``n`` rows.
     schema : dict of str to str
-        The input schema extended with new fields and with ``int`` fields
-        promoted to ``float`` where this batch holds floats.
+        The input schema extended with new fields, with ``int`` fields
+        promoted to ``float`` where this batch holds floats, and with fields
+        that now hold values of several kinds made ``mixed``.
 
     Raises
     ------
@@ -356,7 +379,7 @@ def normalize_metadata(metadata: Any, n: int, schema: Mapping[str, str]) -> tupl
         A record, key, value or list item of an unsupported type.
     ValueError
         A length other than ``n``, a bad key, a non-finite float, an int
-        outside int64, or a value whose type conflicts with the field's type.
+        outside int64.
 
     Examples
     --------
@@ -365,10 +388,9 @@ def normalize_metadata(metadata: Any, n: int, schema: Mapping[str, str]) -> tupl
     [{'year': 2020, 'genre': 'drama'}, {'year': None, 'genre': None}]
     >>> schema
     {'year': 'int', 'genre': 'string'}
-    >>> normalize_metadata([{"year": "2020"}], 1, {"year": "int"})
-    Traceback (most recent call last):
-    ...
-    gpusearch.errors.InvalidArgumentError: metadata field 'year' has type 'int' in this collection, but record 0 has a string value '2020'
+    >>> table, schema = normalize_metadata([{"year": "2020"}], 1, {"year": "int"})
+    >>> schema, table.column("year").to_pylist()[0]["string"]
+    ({'year': 'mixed'}, '2020')
     """
     schema = check_schema(schema)
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
@@ -400,16 +422,15 @@ def normalize_metadata(metadata: Any, n: int, schema: Mapping[str, str]) -> tupl
 
 
 def merge_schemas(a: Mapping[str, str], b: Mapping[str, str]) -> dict[str, str]:
-    """Combine two schemas: the union of their fields, ``int`` and ``float`` giving ``float``.
+    """Combine two schemas: the union of their fields, ``int`` and ``float`` giving ``float``,
+    any other two types ``mixed``.
 
     Fields keep ``a``'s order, then ``b``'s new fields in ``b``'s order.
 
     >>> merge_schemas({"year": "int"}, {"year": "float", "genre": "string"})
     {'year': 'float', 'genre': 'string'}
     >>> merge_schemas({"year": "int"}, {"year": "string"})
-    Traceback (most recent call last):
-    ...
-    gpusearch.errors.InvalidArgumentError: metadata field 'year' has type 'int' in one schema and 'string' in the other
+    {'year': 'mixed'}
     """
     out = check_schema(a)
     for name, ftype in check_schema(b).items():
@@ -419,7 +440,7 @@ def merge_schemas(a: Mapping[str, str], b: Mapping[str, str]) -> dict[str, str]:
         elif {have, ftype} == {"int", "float"}:
             out[name] = "float"
         else:
-            raise InvalidArgumentError(f"metadata field {name!r} has type {have!r} in one schema and {ftype!r} in the other")
+            out[name] = "mixed"
     return out
 
 
@@ -427,6 +448,9 @@ def _type_name(dt: pa.DataType) -> str | None:
     name = _TYPE_NAMES.get(dt)
     if name is None and pa.types.is_list(dt) and pa.types.is_string(dt.value_type):
         return "string_list"  # e.g. Parquet names the list item "element"
+    if name is None and pa.types.is_struct(dt) and [f.name for f in dt] == list(MIXED_KINDS):
+        if all(_type_name(f.type) == k for f, k in zip(dt, MIXED_KINDS)):
+            return "mixed"
     return name
 
 
@@ -453,6 +477,7 @@ def conform(table: pa.Table, schema: Mapping[str, str]) -> pa.Table:
     """Cast and extend ``table`` to ``schema``: every schema field, in schema order.
 
     Missing fields become all-null columns, ``int`` columns become ``float``
+    where the schema says so, a column of one type becomes a ``mixed`` column
     where the schema says so, and the row count is kept even with no columns.
 
     >>> t, _ = normalize_metadata([{"year": 2020}], 1, {})
@@ -476,8 +501,11 @@ def conform(table: pa.Table, schema: Mapping[str, str]) -> pa.Table:
             continue
         col = table.column(field.name)
         if col.type != field.type:
+            kind = _type_name(col.type)
             if pa.types.is_integer(col.type) and pa.types.is_floating(field.type):
                 col = col.cast(field.type, safe=False)  # ints beyond 2**53 round, as Python's float() does
+            elif schema[field.name] == "mixed" and kind in MIXED_KINDS:
+                col = to_mixed(col, kind)
             elif pa.types.is_null(col.type) or _type_name(col.type) == schema[field.name]:
                 col = col.cast(field.type)
             else:
@@ -537,7 +565,8 @@ def rows_to_dicts(table: pa.Table, rows: Any = None) -> list[dict]:
     """Metadata of the given row positions as plain dicts, leaving out missing fields.
 
     ``rows`` is a sequence of row positions (``None`` for every row). Ints come
-    back as ``int``, floats as ``float``, lists as ``list``.
+    back as ``int``, floats as ``float``, lists as ``list``; a mixed field's
+    value as the one it holds.
 
     >>> t, _ = normalize_metadata([{"year": 2020, "tags": ("a", "b")}, {"genre": "drama"}], 2, {})
     >>> rows_to_dicts(t, [1, 0])
@@ -547,8 +576,20 @@ def rows_to_dicts(table: pa.Table, rows: Any = None) -> list[dict]:
         raise TypeError(f"table must be a pyarrow.Table, got {type(table).__name__}")
     sub = take(table, rows)
     names = sub.column_names
-    columns = [sub.column(name).to_pylist() for name in names]
+    columns = [_values(sub.column(name)) for name in names]
     return [
         {name: value for name, value in zip(names, values) if value is not None}
         for values in zip(*columns)
     ] if names else [{} for _ in range(sub.num_rows)]
+
+
+def _values(col) -> list:
+    """A column's values as Python objects, a mixed field's as the value each record holds."""
+    if _type_name(col.type) != "mixed":
+        return col.to_pylist()
+    out = [None] * len(col)
+    for kind in MIXED_KINDS:
+        for i, v in enumerate(pc.struct_field(col, kind).to_pylist()):
+            if v is not None:
+                out[i] = v
+    return out

@@ -75,7 +75,7 @@ def test_bad_ids(col, ids, exc):
 def test_bad_metadata_rejects_whole_batch(col):
     before = col.stats()
     with pytest.raises(ValueError, match="genre"):
-        col.upsert(["p", "q"], np.ones((2, 4), np.float32), metadata=[{"genre": "y"}, {"genre": 5}])
+        col.upsert(["p", "q"], np.ones((2, 4), np.float32), metadata=[{"genre": "y"}, {"genre": float("nan")}])
     with pytest.raises((TypeError, ValueError), match="nested|dict|type"):
         col.upsert(["p"], np.ones((1, 4), np.float32), metadata=[{"deep": {"x": 1}}])
     unchanged(col, before)

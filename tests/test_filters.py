@@ -333,6 +333,15 @@ def reference(flt: dict, record: dict) -> bool:
     return True
 
 
+def _kind(v) -> str:
+    return "bool" if isinstance(v, bool) else "string" if isinstance(v, str) else "number"
+
+
+def _equal(x, v) -> bool:
+    """Values of different kinds never match (True is not 1, "5" is not 5): a mixed field's rule."""
+    return _kind(x) == _kind(v) and x == v
+
+
 def leaf(record: dict, field: str, op: str, operand) -> bool:
     if op == "$exists":
         return (field in record) == operand
@@ -341,21 +350,23 @@ def leaf(record: dict, field: str, op: str, operand) -> bool:
     x = record[field]
     if isinstance(x, list):  # any element
         values = [operand] if op in ("$eq", "$ne") else operand
-        hit = any(e == v for e in x for v in values)
+        hit = any(_equal(e, v) for e in x for v in values)
         return hit if op in ("$eq", "$in") else not hit
     if op == "$eq":
-        return x == operand
+        return _equal(x, operand)
     if op == "$ne":
-        return x != operand
+        return not _equal(x, operand)
     if op == "$in":
-        return any(x == v for v in operand)
+        return any(_equal(x, v) for v in operand)
     if op == "$nin":
-        return not any(x == v for v in operand)
+        return not any(_equal(x, v) for v in operand)
+    if _kind(x) != _kind(operand):
+        return False
     return {"$gt": x > operand, "$gte": x >= operand, "$lt": x < operand, "$lte": x <= operand}[op]
 
 
 # "absent" is in the schema but no record ever has it; "never" is not in the schema.
-PROP_SCHEMA = {"s": "string", "i": "int", "f": "float", "b": "bool", "l": "string_list", "absent": "int"}
+PROP_SCHEMA = {"s": "string", "i": "int", "f": "float", "b": "bool", "l": "string_list", "m": "mixed", "absent": "int"}
 STRINGS = st.sampled_from(["", "a", "ab", "b", "B", "é", "日本", "a\x00"])
 # Small domains so that values collide with operands; edge values where ints and floats part ways.
 INTS = st.one_of(st.integers(-3, 3), st.sampled_from([-(2**63), 2**63 - 1, 2**53 + 1, 2**53 + 3, -(2**53) - 1]))
@@ -370,8 +381,10 @@ STORED = {
     "f": st.one_of(FLOATS, st.integers(-3, 3)),  # ints in a float field are stored as floats
     "b": st.booleans(),
     "l": st.lists(STRINGS, max_size=3),
+    "m": st.one_of(STRINGS, INTS, FLOATS, st.booleans(), st.lists(STRINGS, max_size=3)),  # each keeps its kind
 }
-OPERAND = {"s": STRINGS, "i": NUMBERS, "f": NUMBERS, "absent": NUMBERS, "b": st.booleans(), "l": STRINGS}
+OPERAND = {"s": STRINGS, "i": NUMBERS, "f": NUMBERS, "absent": NUMBERS, "b": st.booleans(), "l": STRINGS,
+           "m": st.one_of(STRINGS, NUMBERS, st.booleans())}
 OPS = {
     "s": ["$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists"],
     "i": ["$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists"],
@@ -379,6 +392,7 @@ OPS = {
     "absent": ["$eq", "$ne", "$gt", "$lt", "$in", "$nin", "$exists"],
     "b": ["$eq", "$ne", "$in", "$nin", "$exists"],
     "l": ["$eq", "$ne", "$in", "$nin", "$exists"],
+    "m": ["$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists"],
     "never": ["$exists"],
 }
 
@@ -390,6 +404,10 @@ records_strategy = st.lists(
 def operand_for(field: str, op: str):
     if op == "$exists":
         return st.booleans()
+    if field == "m" and op in ("$in", "$nin"):  # one kind per list
+        return st.one_of(*(st.lists(kind, min_size=1, max_size=4) for kind in (STRINGS, NUMBERS, st.booleans())))
+    if field == "m" and op in ("$gt", "$gte", "$lt", "$lte"):  # ordered kinds only
+        return st.one_of(STRINGS, NUMBERS)
     if op in ("$in", "$nin"):
         return st.lists(OPERAND[field], min_size=1, max_size=4)
     return OPERAND[field]

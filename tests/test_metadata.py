@@ -57,10 +57,46 @@ def test_each_type_is_stored_with_its_arrow_type(value, ftype, stored):
 def test_bool_is_not_taken_for_int():
     table, schema = normalize_metadata([{"b": True}, {"b": False}], 2, {})
     assert schema == {"b": "bool"}
-    with pytest.raises(ValueError, match=r"field 'b' has type 'bool' in this collection, but record 0 has an int value 1"):
-        normalize_metadata([{"b": 1}], 1, schema)
-    with pytest.raises(ValueError, match=r"field 'n' has type 'int' in record 0 but record 1 has a bool value True"):
-        normalize_metadata([{"n": 1}, {"n": True}], 2, {"n": "int"})
+    table, schema = normalize_metadata([{"b": 1}], 1, schema)  # a field of two kinds: each value keeps its own
+    assert schema == {"b": "mixed"} and rows_to_dicts(table) == [{"b": 1}]
+    assert type(rows_to_dicts(table)[0]["b"]) is int
+    table, schema = normalize_metadata([{"n": 1}, {"n": True}], 2, {"n": "int"})
+    assert schema == {"n": "mixed"} and [type(r["n"]) for r in rows_to_dicts(table)] == [int, bool]
+
+
+@pytest.mark.parametrize(
+    "records, schema",
+    [
+        ([{"genre": 5}], {"genre": "string"}),
+        ([{}, {"year": "x"}], {"year": "int"}),
+        ([{"t": ["a"]}], {"t": "string"}),
+        ([{"a": "x"}, {"a": 1}], {}),
+        ([{"a": "x"}, {"a": 1}, {"a": 2.5}, {"a": True}, {"a": ("p", "q")}, {}], {}),
+        ([{"a": 1}, {"a": 2.5}], {"a": "mixed"}),
+    ],
+)
+def test_a_field_holding_values_of_several_kinds_is_mixed_and_keeps_each_value(records, schema):
+    table, out = normalize_metadata(records, len(records), schema)
+    (name,) = {k for r in records for k in r}
+    assert out[name] == "mixed" and schema_of(table) == out
+    assert table.column(name).type == FIELD_TYPES["mixed"]
+    got = rows_to_dicts(table)
+    want = [{k: list(v) if isinstance(v, tuple) else v for k, v in r.items()} for r in records]
+    assert got == want
+    assert [type(g.get(name)) for g in got] == [type(w.get(name)) for w in want]  # 1 stays int beside 2.5
+
+
+def test_a_typed_column_joins_a_mixed_field_as_it_was_written():
+    ints, schema = normalize_metadata([{"x": 3}, {}], 2, {})
+    floats, schema = normalize_metadata([{"x": 2.5}], 1, schema)  # int widens to float, as before
+    assert schema == {"x": "float"}
+    texts, schema = normalize_metadata([{"x": "three"}, {"x": 4}], 2, schema)
+    assert schema == {"x": "mixed"}
+    whole = concat([ints, floats, texts], schema)
+    assert rows_to_dicts(whole) == [{"x": 3}, {}, {"x": 2.5}, {"x": "three"}, {"x": 4}]
+    assert merge_schemas({"x": "int"}, {"x": "string"}) == {"x": "mixed"}
+    assert merge_schemas({"x": "mixed"}, {"x": "float"}) == {"x": "mixed"}
+    assert conform(ints, {"x": "mixed"}).column("x").null_count == 1  # missing stays missing
 
 
 def test_missing_values_are_null_and_columns_follow_the_schema_order():
@@ -110,14 +146,6 @@ def test_ints_written_to_a_float_field_are_stored_as_floats():
 @pytest.mark.parametrize(
     "records, schema, error, pattern",
     [
-        ([{"genre": 5}], {"genre": "string"}, ValueError,
-         r"field 'genre' has type 'string' in this collection, but record 0 has an int value 5"),
-        ([{}, {"year": "x"}], {"year": "int"}, ValueError,
-         r"field 'year' has type 'int' in this collection, but record 1 has a string value 'x'"),
-        ([{"t": ["a"]}], {"t": "string"}, ValueError,
-         r"field 't' has type 'string' in this collection, but record 0 has a string_list value"),
-        ([{"a": "x"}, {"a": 1}], {}, ValueError,
-         r"field 'a' has type 'string' in record 0 but record 1 has an int value 1"),
         ([{"a": None}], {}, TypeError, r"field 'a' in record 0 is None; null values are not stored"),
         ([{"b": 1}, {"a": 1, "c": None}], {}, TypeError, r"field 'c' in record 1 is None"),
         ([{"a": float("nan")}], {}, ValueError, r"field 'a' in record 0 holds nan; float values must be finite"),
@@ -170,7 +198,8 @@ def test_input_schema_is_never_mutated_even_on_error():
     schema = {"year": "int"}
     normalize_metadata([{"year": 1.5, "genre": "x"}], 1, schema)
     with pytest.raises(ValueError):
-        normalize_metadata([{"new": "x", "year": "bad"}], 1, schema)
+        normalize_metadata([{"new": "x", "year": float("nan")}], 1, schema)
+    normalize_metadata([{"year": "now mixed"}], 1, schema)
     assert schema == {"year": "int"}
 
 
@@ -223,8 +252,7 @@ def test_conform_promotes_large_ints_and_refuses_incompatible_columns():
 
 def test_merge_schemas_and_schema_of():
     assert merge_schemas({"a": "int", "b": "string"}, {"a": "float", "c": "bool"}) == {"a": "float", "b": "string", "c": "bool"}
-    with pytest.raises(ValueError, match=r"field 'b' has type 'string' in one schema and 'bool' in the other"):
-        merge_schemas({"b": "string"}, {"b": "bool"})
+    assert merge_schemas({"b": "string"}, {"b": "bool"}) == {"b": "mixed"}
     table, schema = normalize_metadata([{"s": "x", "i": 1, "f": 1.5, "b": True, "l": ["x"]}], 1, {})
     assert schema_of(table) == schema
     parquet_style = pa.table({"l": pa.array([["x"]], pa.list_(pa.field("element", pa.string())))})

@@ -268,3 +268,43 @@ def test_compact_rebuilds_every_index_kind(tmp_path, rng, index):
     assert st["rows"] == 600 and st["indexed_rows"] == 600 and st["index_trained"]
     got = col.search(x[1::2][:10], k=1).ids
     assert sum(g == [str(i)] for g, i in zip(got, range(1, 20, 2))) >= 8
+
+
+def test_a_field_of_several_kinds_survives_checkpoints_replay_and_compaction(tmp_path):
+    """A field that held ints when a checkpoint was written and strings after it (Pinecone allows both in
+    one field) reads back value for value, with its types, from segments and the WAL, and filters by kind."""
+    run_and_die(
+        """
+        import sys
+        col = gs.Collection.create(sys.argv[1], dim=2, metric="l2", shards=2, device="cpu")
+        col.upsert([f"i{i}" for i in range(6)], np.ones((6, 2), np.float32), metadata=[{"code": i} for i in range(6)])
+        col.checkpoint()  # segments hold "code" as an int column
+        col.upsert(["s1", "s2", "f1", "b1"], np.ones((4, 2), np.float32),
+                   metadata=[{"code": "5"}, {"code": "abc"}, {"code": 2.5}, {"code": True}])
+        col.update("i1", set_metadata={"code": ["5", "x"]})
+        """,
+        tmp_path / "c",
+    )
+    want = {**{f"i{i}": i for i in range(6)}, "i1": ["5", "x"], "s1": "5", "s2": "abc", "f1": 2.5, "b1": True}
+    for step in ("replayed", "checkpointed", "compacted"):
+        col = gs.Collection.open(tmp_path / "c", device="cpu")
+        assert col.schema["code"] == "mixed"
+        ids = sorted(want)
+        got = {i: m["code"] for i, m in zip(ids, col.fetch(ids).metadata)}
+        assert got == want and [type(got[i]) for i in ids] == [type(want[i]) for i in ids], step
+        q = np.ones((1, 2), np.float32)
+
+        def hits(flt):
+            return sorted(col.search(q, k=20, filter=flt).ids[0])
+
+        assert hits({"code": 5}) == ["i5"]  # the number 5, never the string "5"
+        assert hits({"code": "5"}) == ["i1", "s1"]  # the string, also as an element of a list
+        assert hits({"code": {"$gt": 2}}) == ["f1", "i3", "i4", "i5"]  # numbers only; strings, bools fail $gt 2
+        assert hits({"code": {"$gte": "a"}}) == ["s2"]
+        assert hits({"code": {"$ne": 0}}) == sorted(set(want) - {"i0"})
+        assert hits({"code": {"$in": [True]}}) == ["b1"]
+        if step == "replayed":
+            col.checkpoint()
+        elif step == "checkpointed":
+            col.compact()
+        col.close()

@@ -312,3 +312,30 @@ def test_top_k_up_to_ten_thousand_and_upserted_values_back(served, pc, rng):
         top = idx.query(vector=x[9].tolist(), top_k=1, namespace="n", include_values=True).matches[0]
         assert top.id == "v9"
         np.testing.assert_allclose(top.values, x[9], rtol=1e-5)
+
+
+def test_one_field_may_hold_ints_strings_and_bools(served, pc):
+    """Pinecone lets a metadata field hold an int in one record and a string in another; filters compare a
+    value only with operands of its own kind, and every value comes back as it was sent."""
+    with an_index(pc, "pc-mixed", 2, "euclidean") as idx:
+        idx.upsert(vectors=[(f"n{i}", [1.0, float(i)], {"code": i}) for i in range(4)], namespace="m")
+        assert [m.id for m in idx.query(vector=[1.0, 0.0], top_k=5, namespace="m", filter={"code": {"$gte": 2}}).matches] == ["n2", "n3"]
+        # the field held ints only so far; now a string, a float, a bool and a list of strings
+        idx.upsert(vectors=[("s5", [1.0, 5.0], {"code": "5"}), ("f", [1.0, 6.0], {"code": 2.5}),
+                            ("b", [1.0, 7.0], {"code": True}), ("l", [1.0, 8.0], {"code": ["5", "x"]})], namespace="m")
+        idx.update(id="n1", set_metadata={"code": "one"}, namespace="m")
+
+        def ids(flt):
+            return sorted(m.id for m in idx.query(vector=[1.0, 0.0], top_k=20, namespace="m", filter=flt).matches)
+
+        assert ids({"code": 2}) == ["n2"]
+        assert ids({"code": "5"}) == ["l", "s5"]
+        assert ids({"code": {"$gt": 1}}) == ["f", "n2", "n3"]
+        assert ids({"code": {"$lt": "p"}}) == ["n1", "s5"]
+        assert ids({"code": {"$nin": [0, 2, 3]}}) == ["b", "f", "l", "n1", "s5"]
+        assert ids({"code": True}) == ["b"]
+        got = idx.fetch(ids=["n0", "n1", "s5", "f", "b", "l"], namespace="m").vectors
+        assert {i: v.metadata["code"] for i, v in got.items()} == {"n0": 0, "n1": "one", "s5": "5", "f": 2.5, "b": True,
+                                                                   "l": ["5", "x"]}
+        idx.delete(filter={"code": {"$in": ["5", "one"]}}, namespace="m")
+        assert ids({}) == ["b", "f", "n0", "n2", "n3"]
