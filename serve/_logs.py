@@ -159,12 +159,13 @@ def driver_logging(log_format: str, level: str = "INFO") -> None:
             lg.setLevel(level)
 
 
-def access_line(method: str, path: str, status: int, seconds: float) -> None:
+def access_line(method: str, path: str, status: int, seconds: float, collection: str | None = None) -> None:
     """The request's one INFO line: ``POST /query 200 3.1ms collection=docs``; with ``log_format: json``
     its facts are fields of their own too (``http_method``, ``path``, ``http_status``, ``latency_ms``,
-    ``collection``), beside Serve's ``route`` and ``request_id``."""
+    ``collection``), beside Serve's ``route`` and ``request_id``. The collection is ``collection`` or
+    else the request's (:data:`COLLECTION`)."""
     if ACCESS.isEnabledFor(logging.INFO):
-        col = COLLECTION.get()
+        col = collection if collection is not None else COLLECTION.get()
         ms = round(seconds * 1e3, 1)
         ACCESS.info("%s %s %d %.1fms%s", method, path, status, ms, f" collection={col}" if col else "",
                     extra={"http_method": method, "path": path, "http_status": status, "latency_ms": ms,

@@ -188,6 +188,7 @@ def stop(cfg: ServeConfig, *, grace_s: float | None = None, say=log.info) -> dic
     def drain():
         aggregator = serve.get_deployment_handle("Aggregator", app_name=cfg.app_name)
         writer = serve.get_deployment_handle("Writer", app_name=cfg.app_name)
+        writer.drain.remote().result(timeout_s=30)  # a Python handle's writes: 503 from now on
         out["unfinished_requests"] = aggregator.drain.remote(grace).result(timeout_s=grace + 30)
         left = max(1.0, grace - (time.monotonic() - t0))
         out.update(writer.close.remote(left).result(timeout_s=left + 120))

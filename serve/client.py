@@ -9,7 +9,8 @@ WriteResult(count=2, sequence=1)
 Results are the same objects the in-process :class:`gpusearch.Collection` returns
 (``SearchResult``, ``WriteResult``, ``FetchResult``), with the same answers as HTTP: a
 query goes to the same Aggregator methods the HTTP routes call (one hop, then the shards),
-a write to the Writer (one hop). The Aggregator checks the request once (the engine's
+a write to the Writer (one hop; like a read, it is refused with 503 once the server is
+stopping and leaves one access line in the replica's log). The Aggregator checks the request once (the engine's
 :func:`~gpusearch.request.build_request`, ``k`` against the server's ``max_top_k``); its
 errors are raised here as the :mod:`gpusearch.errors` class it raised, not Ray's wrapper.
 
@@ -99,13 +100,14 @@ class Client:
     def upsert(self, collection: str, ids, vectors, metadata=None, *, sparse_values=None) -> WriteResult:
         """Acknowledged (fsynced, visible to every later query) when it returns. ``sparse_values``: one
         sparse vector (or None) per record, as for :meth:`gpusearch.Collection.upsert`."""
-        r = _result(self._writer.upsert.remote(collection, _host(ids), None if vectors is None else _host(vectors),
-                                               metadata, sparse_values=sparse_values))
+        r = _result(self._writer.handle_call.remote("upsert", collection, _host(ids),
+                                                    None if vectors is None else _host(vectors), metadata,
+                                                    sparse_values=sparse_values))
         return WriteResult(r["count"], r["sequence"])
 
     def delete(self, collection: str, ids=None, *, filter: Mapping | None = None,
                delete_all: bool = False) -> WriteResult:
-        r = _result(self._writer.delete.remote(collection, _host(ids), filter, delete_all))
+        r = _result(self._writer.handle_call.remote("delete", collection, _host(ids), filter, delete_all))
         return WriteResult(r["count"], r["sequence"])
 
     def create(self, collection: str, *, dim: int | None = None, metric: str | None = None,
@@ -113,16 +115,16 @@ class Client:
                vector_type: str = "dense", bm25_field: str | None = None) -> dict:
         """Make a collection; ``index_options``, ``vector_type`` and ``bm25_field`` as for
         :meth:`gpusearch.Collection.create`."""
-        return _result(self._writer.create.remote(collection, dim, metric, index, lineage,
-                                                  None if index_options is None else dict(index_options),
-                                                  vector_type=vector_type, bm25_field=bm25_field))
+        return _result(self._writer.handle_call.remote("create", collection, dim, metric, index, lineage,
+                                                       None if index_options is None else dict(index_options),
+                                                       vector_type=vector_type, bm25_field=bm25_field))
 
     def drop(self, collection: str) -> None:
-        _result(self._writer.drop.remote(collection))
+        _result(self._writer.handle_call.remote("drop", collection))
 
     def set_alias(self, alias: str, collection: str) -> None:
         """Point ``alias`` at ``collection`` atomically (queries in flight see the old or the new one)."""
-        _result(self._writer.set_alias.remote(alias, collection))
+        _result(self._writer.handle_call.remote("set_alias", alias, collection))
 
     def collections(self) -> dict:
-        return _result(self._writer.list.remote())
+        return _result(self._writer.handle_call.remote("list"))

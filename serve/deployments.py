@@ -82,6 +82,7 @@ class Writer:
         self.cfg = ServeConfig(**cfg)
         replica_logging(self.cfg.log_level)
         self.closed = False
+        self.draining = False  # stopping: a Python handle's new calls are refused (see handle_call)
         self.writing = 0
         self.durable, self._dir_lock = None, None
         data_dir = self.cfg.data_dir
@@ -137,6 +138,34 @@ class Writer:
             return await asyncio.to_thread(fn, *args, **kw)
         finally:
             self.writing -= 1
+
+    #: What a Python handle (gpusearch.serve.Client) may call through :meth:`handle_call`, and where the
+    #: collection's name is among each call's arguments (None: the call names none).
+    HANDLE_CALLS = {"upsert": 0, "delete": 0, "create": 0, "drop": 0, "set_alias": 1, "list": None}
+
+    def drain(self) -> None:
+        """The stop's first step: refuse a Python handle's new calls (503, retryable). Writes the Aggregator
+        sends for requests it took before its own drain still run, until :meth:`close`."""
+        self.draining = True
+
+    async def handle_call(self, method: str, *args, **kw):
+        """A Python handle's write (``Client.upsert``, ``delete``, ...): refused once the server is
+        stopping, and one access line either way, as the Aggregator writes for its reads and for HTTP
+        requests (``HANDLE upsert 200 4.2ms collection=docs``; never ids, vectors or metadata)."""
+        if method not in self.HANDLE_CALLS:
+            raise InvalidArgumentError(f"a handle may call {', '.join(self.HANDLE_CALLS)}; got {method!r}")
+        where = self.HANDLE_CALLS[method]
+        name = args[where] if where is not None and len(args) > where else None
+        t0, status = time.perf_counter(), 200
+        try:
+            if self.draining or self.closed:
+                raise UnavailableError("the server is stopping; retry in a moment (or against another server)")
+            return await getattr(self, method)(*args, **kw)
+        except BaseException as e:
+            status = status_of(e, quiet=True)[0]
+            raise
+        finally:
+            access_line("HANDLE", method, status, time.perf_counter() - t0, name if isinstance(name, str) else None)
 
     async def close(self, timeout_s: float = 30.0) -> dict:
         """Stop taking writes, let those under way finish (at most ``timeout_s``), then close every

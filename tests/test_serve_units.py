@@ -773,3 +773,43 @@ def test_the_aggregators_copy_of_the_catalog_follows_the_writer(tmp_path):
     assert "files" in W.meta_sync(w, copy.token)
     w.catalog.close()
     copy.close()
+
+
+def test_handle_writes_are_logged_and_refused_once_stopping(tmp_path, rng):
+    """A Python handle's writes (Client.upsert, delete, ...) go through Writer.handle_call: one access line
+    each, as for the reads (never ids, vectors or metadata), and 503 once the stop has begun, while the
+    writes the Aggregator forwards for requests it took before its own drain still run."""
+    from gpusearch.errors import InvalidArgumentError, UnavailableError
+    from gpusearch.serve.deployments import Writer
+
+    w = Writer.func_or_class(ServeConfig(data_dir=str(tmp_path / "data"), shards=2, fsync=False).to_dict())
+    access, got = logging.getLogger("gpusearch.access"), []
+    grab = logging.Handler()
+    grab.emit = got.append
+    access.addHandler(grab)
+    level = access.level
+    access.setLevel(logging.INFO)
+    X = rng.standard_normal((3, 4)).astype(np.float32)
+    try:
+        r = asyncio.run(w.handle_call("upsert", "docs", ["a", "b", "c"], X, [{"secret": "s3cr3t"}] * 3))
+        assert r["count"] == 3
+        asyncio.run(w.handle_call("set_alias", "latest", "docs"))
+        with pytest.raises(InvalidArgumentError, match="dimension|dim"):
+            asyncio.run(w.handle_call("upsert", "docs", ["d"], np.ones((1, 5), np.float32)))
+        with pytest.raises(InvalidArgumentError, match="a handle may call upsert, delete"):
+            asyncio.run(w.handle_call("_upsert", "docs", ["d"], X[:1], None))
+        w.drain()
+        with pytest.raises(UnavailableError, match="stopping"):
+            asyncio.run(w.handle_call("delete", "docs", ["a"]))
+        assert asyncio.run(w.delete("docs", ["a"]))["count"] == 1  # the Aggregator's, admitted before its drain
+        assert asyncio.run(w.close(5.0))["checkpointed"]
+    finally:
+        access.removeHandler(grab)
+        access.setLevel(level)
+    lines = [r.getMessage() for r in got]
+    assert len(lines) == 4, lines
+    assert re.fullmatch(r"HANDLE upsert 200 [0-9.]+ms collection=docs", lines[0]), lines
+    assert re.fullmatch(r"HANDLE set_alias 200 [0-9.]+ms collection=docs", lines[1]), lines
+    assert re.fullmatch(r"HANDLE upsert 400 [0-9.]+ms collection=docs", lines[2]), lines
+    assert re.fullmatch(r"HANDLE delete 503 [0-9.]+ms collection=docs", lines[3]), lines
+    assert not any("s3cr3t" in line or "secret" in line for line in lines)
