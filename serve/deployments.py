@@ -868,10 +868,19 @@ class AggregatorServer(_http.HttpRoutes):
 
     async def _count_tokens(self, texts: list[str]) -> int:
         """How many tokens the encoder's tokenizer makes of ``texts`` (Pinecone's embed_total_tokens)."""
+        return sum(await self._token_counts(texts))
+
+    async def _token_counts(self, texts: list[str]) -> list[int]:
+        """How many tokens the encoder's tokenizer makes of each text (words without a tokenizer)."""
         tok = getattr(self.encoder.model, "tokenizer", None)
         if tok is None:
-            return sum(len(t.split()) for t in texts)
-        return int(sum(len(ids) for ids in (await asyncio.to_thread(tok, texts))["input_ids"]))
+            return [len(t.split()) for t in texts]
+        return [len(ids) for ids in (await asyncio.to_thread(tok, texts))["input_ids"]]
+
+    def _max_tokens(self) -> int | None:
+        """The most tokens the encoder reads of one text (the rest is cut), None when it does not say."""
+        n = getattr(self.encoder.model, "max_seq_length", None)
+        return int(n) if isinstance(n, int) else None
 
     async def _embed_records(self, name: str, texts: list[str]) -> np.ndarray:
         """The texts of records bound for collection ``name`` embedded by this server's encoder (an

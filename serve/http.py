@@ -6,7 +6,8 @@ Pinecone routes: ``POST /vectors/upsert``, ``POST /query``, ``GET /vectors/fetch
 first upsert into a new namespace creates it with the dim of its vectors and the server's
 metric. Pinecone's control plane (``GET/POST /indexes``, ``GET/PATCH/DELETE /indexes/{name}``)
 makes indexes whose data plane is the same routes under ``/index/{name}/``, each namespace
-a collection ``{name}.{namespace}`` (:mod:`._indexes`).
+a collection ``{name}.{namespace}`` (:mod:`._indexes`). Pinecone's inference routes
+``POST /embed`` and ``POST /rerank`` answer with the server's own encoder and reranker.
 
 Ours: ``text`` in ``/query`` (embedded in the Aggregator's own process), ``queries``
 (several vectors in one request), ``params`` (``nprobe``, ``efSearch``),
@@ -1027,6 +1028,72 @@ class HttpRoutes:
                 {"index": int(h["_id"]), "score": h["_score"], **({"document": h["fields"]} if keep else {})}
                 for h in ranked], "usage": {"rerank_units": units}}
         return await self._guard(request, "rerank", False, run)
+
+    @api.post("/embed")
+    async def http_embed(self, request: Request, body: dict[str, Any] = Body(...)):
+        """Pinecone's inference embed: ``model`` (this server's encoder or a name ``model_aliases`` maps onto
+        it), ``inputs`` (objects with ``text``), ``parameters`` (``input_type`` ``passage`` or ``query``,
+        ``truncate`` ``END`` or ``NONE``, ``dimension``: the encoder's); one dense, unit-length embedding per
+        input, in order, and the tokens counted."""
+        async def run(grant):
+            unknown = sorted(set(body) - {"model", "inputs", "parameters"})
+            if unknown:
+                raise InvalidArgumentError(f"embed takes model, inputs and parameters; got {unknown[0]!r}",
+                                           field=unknown[0])
+            if self.encoder is None and self._encoder_loader is None:
+                raise InvalidArgumentError("embedding needs the server's encoder; start it with encoder_enabled: "
+                                           "true", field="model")
+            await self._encoder_ready()
+            self._check_model(body.get("model"), "encoder", self._encoder_lineage["model"])
+            inputs = body.get("inputs")
+            if not isinstance(inputs, list) or not inputs:
+                raise InvalidArgumentError("inputs must be a non-empty list of objects with text", field="inputs")
+            check_count(len(inputs), "inputs in one embed", self.cfg.max_batch)
+            texts = []
+            for i, item in enumerate(inputs):
+                text = item.get("text") if isinstance(item, dict) else None
+                if not isinstance(text, str) or not text.strip():
+                    raise InvalidArgumentError(f"inputs[{i}] must be an object with a non-empty text",
+                                               field="inputs")
+                if len(text) > MAX_TEXT_CHARS:
+                    raise InvalidArgumentError(f"inputs[{i}].text may hold at most {MAX_TEXT_CHARS} characters, "
+                                               f"got {len(text)}", field="inputs")
+                texts.append(text)
+            truncate = self._embed_parameters(body.get("parameters"))
+            counts = await self._token_counts(texts)
+            if truncate == "NONE":
+                limit = self._max_tokens()
+                over = next((i for i, n in enumerate(counts) if limit is not None and n > limit), None)
+                if over is not None:
+                    raise InvalidArgumentError(f"inputs[{over}] has {counts[over]} tokens, more than the model's "
+                                               f"{limit}; send a shorter text or truncate END", field="inputs")
+            vectors = await self.texts.submit(texts)
+            return {"model": body["model"], "vector_type": "dense",
+                    "data": [{"values": v.tolist(), "vector_type": "dense"} for v in vectors],
+                    "usage": {"total_tokens": int(sum(counts))}}
+        return await self._guard(request, "embed", False, run)
+
+    def _embed_parameters(self, params) -> str:
+        """An embed's ``parameters`` checked; returns ``truncate``. The encoder is symmetric, so
+        ``input_type`` is checked and changes nothing."""
+        params = {} if params is None else params
+        if not isinstance(params, dict):
+            raise InvalidArgumentError("parameters must be an object", field="parameters")
+        unknown = sorted(set(params) - {"input_type", "truncate", "dimension"})
+        if unknown:
+            raise InvalidArgumentError(f"parameters take input_type, truncate and dimension; got {unknown[0]!r}",
+                                       field="parameters")
+        if params.get("input_type", "passage") not in ("passage", "query"):
+            raise InvalidArgumentError(f"input_type must be 'passage' or 'query', got {params['input_type']!r}",
+                                       field="parameters")
+        truncate = params.get("truncate", "END")
+        if truncate not in ("END", "NONE"):
+            raise InvalidArgumentError(f"truncate must be 'END' or 'NONE', got {truncate!r}", field="parameters")
+        dim = params.get("dimension", self.encoder.dim)
+        if dim != self.encoder.dim or isinstance(dim, bool):
+            raise InvalidArgumentError(f"dimension must be the encoder's, {self.encoder.dim}; got {dim!r}",
+                                       field="parameters")
+        return truncate
 
     # -- Pinecone control plane (serve/_indexes.py) -----------------------------
     @api.get("/indexes")

@@ -129,3 +129,35 @@ def test_an_unknown_embedding_model_is_refused(served, pc):
                                     embed={"model": "text-embedding-3-large", "field_map": {"text": "t"}})
     assert ei.value.status_code == 400 and "not served here" in str(ei.value.body)
     assert not pc.has_index("records-bad")
+
+
+def test_inference_embed_answers_with_the_servers_encoder(served, pc):
+    """Pinecone's ``inference.embed`` (POST /embed) with a model name mapped onto the server's MiniLM: the
+    same vectors as the model computed here, one per input in order, and the tokens its tokenizer counts."""
+    texts = TEXTS[:3]
+    out = pc.inference.embed(model="multilingual-e5-large", inputs=texts, parameters={"input_type": "passage"})
+    assert out.vector_type == "dense" and len(out.data) == 3 and out.model == "multilingual-e5-large"
+    np.testing.assert_allclose(np.array([e.values for e in out.data]), minilm(texts), rtol=1e-4, atol=1e-5)
+    from sentence_transformers import SentenceTransformer
+    from gpusearch.encoders import default_model_path
+
+    tok = SentenceTransformer(default_model_path(), device="cpu").tokenizer
+    assert out.usage.total_tokens == sum(len(ids) for ids in tok(texts)["input_ids"])
+    q = pc.inference.embed(model="multilingual-e5-large", inputs="similarity search", parameters={"input_type": "query"})
+    np.testing.assert_allclose(q.data[0].values, minilm(["similarity search"])[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("body, needle", [
+    ({"model": "text-embedding-3-large", "inputs": [{"text": "x"}]}, "not served here"),
+    ({"model": "multilingual-e5-large", "inputs": []}, "inputs must be a non-empty list"),
+    ({"model": "multilingual-e5-large", "inputs": [{"text": "x"}, {"txt": "y"}]}, "inputs[1] must be an object"),
+    ({"model": "multilingual-e5-large", "inputs": [{"text": "x"}], "parameters": {"input_type": "doc"}}, "input_type"),
+    ({"model": "multilingual-e5-large", "inputs": [{"text": "x"}], "parameters": {"dimension": 1024}},
+     "dimension must be the encoder's, 384"),
+    ({"model": "multilingual-e5-large", "inputs": [{"text": "word " * 400}], "parameters": {"truncate": "NONE"}},
+     "more than the model's"),
+    ({"model": "multilingual-e5-large", "inputs": [{"text": "x"}], "extra": 1}, "got 'extra'"),
+])
+def test_bad_embeds_are_400_naming_the_problem(served, body, needle):
+    r = httpx.post(url(served, "/embed"), json=body, headers={"Api-Key": RW_KEY}, timeout=60)
+    assert r.status_code == 400 and needle in r.json()["message"], r.text
