@@ -21,9 +21,11 @@ from gpusearch import metadata as md
 from gpusearch.arrays import prepare_vectors
 from gpusearch.collection import read_config
 from gpusearch.errors import InvalidArgumentError
+from gpusearch.sparse import SparseVector, check_sparse
 
 __all__ = ["Source", "source", "read_parquet", "columns", "need_column", "as_array", "vectors", "prepare",
-           "row_name", "ids", "texts", "id_type", "filter_table", "field_type", "filter_fields"]
+           "row_name", "ids", "texts", "id_type", "filter_table", "field_type", "filter_fields", "check_sparse_type",
+           "sparse_vectors"]
 
 
 @dataclass
@@ -184,6 +186,36 @@ def prepare(m: np.ndarray, *, dim: int, metric: str, where: str, ids=None, devic
         if hit is None:
             raise
         raise type(e)(f"{where}: {row_name(ids, int(hit.group(1)))} {hit.group(2)}", field=e.field) from None
+
+
+def check_sparse_type(t: pa.DataType, side: str, name: str) -> None:
+    """A sparse column holds, per row, Pinecone's sparse values: a struct of ``indices`` (integers) and
+    ``values`` (floats), as lists; null where a row has none."""
+    ok = pa.types.is_struct(t) and {"indices", "values"} <= {f.name for f in t}
+    if ok:
+        ok = all(pa.types.is_list(t.field(f).type) or pa.types.is_large_list(t.field(f).type)
+                 for f in ("indices", "values"))
+    if not ok:
+        raise TypeError(f"{side} column {name!r} holds {t}; expected sparse vectors as a struct of lists "
+                        f"{{indices: list<uint32>, values: list<float32>}} (Pinecone's sparse values), null where "
+                        f"a row has none")
+
+
+def sparse_vectors(col, *, where: str, name: str, ids=None) -> list[SparseVector | None]:
+    """A sparse column's rows checked as the engine checks a record's sparse values (``None``: none)."""
+    arr = as_array(col)
+    check_sparse_type(arr.type, where, name)
+    out: list[SparseVector | None] = []
+    for row, item in enumerate(arr.to_pylist()):
+        if item is None or item.get("indices") is None and item.get("values") is None:
+            out.append(None)
+            continue
+        try:
+            v = check_sparse({"indices": item.get("indices") or [], "values": item.get("values") or []}, name)
+        except InvalidArgumentError as e:  # InvalidTypeError too
+            raise type(e)(f"{where}: {row_name(ids, row)}: {e}", field=e.field) from None
+        out.append(v if len(v) else None)
+    return out
 
 
 def row_name(ids, row: int) -> str:

@@ -105,15 +105,17 @@ def _probe_dim(ds, vector: str, side: str, id_col: str) -> int:
 def _validate_left_values(ds, spec: Spec, where: str = "left") -> int:
     """Read the left side's ids and vectors once: every row has an id and a vector the engine takes
     (the right dim, finite, not too long, not all zeros under cosine), before any output."""
-    cols = [spec.left_id] + ([spec.text] if spec.text else [spec.vector])
+    cols = [spec.left_id] + [c for c in (spec.text or spec.vector, spec.sparse) if c]
 
     def check(batch: pa.Table) -> pa.Table:
         # A bad value comes back as data (kind, message): Ray wraps exceptions raised in tasks.
         try:
             ids = inputs.ids(batch.column(spec.left_id), where=where, name=spec.left_id)
+            if spec.sparse:
+                inputs.sparse_vectors(batch.column(spec.sparse), where=where, name=spec.sparse, ids=ids)
             if spec.text:
                 inputs.texts(batch.column(spec.text), where=where, name=spec.text)
-            else:
+            elif spec.vector:
                 m = inputs.vectors(batch.column(spec.vector), spec.dim, where=where, name=spec.vector, ids=ids)
                 if len(m):
                     inputs.prepare(m, dim=spec.dim, metric=spec.metric, where=where, ids=ids)
@@ -152,8 +154,13 @@ def _raise_user_error(e: BaseException) -> None:
 
 def _run(mode: str, left, right, *, k=0, threshold=0.0, max_per_row=None, metric="cosine", left_id="id",
          right_id="id", vector="vector", text=None, encoder=None, filter=None, exclude_self=False, output=None,
-         overwrite=False, workers=None, partitions=None, device="auto", batch_size=4096, threads=None):
+         overwrite=False, workers=None, partitions=None, device="auto", batch_size=4096, threads=None, sparse=None):
     metric = check_metric(metric)
+    if sparse is not None:
+        sparse = check_column_name(sparse, "sparse")
+        if metric != "ip":
+            raise ValueError(f"a join with sparse vectors scores dense inner product + sparse dot product "
+                             f"(Pinecone's dotproduct): pass metric='ip', got {metric!r}")
     if threads is not None:
         threads = check_count(threads, "threads", limit=MAX_POOL)
     if mode == "knn":
@@ -166,7 +173,7 @@ def _run(mode: str, left, right, *, k=0, threshold=0.0, max_per_row=None, metric
     if text is not None:
         text = check_column_name(text, "text")
         vector = None
-    else:
+    elif vector is not None or sparse is None:  # vector=None: sparse vectors alone
         vector = check_column_name(vector, "vector")
     if encoder is not None and not isinstance(encoder, (str, os.PathLike)):
         raise TypeError(f"encoder must be a sentence-transformers model path or name, got {type(encoder).__name__}")
@@ -190,7 +197,11 @@ def _run(mode: str, left, right, *, k=0, threshold=0.0, max_per_row=None, metric
     # Columns and dimensions, from schemas and one row per side.
     lcols = inputs.columns(lsrc.dataset)
     inputs.need_column(lcols, left_id, "left", "left_id")
-    inputs.need_column(lcols, text or vector, "left", "text" if text else "vector")
+    if text or vector:
+        inputs.need_column(lcols, text or vector, "left", "text" if text else "vector")
+    if sparse:
+        inputs.need_column(lcols, sparse, "left", "sparse")
+        inputs.check_sparse_type(lcols[sparse], "left", sparse)
     fields = inputs.filter_fields(filter) if filter else set()
     schema: dict[str, str] = {}
     if rsrc.kind == "collection":
@@ -199,16 +210,28 @@ def _run(mode: str, left, right, *, k=0, threshold=0.0, max_per_row=None, metric
             raise ValueError(f"right is a collection with metric {cfg['metric']!r}, but the join asks for "
                              f"{metric!r}; pass metric={cfg['metric']!r}")
         rdim = int(cfg["dim"])
+        if not sparse and not rdim:
+            raise ValueError("right is a collection of sparse vectors only; pass sparse= (the left side's sparse "
+                             "column) and vector=None")
+        if rdim and not (text or vector):
+            raise ValueError(f"right is a collection of {rdim}-dim dense vectors (with sparse ones beside them if "
+                             f"it has any): pass vector= (or text=) for the left side's dense part")
+        if sparse and text is None and vector is not None and not rdim:
+            raise ValueError("right is a collection of sparse vectors only; pass vector=None")
         n_shards = int(cfg["shards"])
         rtype = "string"
         # The filter's field types are the shards' (known once they are loaded, below).
     else:
         rcols = inputs.columns(rsrc.dataset)
         inputs.need_column(rcols, right_id, "right", "right_id")
-        inputs.need_column(rcols, text or vector, "right", "text" if text else "vector")
+        if text or vector:
+            inputs.need_column(rcols, text or vector, "right", "text" if text else "vector")
+        if sparse:
+            inputs.need_column(rcols, sparse, "right", "sparse")
+            inputs.check_sparse_type(rcols[sparse], "right", sparse)
         schema = {c: t for c, t in ((c, inputs.field_type(t)) for c, t in rcols.items()
-                                    if c not in (right_id, vector, text)) if t is not None}
-        rdim = None if text else _probe_dim(rsrc.dataset, vector, "right", right_id)
+                                    if c not in (right_id, vector, text, sparse)) if t is not None}
+        rdim = None if text or not vector else _probe_dim(rsrc.dataset, vector, "right", right_id)
         rtype = inputs.id_type(rcols[right_id])
         if filter:
             _check_filter(filter, schema)
@@ -218,6 +241,8 @@ def _run(mode: str, left, right, *, k=0, threshold=0.0, max_per_row=None, metric
         if rsrc.kind == "collection" and rdim != enc_dim:
             raise ValueError(f"the encoder makes {enc_dim}-dim vectors but the right collection holds {rdim}-dim")
         dim = enc_dim
+    elif not vector:  # sparse vectors alone
+        dim = 0
     else:
         ldim = _probe_dim(lsrc.dataset, vector, "left", left_id)
         if rdim is not None and ldim != rdim:
@@ -226,7 +251,7 @@ def _run(mode: str, left, right, *, k=0, threshold=0.0, max_per_row=None, metric
     spec = Spec(mode=mode, metric=metric, dim=dim, left_id=left_id, right_id=right_id, vector=vector, text=text,
                 k=k, threshold=threshold, max_per_row=max_per_row, exclude_self=exclude_self,
                 filter=dict(filter) if filter else None, filter_fields=sorted(fields), schema=schema,
-                encoder=None if encoder is None else os.fspath(encoder), right_id_type=rtype)
+                encoder=None if encoder is None else os.fspath(encoder), right_id_type=rtype, sparse=sparse)
     n_left = _validate_left_values(lsrc.dataset, spec)
 
     # The right side, loaded into the partitions (its values are checked as it loads).
@@ -243,7 +268,8 @@ def _run(mode: str, left, right, *, k=0, threshold=0.0, max_per_row=None, metric
         groups = [list(range(n_shards))[i::n_part] for i in range(n_part)]
         loads = [p.load_collection.remote(rsrc.path, g) for p, g in zip(parts, groups)]
     else:
-        rds = rsrc.dataset.select_columns(sorted({right_id, text or vector, *spec.filter_fields}))
+        rds = rsrc.dataset.select_columns(sorted({right_id, *(c for c in (text or vector, sparse) if c),
+                                                  *spec.filter_fields}))
         splits = rds.streaming_split(n_part, equal=False)
         loads = [p.load_split.remote(s) for p, s in zip(parts, splits)]
     try:
@@ -276,7 +302,7 @@ def _run(mode: str, left, right, *, k=0, threshold=0.0, max_per_row=None, metric
             raise
 
     done_ref = ray.put(done if done is not None else pa.array([], pa.string()))
-    lds = lsrc.dataset.select_columns(sorted({left_id, text or vector}))
+    lds = lsrc.dataset.select_columns(sorted({left_id, *(c for c in (text or vector, sparse) if c)}))
     joined = lds.map_batches(
         JoinWorker, batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=n_work),
         fn_constructor_kwargs={"partitions": parts, "spec": spec, "device": dev, "output": output,
@@ -304,10 +330,10 @@ def _run(mode: str, left, right, *, k=0, threshold=0.0, max_per_row=None, metric
 
 
 def knn_join(left, right, *, k: int, metric: str = "cosine", left_id: str = "id", right_id: str = "id",
-             vector: str = "vector", text: str | None = None, encoder=None, filter: Mapping | None = None,
+             vector: str | None = "vector", text: str | None = None, encoder=None, filter: Mapping | None = None,
              exclude_self: bool = False, output=None, overwrite: bool = False, workers: int | None = None,
              partitions: int | None = None, device: str = "auto", batch_size: int = 4096,
-             threads: int | None = None):
+             threads: int | None = None, sparse: str | None = None):
     """The ``k`` nearest right rows of every left row.
 
     Parameters
@@ -322,10 +348,17 @@ def knn_join(left, right, *, k: int, metric: str = "cosine", left_id: str = "id"
         Must be the collection's metric when ``right`` is a collection.
     left_id, right_id : str
         The id columns (strings or integers).
-    vector : str
-        The vector column on both sides (fixed-size or variable lists of floats, or a Ray tensor column).
+    vector : str or None
+        The vector column on both sides (fixed-size or variable lists of floats, or a Ray tensor column);
+        None with ``sparse`` to join on sparse vectors alone.
     text : str, optional
         Join on a text column instead, encoded with ``encoder`` (default all-MiniLM-L6-v2).
+    sparse : str, optional
+        A sparse-vector column on both sides (a struct of ``indices`` and ``values`` lists, Pinecone's
+        sparse values; null where a row has none), or on the left only when ``right`` is a collection
+        (its records' own sparse values). A pair's score is then the dense inner product plus the sparse
+        dot product, exactly, as the engine's hybrid search scores it (``metric="ip"``); with sparse
+        vectors alone a left row pairs only with right rows that share a term with it.
     filter : dict, optional
         A Pinecone-style filter on the right side's other columns (or the collection's metadata).
     exclude_self : bool
@@ -351,14 +384,14 @@ def knn_join(left, right, *, k: int, metric: str = "cosine", left_id: str = "id"
     return _run("knn", left, right, k=k, metric=metric, left_id=left_id, right_id=right_id, vector=vector,
                 text=text, encoder=encoder, filter=filter, exclude_self=exclude_self, output=output,
                 overwrite=overwrite, workers=workers, partitions=partitions, device=device, batch_size=batch_size,
-                threads=threads)
+                threads=threads, sparse=sparse)
 
 
 def range_join(left, right, *, threshold: float, max_per_row: int | None = None, metric: str = "cosine",
-               left_id: str = "id", right_id: str = "id", vector: str = "vector", text: str | None = None,
+               left_id: str = "id", right_id: str = "id", vector: str | None = "vector", text: str | None = None,
                encoder=None, filter: Mapping | None = None, exclude_self: bool = False, output=None,
                overwrite: bool = False, workers: int | None = None, partitions: int | None = None,
-               device: str = "auto", batch_size: int = 4096, threads: int | None = None):
+               device: str = "auto", batch_size: int = 4096, threads: int | None = None, sparse: str | None = None):
     """Every (left, right) pair at or above a similarity (cosine, ip) or within a squared distance (l2).
 
     ``max_per_row`` keeps only each left row's best that many pairs. Other
@@ -368,7 +401,7 @@ def range_join(left, right, *, threshold: float, max_per_row: int | None = None,
     return _run("range", left, right, threshold=threshold, max_per_row=max_per_row, metric=metric,
                 left_id=left_id, right_id=right_id, vector=vector, text=text, encoder=encoder, filter=filter,
                 exclude_self=exclude_self, output=output, overwrite=overwrite, workers=workers,
-                partitions=partitions, device=device, batch_size=batch_size, threads=threads)
+                partitions=partitions, device=device, batch_size=batch_size, threads=threads, sparse=sparse)
 
 
 def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ from gpusearch.backends.exact import ExactBackend
 from gpusearch.devices import is_cuda, resolve_device
 from gpusearch.filters import compile_filter
 from gpusearch.hits import Hits, sentinel
+from gpusearch.sparse import SparseRows
 from gpusearch.vectors import VectorStore
 
 from . import _inputs as inputs
@@ -36,6 +37,8 @@ LOAD_BATCH = 65536
 RANGE_TILE_BYTES = 128 << 20
 #: Rows normalised and appended to the store at once while a partition finishes loading.
 _APPEND_ROWS = 65536
+#: With sparse vectors: query x base dense scores (float64) computed at once per partition.
+_HYBRID_TILE_BYTES = 64 << 20
 
 
 class _Encoder:
@@ -104,6 +107,7 @@ class Partition:
         self.allow: np.ndarray | None = None  # rows the filter lets through (None: every row)
         self._allow_dev = None
         self._meta: pa.Table | None = None  # the filter's columns, in row order, until set_filter
+        self.sparse: SparseRows | None = None  # the rows' sparse vectors (spec.sparse), in row order
         self._parts: list = []
 
     # -- loading -------------------------------------------------------------
@@ -113,10 +117,14 @@ class Partition:
         ids = inputs.ids(batch.column(spec.right_id), where=self.where, name=spec.right_id)
         if spec.text:
             vecs = encode(spec, inputs.texts(batch.column(spec.text), where=self.where, name=spec.text), self.device)
-        else:
+        elif spec.vector:
             vecs = inputs.vectors(batch.column(spec.vector), spec.dim, where=self.where, name=spec.vector, ids=ids)
+        else:  # sparse vectors alone
+            vecs = np.empty((len(ids), 0), np.float32)
         meta = inputs.filter_table(batch, spec.filter_fields, spec.schema) if spec.filter_fields else None
-        self._parts.append((ids, vecs, meta))
+        sparse = (inputs.sparse_vectors(batch.column(spec.sparse), where=self.where, name=spec.sparse, ids=ids)
+                  if spec.sparse else None)
+        self._parts.append((ids, vecs, meta, sparse))
         return len(ids)
 
     def load_split(self, it) -> dict:
@@ -143,12 +151,13 @@ class Partition:
                     rows = np.flatnonzero(sh.alive[: sh.n_rows])
                     ids = pa.array([sh.ids[r] for r in rows.tolist()], pa.string())
                     vecs = sh.values_of(rows)  # as upserted; the join normalises for its own metric
+                    sparse = sh.sparse_of(rows) if self.spec.sparse else None
                     meta = None
                     if spec.filter_fields:
                         have = [x for x in spec.filter_fields if x in sh.schema]
                         meta = md.take(sh.metadata_table(), rows).select(have) if have else md.empty_table(len(rows))
                     schema = md.merge_schemas(schema, sh.schema)
-                self._parts.append((ids, vecs, meta))
+                self._parts.append((ids, vecs, meta, sparse))
         return {"rows": self.finish({f: schema[f] for f in spec.filter_fields if f in schema}), "schema": schema}
 
     def finish(self, meta_schema: Mapping[str, str] | None = None) -> int:
@@ -165,11 +174,16 @@ class Partition:
         else:
             ids, host = pa.array([], pa.string()), np.empty((0, spec.dim), np.float32)
         metas = [p[2] for p in parts]
+        sparse = [v for p in parts for v in p[3]] if spec.sparse else None
         del parts
         order = np.asarray(pc.sort_indices(ids))
         ids = ids.take(pa.array(order))
+        self.sparse = None
+        if sparse is not None:
+            self.sparse = SparseRows()
+            self.sparse.append([sparse[r] for r in order.tolist()])
         store = VectorStore(spec.dim, device=self.device, capacity=len(order))
-        for a in range(0, len(order), _APPEND_ROWS):
+        for a in range(0, len(order) if spec.dim else 0, _APPEND_ROWS):
             rows = np.ascontiguousarray(host[order[a : a + _APPEND_ROWS]], dtype=np.float32)
             store.append(inputs.prepare(rows, dim=spec.dim, metric=spec.metric, where=self.where,
                                         ids=ids.slice(a, len(rows))))
@@ -210,11 +224,12 @@ class Partition:
             return torch.from_numpy(q).to(self.device)
         return q
 
-    def knn(self, q: np.ndarray, k: int, exclude: np.ndarray | None = None) -> Hits:
+    def knn(self, q: np.ndarray, k: int, exclude: np.ndarray | None = None, sparse: list | None = None) -> Hits:
         """This partition's ``k`` best rows for each query (the join's checked, prepared queries).
 
         Keys are rows of this partition (in id order), best first, ties to the smaller id, and the
         hits carry their ids. ``exclude``: per query, an id not to return (a self-join's own row).
+        ``sparse``: the queries' sparse vectors (``spec.sparse``; ``None`` for a query without one).
         """
         nq = len(q)
         largest = self.spec.largest
@@ -222,6 +237,8 @@ class Partition:
             hits = Hits.empty(nq, k, largest)
             hits.ids = np.full((nq, k), None, object)
             return hits
+        if self.spec.sparse:
+            return self._knn_hybrid(q, k, exclude, sparse)
         want = k + (1 if exclude is not None else 0)
         hits = self.backend.search(self.store, self._queries(q), want, self.allow)
         D, K = hits.scores, hits.keys
@@ -237,6 +254,58 @@ class Partition:
                 D[gone], K[gone], ids[gone] = sentinel(largest), -1, None
         return Hits(np.ascontiguousarray(D[:, :k]), np.ascontiguousarray(K[:, :k]), ids[:, :k])
 
+    def _hybrid_scores(self, q: np.ndarray, sparse: list | None):
+        """Per query: (its score for every row, float64: dense inner product + sparse dot product; the rows
+        it may match: every row, or with sparse vectors alone those sharing a term), tile by tile of queries."""
+        n = len(self.ids)
+        step = max(1, _HYBRID_TILE_BYTES // (8 * max(1, n)))
+        for a in range(0, len(q), step):
+            dense = None
+            if self.spec.dim:
+                base = self.store.search_view()
+                qd = self._queries(np.ascontiguousarray(q[a : a + step]))
+                dense = np.asarray(to_host(qd @ base.T), np.float64)
+            for j in range(min(step, len(q) - a)):
+                v = None if sparse is None else sparse[a + j]
+                if v is not None and self.sparse is not None:
+                    total, touched = self.sparse.scores(v, n, touched=True)
+                else:
+                    total, touched = np.zeros(n, np.float64), np.zeros(n, bool)
+                if dense is not None:
+                    total = total + dense[j]
+                yield total, touched
+
+    def _candidates(self, total: np.ndarray, touched: np.ndarray) -> np.ndarray:
+        """The rows one query may match: allowed by the filter, and sharing a term when sparse alone."""
+        ok = np.ones(len(total), bool) if self.spec.dim else touched.copy()
+        if self.allow is not None:
+            ok &= self.allow
+        return np.flatnonzero(ok)
+
+    def _knn_hybrid(self, q: np.ndarray, k: int, exclude, sparse) -> Hits:
+        """k-NN with sparse vectors: every candidate row scored exactly (float64, then float32, as the
+        engine's hybrid search does), best first, ties to the smaller row (the smaller id)."""
+        nq = len(q)
+        D = np.full((nq, k), sentinel(True), np.float32)
+        K = np.full((nq, k), -1, np.int64)
+        ids = np.full((nq, k), None, object)
+        for i, (total, touched) in enumerate(self._hybrid_scores(q, sparse)):
+            rows = self._candidates(total, touched)
+            if exclude is not None and len(rows):
+                rows = rows[self.ids[rows] != exclude[i]]
+            if not len(rows):
+                continue
+            score = total[rows].astype(np.float32)
+            kk = min(k, len(rows))
+            if len(rows) > kk:
+                kth = np.partition(-score, kk - 1)[kk - 1]
+                pick = np.flatnonzero(-score <= kth)
+                rows, score = rows[pick], score[pick]
+            order = np.lexsort((rows, -score))[:kk]
+            D[i, :kk], K[i, :kk] = score[order], rows[order]
+            ids[i, :kk] = self.ids[rows[order]]
+        return Hits(D, K, ids)
+
     def _device_allow(self):
         if self._allow_dev is None:
             import torch
@@ -244,12 +313,20 @@ class Partition:
             self._allow_dev = torch.from_numpy(self.allow).to(self.device)
         return self._allow_dev
 
-    def range(self, q: np.ndarray, threshold: float):
+    def range(self, q: np.ndarray, threshold: float, sparse: list | None = None):
         """Every (query row, right id, score) pair within the threshold, unordered: a tile scan
-        over the same store the k-NN search reads."""
+        over the same store the k-NN search reads (with sparse vectors, their exact scores per query)."""
         n = len(self.ids)
         out_q, out_r, out_s = [], [], []
-        if n and len(q):
+        if n and len(q) and self.spec.sparse:
+            for i, (total, touched) in enumerate(self._hybrid_scores(q, sparse)):
+                rows = self._candidates(total, touched)
+                score = total[rows].astype(np.float32)
+                keep = score >= threshold
+                out_q.append(np.full(int(keep.sum()), i, np.int64))
+                out_r.append(rows[keep])
+                out_s.append(score[keep])
+        elif n and len(q):
             cuda = is_cuda(self.device)
             base, sq = self.store.search_view(), self.store.search_sqnorms()
             qd = self._queries(q)

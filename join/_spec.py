@@ -41,6 +41,9 @@ class Spec:
     encoder: str | None = None  # a model path, or None for the default MiniLM
     #: The right ids' Arrow type in the result: "string" or "int64".
     right_id_type: str = "string"
+    #: The sparse column (both sides; a collection's own sparse vectors on the right): a score is then the
+    #: dense inner product plus the sparse dot product (metric "ip"); with no vector or text, sparse alone.
+    sparse: str | None = None
 
     @property
     def largest(self) -> bool:

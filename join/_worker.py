@@ -50,9 +50,18 @@ class JoinWorker:
         spec = self.spec
         if spec.text:
             q = encode(spec, inputs.texts(batch.column(spec.text), where="left", name=spec.text), self.device)
-        else:
+        elif spec.vector:
             q = inputs.vectors(batch.column(spec.vector), spec.dim, where="left", name=spec.vector, ids=ids)
+        else:  # sparse vectors alone
+            return np.empty((len(ids), 0), np.float32)
         return np.ascontiguousarray(inputs.prepare(q, dim=spec.dim, metric=spec.metric, where="left", ids=ids))
+
+    def sparse(self, batch: pa.Table, ids: pa.Array) -> list | None:
+        """The batch's sparse query vectors (``spec.sparse``), checked; None when the join has none."""
+        spec = self.spec
+        if not spec.sparse:
+            return None
+        return inputs.sparse_vectors(batch.column(spec.sparse), where="left", name=spec.sparse, ids=ids)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import ray
@@ -68,17 +77,19 @@ class JoinWorker:
         if n == 0:
             return stats_row(0, 0)
         qref = ray.put(self.queries(batch, ids))
+        sparse = self.sparse(batch, ids)
+        sref = None if sparse is None else ray.put(sparse)
         left = ids.to_numpy(zero_copy_only=False)
         if spec.mode == "knn":
             exclude = ray.put(left) if spec.exclude_self else None
-            answers = ray.get([p.knn.remote(qref, spec.k, exclude) for p in self.partitions])
+            answers = ray.get([p.knn.remote(qref, spec.k, exclude, sref) for p in self.partitions])
             hits = merge_partitions(answers, spec.k, largest=spec.largest)
             ok = hits.keys >= 0
             qi = np.repeat(np.arange(n), hits.counts)
             rank = np.broadcast_to(np.arange(spec.k), ok.shape)[ok]
             table = result_table(left[qi], hits.ids[ok], hits.scores[ok], rank, ids.type, spec.right_id_type)
         else:
-            parts = ray.get([p.range.remote(qref, spec.threshold) for p in self.partitions])
+            parts = ray.get([p.range.remote(qref, spec.threshold, sref) for p in self.partitions])
             qi = np.concatenate([p[0] for p in parts])
             rid = np.concatenate([p[1] for p in parts])
             sc = np.concatenate([p[2] for p in parts])

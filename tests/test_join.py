@@ -586,3 +586,157 @@ def test_join_docstring_examples():
         report: list[str] = []
         result = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS).run(t, out=report.append)
         assert result.failed == 0, "".join(report)
+
+
+# -- sparse vectors (hybrid and sparse alone) ------------------------------------------------------
+
+VOCAB = 40
+
+
+def _sparse_rows(rng, n, nnz=4, empty_every=7):
+    """n sparse vectors as Pinecone's {indices, values} (None for every ``empty_every``-th row) and as a dense
+    (n, VOCAB) matrix for brute force; small integer values so that scores tie now and then."""
+    rows, dense = [], np.zeros((n, VOCAB))
+    for i in range(n):
+        if i % empty_every == 3:
+            rows.append(None)
+            continue
+        idx = rng.choice(VOCAB, nnz, replace=False)
+        val = rng.integers(1, 4, nnz).astype(np.float32)
+        rows.append({"indices": [int(x) for x in idx], "values": [float(x) for x in val]})
+        dense[i, idx] = val
+    return rows, dense
+
+
+def _sparse_col(rows):
+    t = pa.struct([("indices", pa.list_(pa.uint32())), ("values", pa.list_(pa.float32()))])
+    return pa.array(rows, type=t)
+
+
+@pytest.fixture(scope="module")
+def sparse_data(tmp_path_factory):
+    rng = np.random.default_rng(11)
+    nl, nr = 25, 90
+    L = rng.integers(-2, 3, (nl, D)).astype(np.float32)  # small integers: exact sums, real ties
+    R = rng.integers(-2, 3, (nr, D)).astype(np.float32)
+    ls, Ls = _sparse_rows(rng, nl)
+    rs, Rs = _sparse_rows(rng, nr)
+    lids = [f"q{i:02d}" for i in range(nl)]
+    rids = [f"r{i:03d}" for i in range(nr)]
+    root = tmp_path_factory.mktemp("sparsejoin")
+    for name, ids, vecs, sp in (("left", lids, L, ls), ("right", rids, R, rs)):
+        os.makedirs(root / name)
+        pq.write_table(pa.table({"id": pa.array(ids), "vector": _vec_col(vecs), "sparse": _sparse_col(sp)}),
+                       root / name / "part-000.parquet")
+    return {"left": str(root / "left"), "right": str(root / "right"), "L": L, "R": R, "Ls": Ls, "Rs": Rs,
+            "ls": ls, "rs": rs, "lids": lids, "rids": rids, "root": root}
+
+
+def _hybrid_brute(S, k, candidates=None):
+    """Per left row: the k best right rows by score, ties to the smaller row (ids sort like rows here)."""
+    out = []
+    for i in range(S.shape[0]):
+        rows = np.arange(S.shape[1]) if candidates is None else np.flatnonzero(candidates[i])
+        order = sorted(rows.tolist(), key=lambda j: (-S[i, j], j))[:k]
+        out.append([(j, S[i, j]) for j in order])
+    return out
+
+
+def _check_pairs(res, want, lids, rids):
+    got = {}
+    for r in res.itertuples():
+        got.setdefault(r.left_id, []).append((int(r.rank), r.right_id, r.score))
+    for i, expect in enumerate(want):
+        rows = sorted(got.get(lids[i], []))
+        assert [r[1] for r in rows] == [rids[j] for j, _ in expect], lids[i]
+        np.testing.assert_allclose([r[2] for r in rows], [s for _, s in expect], rtol=1e-6, atol=1e-5)
+
+
+def test_hybrid_knn_join_scores_dense_plus_sparse_exactly(sparse_data):
+    d = sparse_data
+    S = d["L"].astype(np.float64) @ d["R"].T + d["Ls"] @ d["Rs"].T
+    res = _rows(join.knn_join(d["left"], d["right"], k=5, metric="ip", sparse="sparse", partitions=2, workers=2))
+    _check_pairs(res, _hybrid_brute(S, 5), d["lids"], d["rids"])
+
+
+def test_sparse_only_knn_and_range_joins_pair_rows_that_share_a_term(sparse_data):
+    d = sparse_data
+    S = d["Ls"] @ d["Rs"].T
+    shares = (d["Ls"] != 0).astype(int) @ (d["Rs"] != 0).astype(int).T > 0
+    res = _rows(join.knn_join(d["left"], d["right"], k=4, metric="ip", vector=None, sparse="sparse",
+                              partitions=2, workers=2))
+    _check_pairs(res, _hybrid_brute(S, 4, shares), d["lids"], d["rids"])
+    assert not set(res[res.left_id == "q03"].right_id)  # a row without a sparse vector pairs with nothing
+    pairs = join.range_join(d["left"], d["right"], threshold=6.0, metric="ip", vector=None, sparse="sparse",
+                            partitions=2, workers=2).to_pandas()
+    want = {(d["lids"][i], d["rids"][j]) for i, j in zip(*np.nonzero((S >= 6.0) & shares))}
+    assert set(zip(pairs.left_id, pairs.right_id)) == want and len(pairs) == len(want)
+
+
+def test_hybrid_join_against_a_collection_uses_its_sparse_values(tmp_path, sparse_data):
+    import gpusearch as gs
+
+    d = sparse_data
+    col = gs.Collection.create(tmp_path / "c", dim=D, metric="ip", shards=3, device="cpu", fsync=False)
+    col.upsert(d["rids"], d["R"], metadata=[{"even": i % 2 == 0} for i in range(len(d["rids"]))],
+               sparse_values=d["rs"])
+    col.close()
+    S = d["L"].astype(np.float64) @ d["R"].T + d["Ls"] @ d["Rs"].T
+    even = np.arange(len(d["rids"])) % 2 == 0
+    res = _rows(join.knn_join(d["left"], str(tmp_path / "c"), k=3, metric="ip", sparse="sparse",
+                              filter={"even": True}, partitions=2, workers=2))
+    _check_pairs(res, _hybrid_brute(S, 3, np.broadcast_to(even, S.shape)), d["lids"], d["rids"])
+
+
+@pytest.mark.parametrize("kwargs, exc, msg", [
+    ({"metric": "cosine", "sparse": "sparse"}, ValueError, "pass metric='ip'"),
+    ({"metric": "ip", "sparse": "vector"}, TypeError, "expected sparse vectors as a struct"),
+    ({"metric": "ip", "sparse": "nope"}, ValueError, "left has no column 'nope'"),
+])
+def test_sparse_join_bad_arguments(sparse_data, kwargs, exc, msg):
+    with pytest.raises(exc, match=msg):
+        join.knn_join(sparse_data["left"], sparse_data["right"], k=3, **kwargs)
+
+
+def test_a_bad_sparse_value_fails_naming_the_row_before_any_output(sparse_data, tmp_path):
+    d = sparse_data
+    rows = list(d["ls"])
+    rows[5] = {"indices": [3, 3], "values": [1.0, 2.0]}
+    os.makedirs(tmp_path / "bad")
+    pq.write_table(pa.table({"id": pa.array(d["lids"]), "vector": _vec_col(d["L"]), "sparse": _sparse_col(rows)}),
+                   tmp_path / "bad" / "part-000.parquet")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"left: the row with id 'q05': sparse.indices must not repeat"):
+        join.knn_join(str(tmp_path / "bad"), d["right"], k=3, metric="ip", sparse="sparse", output=str(out))
+    assert not out.exists() or not any(out.rglob("*.parquet"))
+
+
+def test_sparse_only_join_against_a_sparse_collection(tmp_path, sparse_data):
+    import gpusearch as gs
+
+    d = sparse_data
+    col = gs.Collection.create(tmp_path / "s", metric="ip", shards=2, device="cpu", fsync=False, vector_type="sparse")
+    keep = [j for j, v in enumerate(d["rs"]) if v is not None]  # a sparse collection's records all have one
+    col.upsert([d["rids"][j] for j in keep], None, sparse_values=[d["rs"][j] for j in keep])
+    col.close()
+    with pytest.raises(ValueError, match="pass vector=None"):
+        join.knn_join(d["left"], str(tmp_path / "s"), k=3, metric="ip", sparse="sparse")
+    S = d["Ls"] @ d["Rs"].T
+    shares = ((d["Ls"] != 0).astype(int) @ (d["Rs"] != 0).astype(int).T > 0)
+    res = _rows(join.knn_join(d["left"], str(tmp_path / "s"), k=3, metric="ip", vector=None, sparse="sparse",
+                              partitions=2, workers=2))
+    _check_pairs(res, _hybrid_brute(S, 3, shares), d["lids"], d["rids"])
+
+
+def test_cli_range_join_on_sparse_vectors_alone(sparse_data, tmp_path, capsys):
+    from gpusearch import cli
+
+    d = sparse_data
+    out = tmp_path / "cli-sparse"
+    assert cli.main(["join", "range", d["left"], d["right"], "--threshold", "6", "--metric", "ip", "--sparse",
+                     "sparse", "--sparse-only", "--output", str(out), "--workers", "2"]) == 0
+    S = d["Ls"] @ d["Rs"].T
+    shares = ((d["Ls"] != 0).astype(int) @ (d["Rs"] != 0).astype(int).T > 0)
+    assert f"{int(((S >= 6) & shares).sum())} pairs" in capsys.readouterr().out
+    assert cli.main(["join", "knn", d["left"], d["right"], "--k", "2", "--sparse-only", "--output", str(out)]) == 2
+    assert "--sparse-only needs --sparse COLUMN" in capsys.readouterr().err
