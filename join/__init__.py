@@ -37,6 +37,12 @@ How it runs
   left ids it finished. Rerunning into the same output path skips the finished
   left rows, so an interrupted join resumes without duplicating a row.
 
+With ``sparse=`` (a column of Pinecone-style ``{indices, values}`` sparse
+vectors, or a collection's own), a pair scores the dense inner product plus the
+sparse dot product, exactly as the engine's hybrid search (metric ``ip``); with
+``vector=None`` sparse vectors alone, pairing rows that share a term. Each
+partition keeps its share in the engine's :class:`gpusearch.sparse.SparseRows`.
+
 Scores: ``cosine`` and ``ip`` are similarities (larger is better), ``l2`` is the
 *squared* Euclidean distance (smaller is better), as in
 :class:`gpusearch.Collection`. ``range_join``'s threshold is in the same units:
