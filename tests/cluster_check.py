@@ -59,6 +59,11 @@ def start_cluster(head_resources: dict, worker_resources: list[dict], tag: str):
     import ray
     from ray.cluster_utils import Cluster
 
+    # Cluster writes the head's address to Ray's default temp dir (/tmp/ray/ray_current_cluster) whatever
+    # temp_dir the nodes use, and fails when that directory does not exist yet (a machine where no Ray
+    # has run with its default temp dir, as a fresh CI machine).
+    address_file = ray._private.utils.get_ray_address_file(None)
+    os.makedirs(os.path.dirname(address_file), exist_ok=True)
     node_args = dict(node_ip_address="127.0.0.1", num_cpus=1, object_store_memory=80 << 20)
     cluster = Cluster(initialize_head=True, head_node_args=dict(
         node_args, num_cpus=2, include_dashboard=False, resources=head_resources,
