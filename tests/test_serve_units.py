@@ -7,6 +7,7 @@ in tests/test_serve.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import threading
@@ -150,6 +151,23 @@ def test_aggregator_merges_like_the_collection(two_shards):
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
+@contextlib.contextmanager
+def access_lines():
+    """The access log's lines (messages) written inside the block, at INFO."""
+    access, got, lines = logging.getLogger("gpusearch.access"), [], []
+    grab = logging.Handler()
+    grab.emit = got.append
+    access.addHandler(grab)  # the replica's set-up may keep gpusearch.* from the root logger (and caplog)
+    level = access.level
+    access.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        access.removeHandler(grab)
+        access.setLevel(level)
+        lines.extend(r.getMessage() for r in got)
+
+
 def test_handle_calls_write_one_access_line_each(two_shards):
     """A Python handle's read gets the access line an HTTP request gets: method HANDLE, the call's
     name, its status (the error's HTTP status when it fails), time and collection; never the query."""
@@ -158,19 +176,11 @@ def test_handle_calls_write_one_access_line_each(two_shards):
     path, X, cat = two_shards
     agg = _aggregator(ServeConfig(data_dir=str(path), shards=2),
                       [_ShardHandle(ShardCatalog(path, i, device="cpu")) for i in range(2)])
-    access, got = logging.getLogger("gpusearch.access"), []
-    grab = logging.Handler()
-    grab.emit = got.append
-    access.addHandler(grab)  # the replica's set-up may keep gpusearch.* from the root logger (and caplog)
-    level = access.level
-    access.setLevel(logging.INFO)
-    asyncio.run(agg.query("c", X[:1], 3))
-    asyncio.run(agg.fetch("c", ["i1"]))
-    with pytest.raises(CollectionNotFoundError):
-        asyncio.run(agg.query("nope", X[:1], 3))
-    access.removeHandler(grab)
-    access.setLevel(level)
-    lines = [r.getMessage() for r in got]
+    with access_lines() as lines:
+        asyncio.run(agg.query("c", X[:1], 3))
+        asyncio.run(agg.fetch("c", ["i1"]))
+        with pytest.raises(CollectionNotFoundError):
+            asyncio.run(agg.query("nope", X[:1], 3))
     assert len(lines) == 3, lines
     assert re.fullmatch(r"HANDLE query 200 [0-9.]+ms collection=c", lines[0]), lines
     assert re.fullmatch(r"HANDLE fetch 200 [0-9.]+ms collection=c", lines[1]), lines
@@ -783,14 +793,8 @@ def test_handle_writes_are_logged_and_refused_once_stopping(tmp_path, rng):
     from gpusearch.serve.deployments import Writer
 
     w = Writer.func_or_class(ServeConfig(data_dir=str(tmp_path / "data"), shards=2, fsync=False).to_dict())
-    access, got = logging.getLogger("gpusearch.access"), []
-    grab = logging.Handler()
-    grab.emit = got.append
-    access.addHandler(grab)
-    level = access.level
-    access.setLevel(logging.INFO)
     X = rng.standard_normal((3, 4)).astype(np.float32)
-    try:
+    with access_lines() as lines:
         r = asyncio.run(w.handle_call("upsert", "docs", ["a", "b", "c"], X, [{"secret": "s3cr3t"}] * 3))
         assert r["count"] == 3
         asyncio.run(w.handle_call("set_alias", "latest", "docs"))
@@ -803,10 +807,6 @@ def test_handle_writes_are_logged_and_refused_once_stopping(tmp_path, rng):
             asyncio.run(w.handle_call("delete", "docs", ["a"]))
         assert asyncio.run(w.delete("docs", ["a"]))["count"] == 1  # the Aggregator's, admitted before its drain
         assert asyncio.run(w.close(5.0))["checkpointed"]
-    finally:
-        access.removeHandler(grab)
-        access.setLevel(level)
-    lines = [r.getMessage() for r in got]
     assert len(lines) == 4, lines
     assert re.fullmatch(r"HANDLE upsert 200 [0-9.]+ms collection=docs", lines[0]), lines
     assert re.fullmatch(r"HANDLE set_alias 200 [0-9.]+ms collection=docs", lines[1]), lines
