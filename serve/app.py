@@ -188,8 +188,11 @@ def stop(cfg: ServeConfig, *, grace_s: float | None = None, say=log.info) -> dic
     def drain():
         aggregator = serve.get_deployment_handle("Aggregator", app_name=cfg.app_name)
         writer = serve.get_deployment_handle("Writer", app_name=cfg.app_name)
-        writer.drain.remote().result(timeout_s=30)  # a Python handle's writes: 503 from now on
+        # A Python handle's writes get 503 from now on; sent beside the Aggregator's drain, not before it,
+        # since the call may queue behind the writes the Writer is running.
+        writer_drained = writer.drain.remote()
         out["unfinished_requests"] = aggregator.drain.remote(grace).result(timeout_s=grace + 30)
+        writer_drained.result(timeout_s=grace + 30)
         left = max(1.0, grace - (time.monotonic() - t0))
         out.update(writer.close.remote(left).result(timeout_s=left + 120))
         # The last answers are counted done when the Aggregator returns them; let them cross the proxy
