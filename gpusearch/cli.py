@@ -247,9 +247,9 @@ def _run_join(args) -> int:
     if args.sparse_only and not args.sparse:
         raise ValueError("--sparse-only needs --sparse COLUMN")
     t0 = time.perf_counter()
+    if args.sparse:
+        common["sparse"] = args.sparse
     if args.kind == "dedup":
-        if args.sparse:
-            raise ValueError("gpusearch join dedup does not take sparse vectors yet; use knn or range")
         if args.threshold is None:
             raise ValueError("gpusearch join dedup needs --threshold")
         res = join.dedup(args.left, threshold=args.threshold, id=args.id, output=args.output, **common)
@@ -260,8 +260,6 @@ def _run_join(args) -> int:
     if args.right is None:
         raise ValueError(f"gpusearch join {args.kind} needs LEFT and RIGHT")
     ids = dict(left_id=args.left_id or args.id, right_id=args.right_id or args.id)
-    if args.sparse:
-        common["sparse"] = args.sparse
     if args.kind == "knn":
         if args.k is None:
             raise ValueError("gpusearch join knn needs --k")
@@ -326,7 +324,7 @@ def main(argv=None) -> int:
     j.add_argument("--vector", default="vector", help="vector column (both sides)")
     j.add_argument("--text", default=None, help="join on this text column, encoded with MiniLM")
     j.add_argument("--sparse", default=None, metavar="COLUMN",
-                   help="knn/range: a sparse-vector column ({indices, values}); scores add dense and sparse (--metric ip)")
+                   help="a sparse-vector column ({indices, values}); scores add dense and sparse (--metric ip)")
     j.add_argument("--sparse-only", action="store_true", help="with --sparse: no dense vectors (sparse alone)")
     j.add_argument("--filter", default=None, help="JSON filter on the right side's columns")
     j.add_argument("--exclude-self", action="store_true", help="drop pairs whose ids are equal (self-joins)")

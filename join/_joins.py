@@ -428,14 +428,16 @@ def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         labels = new
 
 
-def dedup(table, *, threshold: float, metric: str = "cosine", id: str = "id", vector: str = "vector",
+def dedup(table, *, threshold: float, metric: str = "cosine", id: str = "id", vector: str | None = "vector",
           text: str | None = None, encoder=None, output=None, overwrite: bool = False, workers: int | None = None,
-          partitions: int | None = None, device: str = "auto", batch_size: int = 4096):
+          partitions: int | None = None, device: str = "auto", batch_size: int = 4096, sparse: str | None = None):
     """Cluster near-duplicates: a self range join, then connected components.
 
     Two rows are linked when their similarity is at least ``threshold``
     (cosine, ip) or their squared distance at most ``threshold`` (l2); a
-    cluster is a connected group of linked rows.
+    cluster is a connected group of linked rows. With ``sparse`` the similarity
+    is hybrid (dense + sparse, ``metric="ip"``; ``vector=None``: sparse alone),
+    as in :func:`knn_join`.
 
     Returns
     -------
@@ -450,7 +452,7 @@ def dedup(table, *, threshold: float, metric: str = "cosine", id: str = "id", ve
     pairs_out = None if output is None else os.path.join(os.fspath(output), "pairs")
     pairs = range_join(table, table, threshold=threshold, metric=metric, left_id=_id, right_id=_id, vector=vector,
                        text=text, encoder=encoder, exclude_self=True, output=pairs_out, overwrite=overwrite,
-                       workers=workers, partitions=partitions, device=device, batch_size=batch_size)
+                       workers=workers, partitions=partitions, device=device, batch_size=batch_size, sparse=sparse)
     edges = pairs.select_columns(["left_id", "right_id"]).to_arrow_refs()
     edges = [t for t in ray.get(edges) if t.num_rows]
     src = inputs.source(table, "table", allow_collection=False)

@@ -728,15 +728,22 @@ def test_sparse_only_join_against_a_sparse_collection(tmp_path, sparse_data):
     _check_pairs(res, _hybrid_brute(S, 3, shares), d["lids"], d["rids"])
 
 
-def test_cli_range_join_on_sparse_vectors_alone(sparse_data, tmp_path, capsys):
+def test_cli_dedup_on_sparse_vectors_alone(sparse_data, tmp_path, capsys):
+    """`gpusearch join dedup --sparse` clusters the rows linked by sparse similarity (pairs sharing a term
+    with a dot product >= the threshold), as connected components of the brute-force pairs."""
     from gpusearch import cli
 
     d = sparse_data
     out = tmp_path / "cli-sparse"
-    assert cli.main(["join", "range", d["left"], d["right"], "--threshold", "6", "--metric", "ip", "--sparse",
-                     "sparse", "--sparse-only", "--output", str(out), "--workers", "2"]) == 0
-    S = d["Ls"] @ d["Rs"].T
-    shares = ((d["Ls"] != 0).astype(int) @ (d["Rs"] != 0).astype(int).T > 0)
-    assert f"{int(((S >= 6) & shares).sum())} pairs" in capsys.readouterr().out
+    assert cli.main(["join", "dedup", d["right"], "--threshold", "9", "--metric", "ip", "--sparse", "sparse",
+                     "--sparse-only", "--output", str(out), "--workers", "2"]) == 0
+    S = d["Rs"] @ d["Rs"].T
+    shares = ((d["Rs"] != 0).astype(int) @ (d["Rs"] != 0).astype(int).T > 0)
+    a, b = np.nonzero((S >= 9) & shares & ~np.eye(len(S), dtype=bool))
+    labels = join.connected_components(len(S), a, b)
+    want = {d["rids"][i]: d["rids"][labels[i]] for i in range(len(S))}  # ids sort like rows here
+    got = pq.read_table(out / "clusters").to_pandas()
+    assert dict(zip(got.id, got.cluster)) == want
+    assert f"{len(set(want.values()))} clusters" in capsys.readouterr().out
     assert cli.main(["join", "knn", d["left"], d["right"], "--k", "2", "--sparse-only", "--output", str(out)]) == 2
     assert "--sparse-only needs --sparse COLUMN" in capsys.readouterr().err
