@@ -328,10 +328,16 @@ class SparseRows:
         total = int(counts.sum())
         parts = []
         if total:
-            pos = np.repeat(lo - (np.cumsum(counts) - counts), counts) + np.arange(total)
-            r = inv_rows[pos]
-            keep = r < n_rows
-            parts.append((r[keep], inv_vals[pos][keep], np.repeat(np.arange(len(terms)), counts)[keep]))
+            # Each term's postings are one run of the term-ordered copy: copied run by run (slices), which
+            # reads memory in order, unlike a gather through a position per entry (twice as slow here).
+            runs = [(a, b) for a, b in zip(lo.tolist(), hi.tolist()) if b > a]
+            r = np.concatenate([inv_rows[a:b] for a, b in runs])
+            v = np.concatenate([inv_vals[a:b] for a, b in runs])
+            t = np.repeat(np.arange(len(terms)), counts)
+            if n_rows < covered:  # the copy holds rows past the ones asked for
+                keep = r < n_rows
+                r, v, t = r[keep], v[keep], t[keep]
+            parts.append((r, v, t))
         stop = min(n_rows, self.n)
         if covered < stop:  # rows appended since the copy: a scan of their entries
             a, b = int(self._indptr[covered]), int(self._indptr[stop])
