@@ -232,17 +232,8 @@ class CompiledFilter:
     @staticmethod
     def _child(table: pa.Table, name: str, kind: str, target: pa.DataType):
         """The values of kind ``kind`` in mixed field ``name`` (null in records holding another kind)."""
-        n = table.num_rows
-        col = table.column(name) if name in table.schema.names else None
-        if col is not None and pa.types.is_struct(col.type):
-            return CompiledFilter._column(pa.table({name: pc.struct_field(col, kind)}), name, target)
-        if col is not None and col.type == target:  # a column written before the field held other kinds
-            return col
-        if col is not None and pa.types.is_integer(col.type) and kind == "int":
-            return col.cast(target)
-        if col is not None and pa.types.is_list(col.type) and kind == "string_list":
-            return col.cast(target)
-        return pa.nulls(n, target)
+        child = pc.struct_field(CompiledFilter._column(table, name, FIELD_TYPES["mixed"]), kind)
+        return child if child.type == target else child.cast(target)
 
     @staticmethod
     def _column(table: pa.Table, name: str, target: pa.DataType):

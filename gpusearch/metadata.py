@@ -506,7 +506,7 @@ def conform(table: pa.Table, schema: Mapping[str, str]) -> pa.Table:
                 col = col.cast(field.type, safe=False)  # ints beyond 2**53 round, as Python's float() does
             elif schema[field.name] == "mixed" and kind in MIXED_KINDS:
                 col = to_mixed(col, kind)
-            elif pa.types.is_null(col.type) or _type_name(col.type) == schema[field.name]:
+            elif pa.types.is_null(col.type) or kind == schema[field.name]:
                 col = col.cast(field.type)
             else:
                 raise ValueError(

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gpusearch import kernels
 from gpusearch import metadata as md
 from gpusearch.arrays import to_host
 from gpusearch.backends.exact import ExactBackend
@@ -254,56 +255,51 @@ class Partition:
                 D[gone], K[gone], ids[gone] = sentinel(largest), -1, None
         return Hits(np.ascontiguousarray(D[:, :k]), np.ascontiguousarray(K[:, :k]), ids[:, :k])
 
-    def _hybrid_scores(self, q: np.ndarray, sparse: list | None):
-        """Per query: (its score for every row, float64: dense inner product + sparse dot product; the rows
-        it may match: every row, or with sparse vectors alone those sharing a term), tile by tile of queries."""
+    def _hybrid_tiles(self, q: np.ndarray, sparse: list | None):
+        """Tile by tile of queries: (the tile's first query, its scores for every row as float32, ``-inf``
+        where a query may not match). A score is the dense inner product plus the sparse dot product, summed
+        in float64 as the engine's hybrid search does; a query may match the rows the filter lets through
+        and, with sparse vectors alone, only those sharing a term with it."""
         n = len(self.ids)
         step = max(1, _HYBRID_TILE_BYTES // (8 * max(1, n)))
         for a in range(0, len(q), step):
-            dense = None
+            t = min(step, len(q) - a)
             if self.spec.dim:
-                base = self.store.search_view()
-                qd = self._queries(np.ascontiguousarray(q[a : a + step]))
-                dense = np.asarray(to_host(qd @ base.T), np.float64)
-            for j in range(min(step, len(q) - a)):
+                qd = self._queries(np.ascontiguousarray(q[a : a + t]))
+                total = np.asarray(to_host(qd @ self.store.search_view().T), np.float64)
+                ok = np.ones((t, n), bool)
+            else:
+                total, ok = np.zeros((t, n)), np.zeros((t, n), bool)
+            for j in range(t):
                 v = None if sparse is None else sparse[a + j]
                 if v is not None and self.sparse is not None:
-                    total, touched = self.sparse.scores(v, n, touched=True)
-                else:
-                    total, touched = np.zeros(n, np.float64), np.zeros(n, bool)
-                if dense is not None:
-                    total = total + dense[j]
-                yield total, touched
-
-    def _candidates(self, total: np.ndarray, touched: np.ndarray) -> np.ndarray:
-        """The rows one query may match: allowed by the filter, and sharing a term when sparse alone."""
-        ok = np.ones(len(total), bool) if self.spec.dim else touched.copy()
-        if self.allow is not None:
-            ok &= self.allow
-        return np.flatnonzero(ok)
+                    s, touched = self.sparse.scores(v, n, touched=True)
+                    total[j] += s
+                    if not self.spec.dim:
+                        ok[j] = touched
+            if self.allow is not None:
+                ok &= self.allow
+            scores = total.astype(np.float32)
+            scores[~ok] = -np.inf
+            yield a, scores
 
     def _knn_hybrid(self, q: np.ndarray, k: int, exclude, sparse) -> Hits:
-        """k-NN with sparse vectors: every candidate row scored exactly (float64, then float32, as the
-        engine's hybrid search does), best first, ties to the smaller row (the smaller id)."""
-        nq = len(q)
-        D = np.full((nq, k), sentinel(True), np.float32)
-        K = np.full((nq, k), -1, np.int64)
-        ids = np.full((nq, k), None, object)
-        for i, (total, touched) in enumerate(self._hybrid_scores(q, sparse)):
-            rows = self._candidates(total, touched)
-            if exclude is not None and len(rows):
-                rows = rows[self.ids[rows] != exclude[i]]
-            if not len(rows):
-                continue
-            score = total[rows].astype(np.float32)
-            kk = min(k, len(rows))
-            if len(rows) > kk:
-                kth = np.partition(-score, kk - 1)[kk - 1]
-                pick = np.flatnonzero(-score <= kth)
-                rows, score = rows[pick], score[pick]
-            order = np.lexsort((rows, -score))[:kk]
-            D[i, :kk], K[i, :kk] = score[order], rows[order]
-            ids[i, :kk] = self.ids[rows[order]]
+        """k-NN with sparse vectors: every row a query may match scored exactly, the best ``k`` chosen by
+        the kernels' top-k (ties to the smaller row, which is the smaller id here)."""
+        D, K = [], []
+        row_of = {x: r for r, x in enumerate(self.ids.tolist())} if exclude is not None else None
+        for a, scores in self._hybrid_tiles(q, sparse):
+            if row_of is not None:  # a self-join's own row
+                for j, x in enumerate(np.asarray(exclude)[a : a + len(scores)].tolist()):
+                    r = row_of.get(x)
+                    if r is not None:
+                        scores[j, r] = -np.inf
+            d, key = kernels.topk(scores, k, largest=True)
+            D.append(d)
+            K.append(key)
+        D, K = np.concatenate(D), np.concatenate(K)
+        ids = np.full(K.shape, None, object)
+        ids[K >= 0] = self.ids[K[K >= 0]]
         return Hits(D, K, ids)
 
     def _device_allow(self):
@@ -319,13 +315,11 @@ class Partition:
         n = len(self.ids)
         out_q, out_r, out_s = [], [], []
         if n and len(q) and self.spec.sparse:
-            for i, (total, touched) in enumerate(self._hybrid_scores(q, sparse)):
-                rows = self._candidates(total, touched)
-                score = total[rows].astype(np.float32)
-                keep = score >= threshold
-                out_q.append(np.full(int(keep.sum()), i, np.int64))
-                out_r.append(rows[keep])
-                out_s.append(score[keep])
+            for a, scores in self._hybrid_tiles(q, sparse):
+                qi, rj = np.nonzero(scores >= threshold)  # never where a query may not match (-inf)
+                out_q.append(qi.astype(np.int64) + a)
+                out_r.append(rj)
+                out_s.append(scores[qi, rj])
         elif n and len(q):
             cuda = is_cuda(self.device)
             base, sq = self.store.search_view(), self.store.search_sqnorms()
