@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_engine.py                              # Flat, IVF, HNSW at 100k and 1M rows
     .venv/bin/python bench/bench_engine.py --indexes Flat               # the exact rows alone (100k and 1M)
     .venv/bin/python bench/bench_engine.py --n 20000 --nq 100 --repeats 3   # a quick check
+    .venv/bin/python bench/bench_engine.py --n 100000 --indexes refine  # IVF + 4-bit fast-scan PQ + exact refine
 
 Prints a table and writes bench/results/engine-<cpuN or GPU name>.json (rewritten after each
 size, so a run stopped at 1M keeps its 100k rows).
@@ -11,7 +12,9 @@ What it compares (the issue's "Exact Flat: at least 1.0x faiss.IndexFlatIP for 1
 1,000-query batches, 100k and 1M rows", and the approximate indexes beside it):
 
 - ``Flat``: gpusearch's exact backend against ``faiss.IndexFlatIP``;
-- ``IVF<nlist>,Flat`` (nlist about 2 sqrt(n)) and ``HNSW32``: the same FAISS factory string in both,
+- ``IVF<nlist>,Flat`` (nlist about 2 sqrt(n)), ``HNSW32`` and ``IVF<nlist>,PQ<dim/2>x4fs,RFlat`` (the
+  refine row: FAISS's ``IndexRefineFlat`` against gpusearch's own refine over its stored rows): the
+  same FAISS factory string in both,
   at the engine's default options (what a user who sets none gets: efConstruction, efSearch,
   nprobe from ``gpusearch.backends.options``); raw FAISS is given the very values the collection
   stored, so the two search the same structure the same way.
@@ -72,6 +75,11 @@ def recall(got, ref):
     return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(got, ref)]))
 
 
+def refine_spec(n: int, shards: int, dim: int) -> str:
+    """IVF over 4-bit fast-scan PQ (2 dims a code) with an exact refine; nlist about sqrt(rows)."""
+    return f"IVF{max(16, int(np.sqrt(n // shards)))},PQ{dim // 2}x4fs,RFlat"
+
+
 def ivf_spec(n: int, shards: int) -> str:
     """nlist is per shard (each shard trains its own IVF on its own rows): about 2 sqrt(rows), a multiple of 16."""
     return f"IVF{max(16, int(2 * np.sqrt(n // shards)) // 16 * 16)},Flat"
@@ -101,6 +109,8 @@ def raw_faiss(spec: str, x: np.ndarray, options: dict):
         faiss.extract_index_ivf(ix).nprobe = options["nprobe"]
     if "efSearch" in options:
         ix.hnsw.efSearch = options["efSearch"]
+    if "kFactor" in options:
+        faiss.downcast_index(ix).k_factor = options["kFactor"]
     return ix
 
 
@@ -112,7 +122,8 @@ def measure_size(n: int, args, rows: list) -> None:
     _, gt = exact.search(q, args.k)
     del exact
     gt_ids = [[str(i) for i in r] for r in gt]
-    specs = {"flat": "Flat", "ivf": ivf_spec(n, args.shards), "hnsw": "HNSW32"}
+    specs = {"flat": "Flat", "ivf": ivf_spec(n, args.shards), "hnsw": "HNSW32",
+             "refine": refine_spec(n, args.shards, args.dim)}
     for name in args.indexes:
         spec = specs[name]
         with tempfile.TemporaryDirectory() as tmp:
@@ -149,10 +160,26 @@ def measure_size(n: int, args, rows: list) -> None:
             gc.collect()
 
 
+def _commit() -> str:
+    """The checkout's commit (with ``+changes`` when its files differ from it), or ``unknown``."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", default="100000,1000000", help="rows, comma-separated sizes (default 100000,1000000)")
-    ap.add_argument("--indexes", default="Flat,IVF,HNSW", help="which of Flat, IVF, HNSW (default all three)")
+    ap.add_argument("--indexes", default="Flat,IVF,HNSW", help="which of Flat, IVF, HNSW, refine (default the "
+                    "first three)")
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--nq", type=int, default=1000, help="queries (default 1000)")
     ap.add_argument("--batch", type=int, default=1000, help="queries per call in the batch rows (default 1000)")
@@ -164,9 +191,9 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="result path (default bench/results/engine-<machine>.json)")
     args = ap.parse_args()
     ns = [int(float(v)) for v in args.n.split(",") if v.strip()]
-    bad = [v.strip() for v in args.indexes.split(",") if v.strip().lower() not in ("flat", "ivf", "hnsw", "")]
+    bad = [v.strip() for v in args.indexes.split(",") if v.strip().lower() not in ("flat", "ivf", "hnsw", "refine", "")]
     if bad:
-        raise SystemExit(f"--indexes: unknown {bad[0]!r}; use Flat, IVF, HNSW")
+        raise SystemExit(f"--indexes: unknown {bad[0]!r}; use Flat, IVF, HNSW, refine")
     args.indexes = [v.strip().lower() for v in args.indexes.split(",") if v.strip()]
     if args.batch > args.nq:
         raise SystemExit(f"--batch {args.batch} is more than the {args.nq} queries (--nq)")
@@ -175,7 +202,7 @@ def main() -> None:
            "repeats": args.repeats, "single_budget_s": args.single_budget_s, "metric": "ip",
            "data": "synthetic clustered unit vectors (bench/ann/data.py synthetic_dataset, seed 0)",
            "faiss_omp_threads": faiss.omp_get_max_threads(), "machine": machine_info(), "rows": rows,
-           "date": time.strftime("%Y-%m-%d")}
+           "date": time.strftime("%Y-%m-%d"), "commit": _commit()}
     path = Path(args.out) if args.out else result_path("engine", out["machine"])
     path.parent.mkdir(parents=True, exist_ok=True)
     for n in ns:

@@ -18,13 +18,15 @@ def test_engine_bench_compares_like_with_like(tmp_path):
 
     out = tmp_path / "engine.json"
     cmd = [sys.executable, str(ROOT / "bench" / "bench_engine.py"), "--n", "5000,6000", "--dim", "32", "--nq", "40",
-           "--batch", "40", "--repeats", "1", "--single-budget-s", "0.05", "--out", str(out)]
+           "--batch", "40", "--repeats", "1", "--single-budget-s", "0.05", "--indexes", "Flat,IVF,HNSW,refine",
+           "--out", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["n"] == [5000, 6000] and res["batch"] == 40 and res["nq"] == 40
-    rows = {(row["index"].split(",")[0].rstrip("0123456789"), row["n"], row["batch"]): row for row in res["rows"]}
-    assert set(rows) == {(i, n, b) for i in ("Flat", "IVF", "HNSW") for n in (5000, 6000) for b in (1, 40)}
+    rows = {(("refine" if row["index"].endswith("RFlat") else row["index"].split(",")[0].rstrip("0123456789")),
+             row["n"], row["batch"]): row for row in res["rows"]}
+    assert set(rows) == {(i, n, b) for i in ("Flat", "IVF", "HNSW", "refine") for n in (5000, 6000) for b in (1, 40)}
     for row in res["rows"]:
         assert row["gpusearch_qps"] > 0 and row["faiss_qps"] > 0
         assert row["ratio"] == pytest.approx(row["gpusearch_qps"] / row["faiss_qps"])
@@ -37,6 +39,10 @@ def test_engine_bench_compares_like_with_like(tmp_path):
     assert hnsw["faiss_index"] == "IndexHNSWFlat"
     assert hnsw["params"] == {"efConstruction": DEFAULT_EF_CONSTRUCTION, "efSearch": DEFAULT_EF_SEARCH}
     assert set(rows[("IVF", 5000, 1)]["params"]) == {"nprobe"}
+    refine = rows[("refine", 5000, 40)]
+    assert refine["index"] == "IVF70,PQ16x4fs,RFlat" and refine["faiss_index"] == "IndexRefineFlat"
+    assert set(refine["params"]) == {"nprobe", "kFactor"}
+    assert res["commit"]
 
 
 def test_engine_bench_refuses_an_unknown_index():

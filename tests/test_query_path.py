@@ -235,6 +235,33 @@ def test_refine_stage_reaches_recall_and_rescores_exactly(tmp_path):
     col.close()
 
 
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_refine_with_every_candidate_is_brute_force_ties_deletes_and_filters_included(tmp_path, metric):
+    """With k * kFactor covering every row and every list probed, the refine stage alone decides: its
+    answer must be brute force's exactly, tie order (smaller id first) included. Rows 0-199 are repeated
+    as rows 200-399, so every query that finds one finds its twin at the same score."""
+    rng = np.random.default_rng(7)
+    base = clustered(rng, 200, 16, clusters=10, spread=1.0)
+    x = np.concatenate([base, base])
+    ids = [f"{i:03d}" for i in range(400)]
+    col = gs.Collection.create(tmp_path / metric, dim=16, metric=metric, index="IVF8,PQ8x4fs,RFlat", device="cpu",
+                               fsync=False)
+    col.upsert(ids, x, metadata=[{"g": i % 4} for i in range(400)])
+    col.delete(ids=ids[::7])
+    live = np.ones(400, bool)
+    live[::7] = False
+    q = np.concatenate([base[:5], clustered(np.random.default_rng(8), 5, 16, clusters=10, spread=1.0)])
+    params = {"nprobe": 8, "kFactor": 400}
+    keep = np.array([i % 4 != 1 for i in range(400)]) & live
+    for flt, allow in ((None, live), ({"g": {"$ne": 1}}, keep)):
+        res = col.search(q, k=12, params=params, filter=flt)
+        ref_ids, ref_scores = brute_force(ids, x, q, 12, metric, allow=allow)
+        assert res.ids == [list(r) for r in ref_ids]
+        for got, want in zip(res.scores, ref_scores):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    col.close()
+
+
 def test_hnsw_keeps_one_copy_of_the_vectors(tmp_path):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((500, 16)).astype(np.float32)

@@ -39,6 +39,9 @@ def _faiss():
     return faiss
 
 
+_NO_ROW = np.iinfo(np.int64).max  # sorts after every row
+
+
 def split_refine(spec: str) -> tuple[str, bool]:
     """``("IVF1024,PQ192x4fs", True)`` for ``"IVF1024,PQ192x4fs,RFlat"``: gpusearch runs the exact refine
     stage itself, over the vectors the shard stores, so FAISS builds only the compressed index."""
@@ -317,31 +320,34 @@ class FaissBackend:
         return Hits(D, I)
 
     def _rescore(self, store, q: np.ndarray, I: np.ndarray, k: int):
-        """The ``k`` best of candidate rows ``I`` (-1: none) by their exact score, ties to the smaller row."""
-        valid = I >= 0
-        rows = np.where(valid, I, 0)
-        if q.shape[0] == 1:  # one query: a matrix-vector product (BLAS) over its candidates
-            S = (store.host[rows[0]] @ q[0])[None, :]
-        else:
-            S = np.einsum("qcd,qd->qc", store.host[rows], q)  # (nq, candidates)
-        l2 = self.metric == "l2"
-        if l2:
-            S = np.maximum(store.sqnorms[rows] + np.einsum("qd,qd->q", q, q)[:, None] - 2 * S, 0)
-        S = S.astype(np.float32, copy=False)
-        cost = S if l2 else -S
-        cost[~valid] = np.inf
-        # A few hundred candidates a query: one sort by (cost, row) beats a selection here.
-        order = np.lexsort((np.where(valid, I, np.iinfo(np.int64).max), cost), axis=1)[:, :k]
-        D = np.take_along_axis(S, order, axis=1)
-        out = np.take_along_axis(I, order, axis=1)
-        gone = ~np.take_along_axis(valid, order, axis=1)
-        if gone.any():
-            D[gone] = np.inf if l2 else -np.inf
-            out[gone] = -1
-        if out.shape[1] < k:
-            pad = k - out.shape[1]
-            D = np.pad(D, ((0, 0), (0, pad)), constant_values=np.inf if l2 else -np.inf)
-            out = np.pad(out, ((0, 0), (0, pad)), constant_values=-1)
+        """The ``k`` best of candidate rows ``I`` (-1: none) by their exact score, ties to the smaller row.
+
+        FAISS's by-index kernels score each candidate against the stored row and keep the k best in
+        a heap, in C. Candidates go in by ascending row: a later candidate replaces the heap's worst
+        only when strictly better, and the heap orders equal scores by row, so ties go to the
+        smaller row. (The Python version of this, a gather, a GEMV and a lexsort, cost more than
+        the fast-scan search itself: 90 against 95 µs a query.)
+        """
+        faiss = _faiss()
+        nq, c = I.shape
+        # FAISS stops reading a query's candidates at the first one outside the table: send the
+        # -1 padding there, after the sorted rows.
+        cand = I.copy()
+        cand[cand < 0] = _NO_ROW
+        cand.sort(axis=1)
+        D = np.empty((nq, k), dtype=np.float32)
+        out = np.empty((nq, k), dtype=np.int64)
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        y = store.host  # a prefix of the store's own C-ordered rows
+        kernel = faiss.knn_L2sqr_by_idx if self.metric == "l2" else faiss.knn_inner_products_by_idx
+        # The row stride of the candidates is given: the default (-1) is not read as "nsubset" by
+        # every FAISS build, and a query past the first then reads candidates from outside its row.
+        kernel(faiss.swig_ptr(q), faiss.swig_ptr(y), faiss.swig_ptr(cand), self.dim, nq, y.shape[0], c, k,
+               faiss.swig_ptr(D), faiss.swig_ptr(out), c)
+        # Heap slots no candidate filled come last, with FAISS's -1 and +-FLT_MAX; the engine's
+        # empty slot is -1 with an infinite score.
+        if (out[0, -1] < 0) if nq == 1 else (out[:, -1] < 0).any():
+            D[out < 0] = np.inf if self.metric == "l2" else -np.inf
         return D, out
 
     @staticmethod
