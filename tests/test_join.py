@@ -673,6 +673,24 @@ def test_sparse_only_knn_and_range_joins_pair_rows_that_share_a_term(sparse_data
     assert set(zip(pairs.left_id, pairs.right_id)) == want and len(pairs) == len(want)
 
 
+def test_self_hybrid_and_sparse_only_joins_exclude_each_row_itself(sparse_data):
+    """exclude_self on the hybrid path: a row's own pair (its best score, dense and sparse alike) is
+    dropped and the k best of the others come back, as brute force with the diagonal removed."""
+    d = sparse_data
+    others = ~np.eye(len(d["rids"]), dtype=bool)
+    S = d["R"].astype(np.float64) @ d["R"].T + d["Rs"] @ d["Rs"].T
+    res = _rows(join.knn_join(d["right"], d["right"], k=4, metric="ip", sparse="sparse", exclude_self=True,
+                              partitions=2, workers=2))
+    _check_pairs(res, _hybrid_brute(S, 4, others), d["rids"], d["rids"])
+    assert not (res.left_id == res.right_id).any()
+    S = d["Rs"] @ d["Rs"].T
+    shares = ((d["Rs"] != 0).astype(int) @ (d["Rs"] != 0).astype(int).T > 0) & others
+    res = _rows(join.knn_join(d["right"], d["right"], k=3, metric="ip", vector=None, sparse="sparse",
+                              exclude_self=True, partitions=2, workers=2))
+    _check_pairs(res, _hybrid_brute(S, 3, shares), d["rids"], d["rids"])
+    assert not (res.left_id == res.right_id).any()
+
+
 def test_hybrid_join_against_a_collection_uses_its_sparse_values(tmp_path, sparse_data):
     import gpusearch as gs
 
