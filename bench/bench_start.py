@@ -61,14 +61,19 @@ def machine() -> dict:
     return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "python": platform.python_version()}
 
 
-def one_start(timeout: float = 600.0) -> dict:
-    """One ``gpusearch serve`` from nothing to the demo's answer, then SIGTERM; seconds per phase."""
+def one_start(timeout: float = 600.0, precision: str | None = None) -> dict:
+    """One ``gpusearch serve`` from nothing to the demo's answer, then SIGTERM; seconds per phase.
+    ``precision``: the encoder's ``encoder_precision`` (None: the server's default)."""
     data = tempfile.mkdtemp(prefix="gs-start-")
     ray_dir = tempfile.mkdtemp(prefix="gsb-", dir="/tmp")
     env = dict(os.environ, RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1", GPUSEARCH_API_KEYS="",
                PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "gpusearch.cli", "serve", "--port", str(free_port()), "--data-dir",
            os.path.join(data, "data"), "--num-cpus", "2", "--device", "cpu", "--ray-temp-dir", ray_dir]
+    if precision is not None:
+        config = os.path.join(data, "serve.yaml")
+        Path(config).write_text(f"encoder_precision: {precision}\n")
+        cmd += ["--config", config]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
@@ -131,6 +136,7 @@ def in_process(threads: list[int]) -> dict:
     out["encoder_load_s"] = round(time.perf_counter() - t, 2)
     texts = [d["text"] for d in stdlib_docs()]
     out["demo_texts"] = len(texts)
+    out["encoder_bulk_bfloat16"] = enc.bulk_bfloat16  # what precision "auto" chose on this CPU
     enc.encode(texts[:64])  # warm
     for n in threads:
         torch.set_num_threads(n)
@@ -139,6 +145,18 @@ def in_process(threads: list[int]) -> dict:
         s = time.perf_counter() - t
         out[f"demo_encode_{n}_threads_s"] = round(s, 2)
         out[f"demo_texts_per_s_{n}_threads"] = round(len(texts) / s, 1)
+    # The demo's own calls (256 texts each) on every core, float32 against bfloat16, alternating.
+    f32, bf16 = SentenceEncoder(device="cpu", precision="float32"), SentenceEncoder(device="cpu", precision="bfloat16")
+    bf16.encode(texts[:64])
+    times: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+    for _ in range(3):
+        for name, e in (("float32", f32), ("bfloat16", bf16)):
+            t = time.perf_counter()
+            for lo in range(0, len(texts), 256):
+                e.encode(texts[lo:lo + 256])
+            times[name].append(time.perf_counter() - t)
+    for name, ts in times.items():
+        out[f"demo_encode_{name}_s"] = round(statistics.median(ts), 2)
     return out
 
 
@@ -146,21 +164,34 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=None)
+    p.add_argument("--encoder-precision", default=None, help="the server's encoder_precision; several, comma-"
+                   "separated (e.g. auto,float32), alternate run by run and get a median each (default: the "
+                   "server's default)")
     args = p.parse_args(argv)
+    precisions = [v.strip() for v in args.encoder_precision.split(",")] if args.encoder_precision else [None]
     runs = []
     for i in range(args.repeats):
-        runs.append(one_start())
-        print(f"run {i + 1}/{args.repeats}: " + ", ".join(f"{k} {v}" for k, v in runs[-1].items()
-                                                           if k.endswith("_s")), flush=True)
-    med = {k: round(statistics.median(r[k] for r in runs if k in r), 2) for k in runs[0] if k.endswith("_s")}
+        for prec in precisions:
+            runs.append(one_start(precision=prec))
+            runs[-1]["encoder_precision"] = prec or "default"
+            print(f"run {i + 1}/{args.repeats} ({prec or 'default'}): " + ", ".join(
+                f"{k} {v}" for k, v in runs[-1].items() if k.endswith("_s")), flush=True)
+    by_precision = {}
+    for prec in precisions:
+        mine = [r for r in runs if r["encoder_precision"] == (prec or "default")]
+        by_precision[prec or "default"] = {k: round(statistics.median(r[k] for r in mine if k in r), 2)
+                                           for k in mine[0] if k.endswith("_s")}
+    med = by_precision[precisions[0] or "default"]
     names = sorted({n for r in runs for n in r["replicas"]})
     med_replicas = {n: {f: round(statistics.median(r["replicas"][n][f] for r in runs if n in r["replicas"]), 2)
                         for f in ("start_s", "constructor_s")} for n in names}
     ref = in_process([1, os.cpu_count() or 1])
     result = {"bench": "start", "machine": machine(), "date": time.strftime("%Y-%m-%d"), "repeats": args.repeats,
-              "median": med, "replicas_median": med_replicas, "in_process": ref, "runs": runs,
-              "command": "python bench/bench_start.py --repeats %d" % args.repeats}
-    print(json.dumps({"median": med, "replicas_median": med_replicas, "in_process": ref}, indent=2))
+              "median": med, "median_by_encoder_precision": by_precision, "replicas_median": med_replicas,
+              "in_process": ref, "runs": runs, "command": "python bench/bench_start.py --repeats %d%s" % (
+                  args.repeats, f" --encoder-precision {args.encoder_precision}" if args.encoder_precision else "")}
+    print(json.dumps({"median_by_encoder_precision": by_precision, "replicas_median": med_replicas,
+                      "in_process": ref}, indent=2))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

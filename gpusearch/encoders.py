@@ -13,9 +13,25 @@ from typing import Sequence
 from .devices import resolve_device
 from .errors import InvalidArgumentError, InvalidTypeError
 
-__all__ = ["SentenceEncoder", "default_model_path", "DEFAULT_MODEL"]
+__all__ = ["SentenceEncoder", "default_model_path", "DEFAULT_MODEL", "PRECISIONS", "BULK_TEXTS"]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+PRECISIONS = ("auto", "float32", "bfloat16")
+# A call with at least this many texts is "bulk" (ingest, the demo corpus, a join's partition): the
+# one that precision="auto" runs in bfloat16 on a CPU that has AMX. Queries (a few texts) stay float32,
+# which is also faster for them: one short query took 8.5 ms in float32 and 12.1 ms under autocast.
+BULK_TEXTS = 32
+
+
+def _cpu_has_amx() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX, as torch reports it)."""
+    import torch
+
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except (RuntimeError, OSError):
+        return False
 
 
 def default_model_path() -> str:
@@ -43,7 +59,17 @@ class SentenceEncoder:
     torch.Size([1, 384])
     """
 
-    def __init__(self, model: str | None = None, *, device: str = "auto", batch_size: int | None = None):
+    def __init__(self, model: str | None = None, *, device: str = "auto", batch_size: int | None = None,
+                 precision: str = "auto"):
+        """``precision``: what bulk calls (at least :data:`BULK_TEXTS` texts) compute in on a CPU.
+        ``"float32"``: always float32. ``"bfloat16"``: bulk calls under torch's bfloat16 autocast
+        (matrix products in bfloat16, sums and normalisation in float32). ``"auto"`` (default):
+        bfloat16 where the CPU has AMX, float32 elsewhere (without AMX bfloat16 is emulated, and slower).
+        On the 2-core Intel Xeon VM (AMX) the demo corpus (1,163 docstrings) embedded in 3.7 s instead
+        of 5.5 s, every vector within 3e-5 in cosine of its float32 one. Calls of fewer texts (queries)
+        and every call on a GPU are unchanged."""
+        if precision not in PRECISIONS:
+            raise InvalidArgumentError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
             from sentence_transformers import SentenceTransformer
@@ -58,6 +84,8 @@ class SentenceEncoder:
         # None: 64 on a GPU; 16 on a CPU, where bigger batches ran slower (the demo corpus with MiniLM
         # on the 2-core VM, AMD EPYC: 75 texts/s at 16, 65 at 64, 41 at 256; bench/bench_start.py).
         self.batch_size = batch_size or (16 if self.device == "cpu" else 64)
+        self.bulk_bfloat16 = self.device == "cpu" and (
+            precision == "bfloat16" or (precision == "auto" and _cpu_has_amx()))
 
     @property
     def lineage(self) -> dict:
@@ -80,6 +108,15 @@ class SentenceEncoder:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise InvalidTypeError(f"texts[{i}] must be str, got {type(t).__name__}")
+        if self.bulk_bfloat16 and len(texts) >= BULK_TEXTS:
+            import torch
+
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = self._encode(texts, show_progress)
+            return out.float()
+        return self._encode(texts, show_progress)
+
+    def _encode(self, texts: list[str], show_progress: bool):
         return self.model.encode(
             texts, batch_size=self.batch_size, convert_to_tensor=True, normalize_embeddings=True,
             show_progress_bar=show_progress,

@@ -102,6 +102,9 @@ class ServeConfig:
     # Text queries: a sentence-transformers model folder, or None for the packaged MiniLM.
     encoder: str | None = None
     encoder_enabled: bool = True
+    # What the encoder's bulk calls (ingest, the demo corpus; not queries) compute in on a CPU: "auto"
+    # (bfloat16 where the CPU has AMX, else float32), "float32" or "bfloat16" (gpusearch.encoders).
+    encoder_precision: str = "auto"
     # key -> "rw" (read-write) or "ro" (read-only), or {"role": "ro", "collections": ["docs", "faq"]}
     # for a key limited to those collections/aliases. Empty: no auth, loopback only.
     api_keys: dict[str, Any] = field(default_factory=dict)
@@ -225,6 +228,8 @@ class ServeConfig:
             raise ValueError(f"log_format must be 'text' or 'json', got {self.log_format!r}")
         if self.log_dir is not None:
             self.log_dir = str(Path(self.log_dir).expanduser().resolve())
+        if self.encoder_precision not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"encoder_precision must be 'auto', 'float32' or 'bfloat16', got {self.encoder_precision!r}")
         if self.rerank not in ("none", "exact"):
             raise ValueError(f"rerank must be 'none' or 'exact', got {self.rerank!r}")
         if not isinstance(self.model_aliases, Mapping) or not all(

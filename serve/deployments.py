@@ -772,7 +772,7 @@ class AggregatorServer(_http.HttpRoutes):
         try:
             from gpusearch.encoders import SentenceEncoder
 
-            encoder = SentenceEncoder(self.cfg.encoder, device=self.cfg.device)
+            encoder = SentenceEncoder(self.cfg.encoder, device=self.cfg.device, precision=self.cfg.encoder_precision)
             # Ray gave this fractional-CPU replica one thread (OMP_NUM_THREADS=1); on a CPU the encoder
             # is the heaviest work here (the demo corpus embedded 2x slower with one thread of two cores).
             if encoder.device == "cpu":
