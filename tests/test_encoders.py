@@ -7,7 +7,8 @@ import pytest
 
 pytest.importorskip("sentence_transformers")
 
-from gpusearch.encoders import BULK_TEXTS, PRECISIONS, SentenceEncoder  # noqa: E402
+from gpusearch._meanpool import MeanPoolingModel, is_mean_pooling_folder  # noqa: E402
+from gpusearch.encoders import BULK_TEXTS, PRECISIONS, SentenceEncoder, default_model_path  # noqa: E402
 from gpusearch.errors import InvalidArgumentError  # noqa: E402
 
 # Sentences of the kind the demo embeds (written here), repeated to make a bulk call.
@@ -63,3 +64,41 @@ def test_the_serve_setting_is_checked_at_start():
     with pytest.raises(ValueError, match="encoder_precision must be 'auto', 'float32' or 'bfloat16', got 'half'"):
         ServeConfig(encoder_precision="half")
     assert ServeConfig().encoder_precision == "auto"
+
+
+def test_minilm_without_sentence_transformers_gives_sentence_transformers_vectors():
+    """The default folder loads through transformers alone, and its vectors are the ones
+    SentenceTransformer computes: texts of every length (one past the 256-token cut), stray
+    whitespace, capitals, accents, in batches that mix lengths."""
+    from sentence_transformers import SentenceTransformer
+
+    path = default_model_path()
+    assert is_mean_pooling_folder(path)
+    enc = SentenceEncoder(device="cpu", precision="float32")
+    assert isinstance(enc.model, MeanPoolingModel) and enc.dim == 384 and enc.model.max_seq_length == 256
+    texts = SENTENCES + ["  padded on both sides  ", "UPPER CASE WORDS", "café, naïve, über",
+                         "word " * 400, "x", "Two sentences. The second one is longer than the first one."]
+    ref = SentenceTransformer(path, device="cpu")
+    want = ref.encode(texts, batch_size=4, convert_to_numpy=True, normalize_embeddings=True)
+    got = enc.model.encode(texts, batch_size=4).cpu().numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert [len(x) for x in enc.model.tokenizer(texts[:2])["input_ids"]] == \
+        [len(x) for x in ref.tokenizer(texts[:2])["input_ids"]]
+
+
+def test_other_folders_keep_sentence_transformers(tmp_path):
+    """A folder whose pooling is not the mean alone (or that lacks a part) is not taken for one."""
+    import json
+    import shutil
+
+    src = default_model_path()
+    for name, change in (("cls", {"pooling_mode_mean_tokens": False, "pooling_mode_cls_token": True}),
+                         ("both", {"pooling_mode_max_tokens": True})):
+        dst = tmp_path / name
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+        cfg = json.loads((dst / "1_Pooling" / "config.json").read_text())
+        (dst / "1_Pooling" / "config.json").write_text(json.dumps({**cfg, **change}))
+        assert not is_mean_pooling_folder(dst)
+    (tmp_path / "both" / "modules.json").unlink()
+    assert not is_mean_pooling_folder(tmp_path / "both")
+    assert not is_mean_pooling_folder(tmp_path / "nowhere")
