@@ -1,13 +1,12 @@
-"""A sentence-transformers folder of the common shape (a transformer, mean pooling, L2 normalisation),
-run with ``transformers`` alone.
+"""A sentence-transformers folder of the common shape (a BERT transformer, mean pooling, L2
+normalisation), run with torch, ``safetensors`` and ``tokenizers`` alone.
 
 Loading MiniLM through ``sentence_transformers`` took 6.0-6.7 s on the 2-core Xeon VM, nearly all
 of it importing that package and the parts of ``transformers`` and ``torch`` it pulls in (dynamo,
 distributed tensors, SciPy's optimisers for detection losses); ``transformers``' ``AutoModel`` alone
 still took 5.1-5.7 s. A plain BERT encoder (``model_type: bert``, absolute positions, GELU: MiniLM
 and many sentence-transformers models) is a few dozen lines of torch over the folder's safetensors
-weights, with the folder's ``tokenizer.json`` read by ``tokenizers``; other architectures use
-``transformers``' ``AutoModel``. The arithmetic is sentence-transformers' for such a folder: texts
+weights, with the folder's ``tokenizer.json`` read by ``tokenizers``. The arithmetic is sentence-transformers' for such a folder: texts
 sorted by length into batches, each stripped (and lower-cased when the folder says so), tokenised
 with padding and truncation at the folder's ``max_seq_length``, the token states averaged over the
 attention mask and scaled to unit length (``tests/test_encoders.py`` holds the two to 1e-5). Any
@@ -33,7 +32,8 @@ def _read(path: Path):
 
 
 def is_mean_pooling_folder(folder) -> bool:
-    """Whether ``folder`` is a transformer at its root, mean pooling only, then normalisation."""
+    """Whether ``folder`` is a plain BERT at its root (see :meth:`_Bert.fits`), mean pooling only, then
+    normalisation."""
     folder = Path(folder)
     modules = _read(folder / "modules.json")
     if not isinstance(modules, list) or len(modules) != 3:
@@ -46,7 +46,8 @@ def is_mean_pooling_folder(folder) -> bool:
         return False
     others = [k for k, v in pooling.items() if k.startswith("pooling_mode_") and k != "pooling_mode_mean_tokens" and v]
     config = _read(folder / "sentence_bert_config.json")
-    return not others and isinstance(config, dict) and isinstance(config.get("max_seq_length"), int)
+    return (not others and isinstance(config, dict) and isinstance(config.get("max_seq_length"), int)
+            and _Bert.fits(folder, _read(folder / "config.json") or {}))
 
 
 class _Tokenizer:
@@ -93,7 +94,6 @@ class _Bert:
         self.heads = int(config["num_attention_heads"])
         self.hidden = int(config["hidden_size"])
         self.eps = float(config.get("layer_norm_eps", 1e-12))
-        self.hidden_size = self.hidden
 
     @staticmethod
     def fits(folder: Path, config: dict) -> bool:
@@ -142,27 +142,11 @@ class MeanPoolingModel:
         self.max_seq_length = int(config["max_seq_length"])
         self.do_lower_case = bool(config.get("do_lower_case", False))
         self.device = device
-        model_config = _read(folder / "config.json") or {}
-        if _Bert.fits(folder, model_config):
-            self.tokenizer = _Tokenizer(folder / "tokenizer.json", self.max_seq_length)
-            self._tokenize = lambda texts: self.tokenizer.batch(texts, device)
-            self.model = _Bert(folder, model_config, device)
-            self._forward = lambda enc: self.model(**enc)
-            self._dim = self.model.hidden_size
-        else:
-            import torch
-            from transformers import AutoModel, AutoTokenizer
-
-            self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-            self._tokenize = lambda texts: self.tokenizer(
-                texts, padding=True, truncation="longest_first", max_length=self.max_seq_length,
-                return_tensors="pt").to(device)
-            self.model = AutoModel.from_pretrained(str(folder), dtype=torch.float32).to(device).eval()
-            self._forward = lambda enc: self.model(**enc).last_hidden_state
-            self._dim = int(self.model.config.hidden_size)
+        self.tokenizer = _Tokenizer(folder / "tokenizer.json", self.max_seq_length)
+        self.model = _Bert(folder, _read(folder / "config.json"), device)
 
     def get_sentence_embedding_dimension(self) -> int:
-        return self._dim
+        return self.model.hidden
 
     def encode(self, texts, batch_size: int = 32, convert_to_tensor: bool = True, normalize_embeddings: bool = True,
                show_progress_bar: bool = False):
@@ -183,8 +167,8 @@ class MeanPoolingModel:
                 batch = [texts[i].strip() for i in idx]
                 if self.do_lower_case:
                     batch = [t.lower() for t in batch]
-                enc = self._tokenize(batch)
-                states = self._forward(enc)
+                enc = self.tokenizer.batch(batch, self.device)
+                states = self.model(**enc)
                 mask = enc["attention_mask"].unsqueeze(-1).to(states.dtype)
                 emb = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 if normalize_embeddings:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from gpusearch.encoders import PRECISIONS
 from gpusearch.request import MAX_TOP_K
 
 __all__ = ["ServeConfig", "KeyGrant", "is_loopback", "parse_key_grant"]
@@ -228,8 +229,9 @@ class ServeConfig:
             raise ValueError(f"log_format must be 'text' or 'json', got {self.log_format!r}")
         if self.log_dir is not None:
             self.log_dir = str(Path(self.log_dir).expanduser().resolve())
-        if self.encoder_precision not in ("auto", "float32", "bfloat16"):
-            raise ValueError(f"encoder_precision must be 'auto', 'float32' or 'bfloat16', got {self.encoder_precision!r}")
+        if self.encoder_precision not in PRECISIONS:
+            choices = ", ".join(repr(p) for p in PRECISIONS[:-1]) + f" or {PRECISIONS[-1]!r}"
+            raise ValueError(f"encoder_precision must be {choices}, got {self.encoder_precision!r}")
         if self.rerank not in ("none", "exact"):
             raise ValueError(f"rerank must be 'none' or 'exact', got {self.rerank!r}")
         if not isinstance(self.model_aliases, Mapping) or not all(
