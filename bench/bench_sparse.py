@@ -31,9 +31,10 @@ Each size also checks the collections' answers against a NumPy brute force (floa
 ``--check-q`` queries (``recall10_*_vs_numpy``: 1.0 unless a near-tie at the 10th place).
 
 Part 2, recall (``--ann-n`` rows, default 100,000; a data set of its own, made the same way):
-``HNSW32`` (``--ann-indexes``: FAISS factory strings) at the engine's default options, each
-collection holding the same dense and sparse rows. Hybrid search on it is the union of the dense
-index's candidates and the exact sparse candidates, re-scored exactly; ``hybrid_recall10`` is its
+``HNSW32`` (``--ann-indexes``: FAISS factory strings separated by ``;``) at the engine's default
+options, each collection holding the same dense and sparse rows. Hybrid search on it is the union
+of the dense index's ``max(4k, 100)`` candidates and as many sparse ones (for each query term the
+rows that add the most to it, ranked by what they add), re-scored exactly; ``hybrid_recall10`` is its
 recall@10 against the exact ``Flat`` collection's hybrid answer on the same data (and
 ``dense_recall10`` that of its dense search against Flat's dense answer, for comparison). The Flat
 row is the reference searched again (1.0 by construction); the reference itself is checked against
@@ -436,7 +437,7 @@ def main() -> None:
     ap.add_argument("--check-q", type=int, default=20, help="queries checked against NumPy brute force (default 20)")
     ap.add_argument("--ann-n", type=int, default=100_000, help="rows of the recall part (default 100,000; 0: skip it)")
     ap.add_argument("--ann-indexes", default="HNSW32", help="approximate indexes (FAISS factory strings, "
-                    "comma-separated; default HNSW32)")
+                    "separated by ';' as theirs hold commas, e.g. 'HNSW32;IVF316,Flat'; default HNSW32)")
     ap.add_argument("--ann-nq", type=int, default=200, help="queries of the recall part (default 200)")
     ap.add_argument("--batch-size", type=int, default=50_000, help="Collection.upsert batch_size (default 50,000)")
     ap.add_argument("--chunk", type=int, default=200_000, help="rows a Collection.upsert call (default 200,000)")
@@ -452,7 +453,7 @@ def main() -> None:
         assert len(args.q_nnz) == 2 and 1 <= args.q_nnz[0] <= args.q_nnz[1]
     except (ValueError, AssertionError):
         raise SystemExit(f"--q-nnz: want min,max (1 <= min <= max), got {args.q_nnz!r}")
-    args.ann_indexes = [v.strip() for v in args.ann_indexes.split(",") if v.strip()]
+    args.ann_indexes = [v.strip() for v in args.ann_indexes.split(";") if v.strip()]
     if max(args.nnz, args.q_nnz[1]) > args.vocab:
         raise SystemExit(f"--nnz {args.nnz} / --q-nnz {args.q_nnz[1]} is more than the --vocab {args.vocab} terms")
     if min(ns + ([args.ann_n] if args.ann_n else [])) <= args.k:

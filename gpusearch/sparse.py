@@ -197,7 +197,9 @@ class SparseRows:
         self._rowsum = np.zeros(_MIN_ROWS, np.float64)  # each row's sum of values (a BM25 record's length)
         self._indices = np.empty(_MIN_ROWS * 8, np.uint32)
         self._values = np.empty(_MIN_ROWS * 8, np.float32)
-        self._inv = None  # (terms ascending, rows, values) of the first _inv_rows rows
+        # (terms ascending, rows, values, each term present once, where its run starts + the end) of the
+        # first _inv_rows rows, built and replaced whole (a reader holds one tuple)
+        self._inv = None
         self._inv_rows = 0
         self._inv_lock = threading.Lock()
 
@@ -309,11 +311,35 @@ class SparseRows:
         with self._inv_lock:
             n, nnz = self.n, self.nnz
             terms = self._indices[:nnz]
-            order = np.argsort(terms, kind="stable")
+            # One sort key: the term, then the value, largest first (within a term, the rows that add the
+            # most to a query with a positive weight on it lead its run: see top_rows). Float32 bits map
+            # onto unsigned ints in the floats' order: flip every bit of a negative, the sign bit of the rest.
+            bits = self._values[:nnz].view(np.uint32)
+            up = np.where(bits >> np.uint32(31) == 1, ~bits, bits | np.uint32(0x80000000))
+            key = (terms.astype(np.uint64) << np.uint64(32)) | (~up).astype(np.uint64)
+            order = np.argsort(key, kind="stable")
+            del key, up
             rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(self._indptr[: n + 1]))
-            self._inv = (terms[order], rows[order], self._values[:nnz][order])
+            inv_terms = terms[order]
+            # The directory of the runs: each term present and where its run starts (the last entry: the
+            # end), small enough to stay in cache, where a search of the whole copy reads far apart pages.
+            first = np.flatnonzero(np.diff(inv_terms) != 0) + 1 if nnz else np.empty(0, np.int64)
+            starts = np.concatenate([[0], first, [nnz]]).astype(np.int64) if nnz else np.zeros(1, np.int64)
+            self._inv = (inv_terms, rows[order], self._values[:nnz][order], inv_terms[starts[:-1]], starts)
             self._inv_rows = n
             return self._inv, n
+
+    @staticmethod
+    def _runs(inv, terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where each of ``terms`` (ascending) runs in the term-ordered copy ``inv``: ``(lo, hi)``, empty
+        when absent."""
+        present, starts = inv[3], inv[4]
+        at = np.searchsorted(present, terms)
+        inside = at < len(present)
+        found = inside & (present[np.minimum(at, len(present) - 1)] == terms) if len(present) else inside
+        lo = np.where(found, starts[np.minimum(at, len(starts) - 2)], 0)
+        hi = np.where(found, starts[np.minimum(at + 1, len(starts) - 1)], 0)
+        return lo, hi
 
     def entries(self, terms: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every entry of the first ``n_rows`` rows whose index is in ``terms`` (uint32, ascending):
@@ -321,9 +347,9 @@ class SparseRows:
         empty = (np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, np.int64))
         if not len(terms) or not self.nnz:
             return empty
-        (inv_terms, inv_rows, inv_vals), covered = self._inverted()
-        lo = np.searchsorted(inv_terms, terms, "left")
-        hi = np.searchsorted(inv_terms, terms, "right")
+        inv, covered = self._inverted()
+        _, inv_rows, inv_vals = inv[:3]
+        lo, hi = self._runs(inv, terms)
         counts = hi - lo
         total = int(counts.sum())
         parts = []
@@ -362,6 +388,77 @@ class SparseRows:
         mask = np.zeros(n_rows, bool)
         mask[rows] = True
         return out, mask
+
+    def top_rows(self, q: SparseVector, n_rows: int, depth: int, allow: np.ndarray | None = None) -> np.ndarray:
+        """Rows among the first ``n_rows`` likely to hold the largest sparse dot products with ``q``
+        (candidates for an approximate index's hybrid search, re-scored exactly by the caller): for each
+        term of ``q``, the ``depth`` rows whose value adds the most to it (the head of the term's run in
+        the term-ordered copy, its tail for a negative weight), and every row appended since the copy;
+        ranked by the sum of what was read of each, the best ``depth`` of those ``allow`` lets through
+        whose sum is positive. When a term's run was cut and fewer than ``depth`` rows are left (a filter
+        or deletes removed the rest), every row sharing a term is read instead, so a filter cannot empty
+        the sparse side. Row numbers ascending."""
+        if not len(q) or not self.nnz or depth <= 0:
+            return np.empty(0, np.int64)
+        inv, covered = self._inverted()
+        _, inv_rows, inv_vals = inv[:3]
+        weights = q.values.astype(np.float64)
+        lo, hi = (a.tolist() for a in self._runs(inv, q.indices))
+        for cut in (True, False):
+            rows, contrib, truncated = [], [], False
+            for j, (a, b) in enumerate(zip(lo, hi)):
+                if b - a > depth and cut:
+                    truncated = True
+                    a, b = (a, a + depth) if weights[j] >= 0 else (b - depth, b)
+                if b > a:
+                    rows.append(inv_rows[a:b])
+                    contrib.append(inv_vals[a:b] * weights[j])
+            stop = min(n_rows, self.n)
+            if covered < stop:  # rows appended since the copy: every entry of theirs
+                a, b = int(self._indptr[covered]), int(self._indptr[stop])
+                ent = self._indices[a:b]
+                at = np.minimum(np.searchsorted(q.indices, ent), len(q) - 1)
+                hit = q.indices[at] == ent
+                if hit.any():
+                    erow = np.repeat(np.arange(covered, stop, dtype=np.int64),
+                                     np.diff(self._indptr[covered : stop + 1]))
+                    rows.append(erow[hit])
+                    contrib.append(self._values[a:b][hit] * weights[at[hit]])
+            if not rows:
+                return np.empty(0, np.int64)
+            r, c = np.concatenate(rows), np.concatenate(contrib)
+            if n_rows < covered:  # the copy holds rows past the ones asked for
+                keep = r < n_rows
+                r, c = r[keep], c[keep]
+            cand, inv = np.unique(r, return_inverse=True)
+            partial = np.bincount(inv, weights=c, minlength=len(cand))
+            keep = partial > 0
+            if allow is not None:
+                keep &= allow[cand]
+            cand, partial = cand[keep], partial[keep]
+            if len(cand) >= depth or not truncated:
+                break
+        if len(cand) > depth:
+            cand = np.sort(cand[np.argpartition(-partial, depth - 1)[:depth]])
+        return cand
+
+    def dot(self, q: SparseVector, rows: np.ndarray) -> np.ndarray:
+        """The sparse dot product of ``q`` with each of ``rows`` (float64, summed in term order, as
+        :meth:`scores` sums it: the same numbers)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lo, hi = self._indptr[rows], self._indptr[rows + 1]
+        lengths = hi - lo
+        total = int(lengths.sum())
+        if not total or not len(q):
+            return np.zeros(len(rows), np.float64)
+        pos = np.repeat(lo - (np.cumsum(lengths) - lengths), lengths) + np.arange(total)
+        ent = self._indices[pos]
+        at = np.minimum(np.searchsorted(q.indices, ent), len(q) - 1)
+        weights = q.values.astype(np.float64)
+        contrib = np.where(q.indices[at] == ent, weights[at], 0.0) * self._values[pos]
+        # bincount adds each row's terms one by one in term order, as scores() does (a reduction such as
+        # np.add.reduceat sums pairwise: other last bits)
+        return np.bincount(np.repeat(np.arange(len(rows)), lengths), weights=contrib, minlength=len(rows))
 
     def lengths(self, n_rows: int) -> np.ndarray:
         """Each row's sum of values (float64; a BM25 record's number of terms)."""

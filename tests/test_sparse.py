@@ -589,3 +589,99 @@ def test_follower_answers_hybrid_search_as_the_collection(tmp_path, rng):
     same()
     f.close()
     col.close()
+
+
+# -- the sparse candidates of an approximate index: top_rows and dot --------------------------------
+def _rows_with_tail(rng, n_copy=300, n_tail=40):
+    """A SparseRows whose first ``n_copy`` rows are in its term-ordered copy and the rest appended after
+    it; values of both signs, some rows without entries. Returns it and the rows (normalised)."""
+    from gpusearch.sparse import SparseRows
+
+    def one():
+        if rng.random() < 0.1:
+            return None
+        v = rand_sparse(rng, 3, 25, vocab=60)  # a small vocabulary: every term in many rows
+        v["values"] = [x * (1 if rng.random() < 0.8 else -1) for x in v["values"]]
+        return check_sparse(v)
+
+    rows = SparseRows()
+    first = [one() for _ in range(n_copy)]
+    rows.append(first)
+    rows.entries(np.array([0], np.uint32), n_copy)  # builds the copy over the rows so far
+    tail = [one() for _ in range(n_tail)]
+    rows.append(tail)
+    return rows, [None if v is None else (v.indices, v.values) for v in first + tail]
+
+
+def test_sparse_dot_of_chosen_rows_is_the_full_scoring_to_the_bit():
+    rng = np.random.default_rng(5)
+    rows, _ = _rows_with_tail(rng)
+    n = rows.n
+    for _ in range(20):
+        q = check_sparse(rand_sparse(rng, 1, 30, vocab=70))  # terms no row holds too
+        full = rows.scores(q, n)
+        pick = np.sort(rng.choice(n, 50, replace=False))
+        np.testing.assert_array_equal(rows.dot(q, pick), full[pick])
+    assert rows.dot(q, np.empty(0, np.int64)).shape == (0,)
+
+
+def test_sparse_top_rows_reads_each_terms_best_rows_and_falls_back_under_a_filter():
+    rng = np.random.default_rng(6)
+    rows, norm = _rows_with_tail(rng)
+    n = rows.n
+    for trial in range(30):
+        q = check_sparse(rand_sparse(rng, 1, 8, vocab=60))
+        if trial % 3 == 0:  # a negative weight reads its term's most negative rows
+            q = SparseVector(q.indices, -q.values)
+        exact = rows.scores(q, n)
+        # deep enough to read every run whole: every row with a positive score, and only those
+        got = rows.top_rows(q, n, n)
+        np.testing.assert_array_equal(got, np.flatnonzero(exact > 0))
+        # shallow: at most `depth` rows, ascending, each with a positive partial score; for each term
+        # the rows that add the most to it through the copy are among those read
+        depth = 10
+        got = rows.top_rows(q, n, depth)
+        assert len(got) <= depth and np.all(np.diff(got) > 0) and np.all(got >= 0) and np.all(got < n)
+        # the best row of a one-term query is always found
+        t = int(q.indices[0])
+        one = SparseVector(q.indices[:1], q.values[:1])
+        s1 = rows.scores(one, n)
+        if s1.max() > 0:
+            assert int(np.argmax(s1)) in rows.top_rows(one, n, 1).tolist(), (trial, t)
+        # a filter that lets few rows through: the candidates are those rows, found although the
+        # terms' best rows are all filtered out (every run is read when too few are left)
+        allow = np.zeros(n, bool)
+        allow[rng.choice(n, 15, replace=False)] = True
+        want = np.flatnonzero((exact > 0) & allow)
+        got = rows.top_rows(q, n, depth, allow)
+        np.testing.assert_array_equal(got, np.sort(want[np.argsort(-exact[want], kind="stable")[:depth]])
+                                      if len(want) > depth else want)
+
+
+def test_hybrid_on_hnsw_with_a_selective_filter_and_deletes_matches_brute_force(tmp_path):
+    rng = np.random.default_rng(23)
+    n, k = 1500, 10
+    ids = [f"r{i:04d}" for i in range(n)]
+    col = gs.Collection.create(tmp_path / "c", dim=DIM, metric="ip", index="HNSW32", device="cpu", fsync=False)
+    model = Model()
+    write(col, model, rng, ids)
+    gone = ids[::7]
+    col.delete(gone)
+    model.delete(gone)
+    got, want = [], []
+    for j in range(20):
+        q = rng.standard_normal(DIM).astype(np.float32)
+        sq = rand_sparse(rng, 10, 30)
+        f = {"n": {"$lt": 120}} if j % 2 else {"g": 1}  # 7% of the rows, then a third
+        res = col.search(q, k=k, sparse_vector=sq, filter=f)
+        keep = (lambda m: m["n"] < 120) if j % 2 else (lambda m: m["g"] == 1)
+        ref_ids, ref_scores = model.search(q, sq, k, allow=keep)
+        assert all(keep(meta_of(i)) and i not in gone for i in res.ids[0])
+        exact = dict(zip(ref_ids, ref_scores))
+        for rid, s in zip(res.ids[0], res.scores[0]):
+            if rid in exact:
+                assert s == pytest.approx(exact[rid], rel=RTOL, abs=ATOL)
+        got.append(res.ids[0])
+        want.append(ref_ids)
+    assert recall_at(got, want, k) >= 0.95
+    col.close()
