@@ -421,6 +421,11 @@ def _describe(stats: dict) -> dict:
 def _set_search_threads(n: int) -> None:
     """Let this process's searches use ``n`` threads (Ray set OMP_NUM_THREADS=1 for a fractional-CPU replica)."""
     os.environ["OMP_NUM_THREADS"] = str(n)
+    # Applied by the backend in the thread that searches (OpenMP's count is per thread: set here, in
+    # the constructor's thread, it did not reach the to_thread pool where the searches run).
+    from gpusearch.backends.faiss_backend import set_threads
+
+    set_threads(n)
     try:
         import faiss
 

@@ -66,3 +66,78 @@ def test_selective_filter_on_ann_returns_every_match(tmp_path, data, index):
     allow = np.array([m["rare"] for m in meta])
     ref, _ = brute_force(range(8000), x, q[:3], 20, "l2", allow=allow)
     assert res.ids == ref
+
+
+def test_faiss_threads_reach_the_thread_that_searches_and_builds(tmp_path, data, monkeypatch):
+    """OpenMP keeps its thread count per thread: a served shard replica sets it in its constructor and
+    searches in asyncio.to_thread's pool, where FAISS used to run on one thread whatever was asked.
+    The backend applies the process's choice in the thread doing the work (adds and batch searches:
+    the count each of those threads holds once FAISS is done is recorded)."""
+    import threading
+
+    import faiss
+
+    from gpusearch.backends import faiss_backend
+    from gpusearch.backends.faiss_backend import FaissBackend
+
+    x, q, ref_ids = data
+    seen = []
+
+    def recording(method):
+        def wrapped(self, *a, **kw):
+            out = method(self, *a, **kw)
+            seen.append((method.__name__, faiss.omp_get_max_threads()))
+            return out
+        return wrapped
+
+    monkeypatch.setattr(FaissBackend, "append_rows", recording(FaissBackend.append_rows))  # HNSW's insertion
+    monkeypatch.setattr(FaissBackend, "add", recording(FaissBackend.add))  # IVF's training and adds
+    monkeypatch.setattr(FaissBackend, "_faiss_search", recording(FaissBackend._faiss_search))
+
+    def in_new_thread(fn):
+        out = {}
+        t = threading.Thread(target=lambda: out.update(r=fn()))
+        t.start()
+        t.join()
+        return out.get("r")
+
+    default = in_new_thread(faiss.omp_get_max_threads)  # what a thread that sets nothing gets
+    want = default + 1
+    monkeypatch.setattr(faiss_backend, "_THREADS", [None])
+    faiss_backend.set_threads(want)
+    col = gs.Collection.create(tmp_path / "c", dim=32, metric="l2", index="HNSW32", device="cpu", fsync=False)
+    in_new_thread(lambda: col.upsert(range(8000), x))
+    assert seen and all(t == want for name, t in seen if name == "append_rows"), seen
+    seen.clear()
+    res = in_new_thread(lambda: col.search(q, k=10, params={"efSearch": 64}))  # a batch
+    assert seen == [("_faiss_search", want)] and recall_at(res.ids, ref_ids, 10) >= 0.95
+    seen.clear()
+    in_new_thread(lambda: col.search(q[0], k=10))  # one query: on its own thread, the count left as found
+    assert seen == [("_faiss_search", default)]
+    seen.clear()
+    faiss_backend.set_threads(None)
+    in_new_thread(lambda: col.search(q, k=10))
+    assert seen == [("_faiss_search", default)]
+    ivf = gs.Collection.create(tmp_path / "ivf", dim=32, metric="l2", index="IVF32,Flat", device="cpu", fsync=False)
+    faiss_backend.set_threads(want)
+    seen.clear()
+    in_new_thread(lambda: ivf.upsert(range(8000), x))  # enough rows to train: k-means, then the adds
+    assert ivf.stats()["shards"][0]["index_trained"] is True
+    assert ("add", want) in seen and all(t == want for name, t in seen if name == "add"), seen
+    ivf.close()
+    faiss_backend.set_threads(None)
+    for bad in (0, -2, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="positive int or None"):
+            faiss_backend.set_threads(bad)
+    col.close()
+
+    # the served shard replica's setting goes through it
+    from gpusearch.serve import deployments
+
+    calls = []
+    monkeypatch.setattr(faiss_backend, "set_threads", calls.append)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(faiss, "omp_set_num_threads", lambda n: None)  # this process's own count stays
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)  # and torch's (not imported, as in a shard)
+    deployments._set_search_threads(3)
+    assert calls == [3]

@@ -23,7 +23,7 @@ from ..hits import Hits
 from .exact import exact_search
 from .options import check_index_options
 
-__all__ = ["FaissBackend", "train_size_for", "split_refine"]
+__all__ = ["FaissBackend", "train_size_for", "split_refine", "set_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,27 @@ def _faiss():
 
 
 _NO_ROW = np.iinfo(np.int64).max  # sorts after every row
+
+# How many OpenMP threads FAISS's batch searches, training and adds use: None leaves OpenMP's own choice.
+# OpenMP keeps this setting per thread: faiss.omp_set_num_threads in one thread does not reach a search
+# run from another, such as asyncio.to_thread's pool where a served shard replica searches, which then
+# ran on the one thread Ray's OMP_NUM_THREADS=1 gives a fractional-CPU actor. So the choice is kept
+# here and applied in whichever thread does the work.
+_THREADS: list = [None]
+
+
+def set_threads(n: int | None) -> None:
+    """Make FAISS's batch work in every thread of this process use ``n`` threads (None: OpenMP's default)."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"threads must be a positive int or None, got {n!r}")
+    _THREADS[0] = n
+
+
+def _use_threads(faiss) -> None:
+    """Apply :func:`set_threads`'s choice to the calling thread (a cheap check when it already holds)."""
+    want = _THREADS[0]
+    if want is not None and faiss.omp_get_max_threads() != want:
+        faiss.omp_set_num_threads(want)
 
 
 def split_refine(spec: str) -> tuple[str, bool]:
@@ -153,6 +174,7 @@ class FaissBackend:
     def append_rows(self, x: np.ndarray) -> None:
         """Insert rows after those held (an HNSW insertion), in chunks with a progress bar."""
         n = x.shape[0]
+        _use_threads(_faiss())
         with progress(n, f"adding to {self.spec}", min_total=_ADD_CHUNK) as bar:
             for lo in range(0, n, _ADD_CHUNK):
                 hi = min(lo + _ADD_CHUNK, n)
@@ -178,6 +200,7 @@ class FaissBackend:
         if self.index.is_trained:
             return
         sample = np.ascontiguousarray(sample, dtype=np.float32)
+        _use_threads(_faiss())
         with progress(1, f"training {self.spec}", unit="index") as bar:
             self.index.train(sample)
             bar.update(1)
@@ -193,6 +216,7 @@ class FaissBackend:
         start = self.n_indexed
         if start >= n:
             return
+        _use_threads(_faiss())
         with progress(n - start, f"adding to {self.spec}", min_total=_ADD_CHUNK) as bar:
             for lo in range(start, n, _ADD_CHUNK):
                 hi = min(lo + _ADD_CHUNK, n)
@@ -340,6 +364,8 @@ class FaissBackend:
         q = np.ascontiguousarray(q, dtype=np.float32)
         y = store.host  # a prefix of the store's own C-ordered rows
         kernel = faiss.knn_L2sqr_by_idx if self.metric == "l2" else faiss.knn_inner_products_by_idx
+        if nq > 1:
+            _use_threads(faiss)
         # The row stride of the candidates is given: the default (-1) is not read as "nsubset" by
         # every FAISS build, and a query past the first then reads candidates from outside its row.
         kernel(faiss.swig_ptr(q), faiss.swig_ptr(y), faiss.swig_ptr(cand), self.dim, nq, y.shape[0], c, k,
@@ -403,6 +429,7 @@ class FaissBackend:
             finally:
                 faiss.omp_set_num_threads(threads)
         else:
+            _use_threads(faiss)
             self.index.search_c(nq, faiss.swig_ptr(q), k, faiss.swig_ptr(D), faiss.swig_ptr(I), p)
         if (I[0, -1] < 0 if nq == 1 else I[:, -1].min() < 0):  # padding only ever sits at a row's end
             D[I < 0] = np.inf if self.metric == "l2" else -np.inf
