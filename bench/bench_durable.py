@@ -109,7 +109,9 @@ def lease_check_ms(calls: int = 300) -> float:
     from gpusearch.durable import RayLease
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(include_dashboard=False, num_cpus=1, log_to_driver=False, _node_ip_address="127.0.0.1",
+    from gpusearch._ray import local_ray_kwargs
+
+    ray.init(include_dashboard=False, num_cpus=1, log_to_driver=False, **local_ray_kwargs(),
              _temp_dir=tempfile.mkdtemp(prefix="gsray-durable-"))
     try:
         lease = RayLease(tempfile.mkdtemp(prefix="gs-lease-"))

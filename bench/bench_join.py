@@ -133,8 +133,10 @@ def main() -> int:
 
     import ray
 
+    from gpusearch._ray import local_ray_kwargs
+
     ray.init(include_dashboard=False, num_cpus=max(4, cores), log_to_driver=False,
-             _temp_dir=tempfile.mkdtemp(prefix="gsray-bench-join-"))
+             _temp_dir=tempfile.mkdtemp(prefix="gsray-bench-join-"), **local_ray_kwargs())
     ray.data.DataContext.get_current().enable_progress_bars = False
 
     times: dict[str, list[float]] = {"faiss": [], "faiss_1t": [], "join_w2": [], "join_w1": []}

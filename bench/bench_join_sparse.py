@@ -133,8 +133,10 @@ def main() -> int:
 
     import ray
 
+    from gpusearch._ray import local_ray_kwargs
+
     ray.init(include_dashboard=False, num_cpus=max(4, os.cpu_count() or 1), log_to_driver=False,
-             _temp_dir=tempfile.mkdtemp(prefix="gsray-bench-join-sparse-"))
+             _temp_dir=tempfile.mkdtemp(prefix="gsray-bench-join-sparse-"), **local_ray_kwargs())
     ray.data.DataContext.get_current().enable_progress_bars = False
 
     times: dict[str, list[float]] = {"dense_join": [], "hybrid_join": [], "brute_force": []}

@@ -219,7 +219,9 @@ def main() -> int:
     from gpusearch.serve.config import ServeConfig
 
     work = Path(tempfile.mkdtemp(prefix="gs-repl-"))
-    ray.init(include_dashboard=False, num_cpus=os.cpu_count(), log_to_driver=False, _node_ip_address="127.0.0.1",
+    from gpusearch._ray import local_ray_kwargs
+
+    ray.init(include_dashboard=False, num_cpus=os.cpu_count(), log_to_driver=False, **local_ray_kwargs(),
              _temp_dir=tempfile.mkdtemp(prefix="gsray-", dir="/tmp"))
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -119,7 +119,9 @@ def in_process(threads: list[int]) -> dict:
     """The same work without Ray's processes: Ray's start alone, the encoder's load, the demo's encode."""
     out = {}
     code = ("import time,os; t=time.perf_counter(); import ray; t1=time.perf_counter(); "
-            "ray.init(include_dashboard=False, num_cpus=2, log_to_driver=False, _temp_dir=os.environ['T']); "
+            "from gpusearch._ray import local_ray_kwargs; "
+            "ray.init(include_dashboard=False, num_cpus=2, log_to_driver=False, _temp_dir=os.environ['T'], "
+            "**local_ray_kwargs()); "
             "t2=time.perf_counter(); print(round(t1-t,2), round(t2-t1,2)); ray.shutdown()")
     env = dict(os.environ, RAY_AUTH_MODE="disabled", T=tempfile.mkdtemp(prefix="gsb-", dir="/tmp"))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)

@@ -51,8 +51,10 @@ def _ensure_ray() -> None:
         import tempfile
 
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        from gpusearch._ray import local_ray_kwargs
+
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 _temp_dir=tempfile.mkdtemp(prefix="gsjoin-"))
+                 _temp_dir=tempfile.mkdtemp(prefix="gsjoin-"), **local_ray_kwargs())
 
 
 def _plan_resources(workers: int | None, partitions: int | None, device: str):

@@ -26,6 +26,8 @@ import threading
 import time
 from typing import Any
 
+from gpusearch._ray import local_ray_kwargs
+
 from .config import ServeConfig, is_loopback
 
 __all__ = ["build_app", "app_builder", "start", "stop", "load_demo", "serve_log_dir", "gpus_per_shard_replica"]
@@ -131,7 +133,7 @@ def start(cfg: ServeConfig, *, ray_temp_dir: str | None = None, num_cpus: int | 
         # leaves them running for this process to drain and stop (gpusearch/_signals.py).
         with signals_ignored():
             ray.init(include_dashboard=False, num_cpus=num_cpus, log_to_driver=False, configure_logging=not json_mode,
-                     _temp_dir=ray_temp_dir or tempfile.mkdtemp(prefix="gsray-"))
+                     _temp_dir=ray_temp_dir or tempfile.mkdtemp(prefix="gsray-"), **local_ray_kwargs())
     driver_logging(cfg.log_format, cfg.log_level)  # after ray.init, which sets Ray's handlers anew
 
     logging_config = serve_logging_config(cfg)

@@ -83,7 +83,10 @@ def ray_cluster():
                            "ray_cluster (tests/conftest.py) rather than call ray.init itself")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     temp_dir = tempfile.mkdtemp(prefix="gsray-", dir="/tmp")
-    ray.init(include_dashboard=False, num_cpus=RAY_CPUS, log_to_driver=False, _temp_dir=temp_dir)
+    from gpusearch._ray import local_ray_kwargs  # on the loopback address, as gpusearch starts its own
+
+    ray.init(include_dashboard=False, num_cpus=RAY_CPUS, log_to_driver=False, _temp_dir=temp_dir,
+             **local_ray_kwargs())
     try:
         yield ray
     finally:

@@ -303,7 +303,9 @@ _CRASHING_JOIN = """
 import os, sys, tempfile, time
 os.environ["RAY_AUTH_MODE"] = "disabled"
 import ray
-ray.init(include_dashboard=False, num_cpus=4, log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="gsray-crash-"))
+from gpusearch._ray import local_ray_kwargs
+ray.init(include_dashboard=False, num_cpus=4, log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="gsray-crash-"),
+         **local_ray_kwargs())
 ray.data.DataContext.get_current().enable_progress_bars = False
 from gpusearch import join
 

@@ -16,8 +16,50 @@ pytest.importorskip("ray")
 httpx = pytest.importorskip("httpx")
 
 
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def listening_sockets() -> dict:
+    """Every TCP socket in LISTEN on this machine (Linux's /proc/net/tcp and tcp6): (address, port) -> inode."""
+    import socket
+    import struct
+
+    out = {}
+    for family, path in ((socket.AF_INET, "/proc/net/tcp"), (socket.AF_INET6, "/proc/net/tcp6")):
+        try:
+            rows = Path(path).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            if f[3] != "0A":  # LISTEN
+                continue
+            addr, port = f[1].split(":")
+            raw = bytes.fromhex(addr)
+            if family == socket.AF_INET:
+                raw = struct.pack("<I", int(addr, 16))
+            else:  # four 32-bit words, each in the machine's byte order
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+            out[(socket.inet_ntop(family, raw), int(port, 16))] = f[9]
+    return out
+
+
+def socket_owners() -> dict:
+    """inode -> the command line of a process holding that socket."""
+    owners = {}
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                owners[target[8:-1]] = (fd.parents[1] / "cmdline").read_text().replace("\0", " ").strip()
+        except OSError:
+            continue
+    return owners
+
+
 def test_gpusearch_serve_embedded_default(tmp_path):
     port = free_port()
+    before = set(listening_sockets()) if Path("/proc/net/tcp").exists() else None
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     env.update(RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1", GPUSEARCH_API_KEYS="")
     exe = Path(sys.executable).with_name("gpusearch")
@@ -47,6 +89,13 @@ def test_gpusearch_serve_embedded_default(tmp_path):
         assert body["collection"] == "default" and body["lineage"]["model"] == "all-MiniLM-L6-v2"
         assert any("argparse" in m["id"] or "getopt" in m["id"] for m in body["matches"]), body
         assert httpx.get(f"http://127.0.0.1:{port}/docs", timeout=30).status_code == 200
+        if before is not None:
+            # Ray started on the loopback address (gpusearch/_ray.py): what listens beyond it is only
+            # Ray Serve's own inter-deployment gRPC server in each replica, which Ray 2.60 binds to
+            # "[::]:0" whatever the node's address (ray/serve/_private/replica.py)
+            now, owners = listening_sockets(), socket_owners()
+            beyond = {k: owners.get(now[k], "?") for k in set(now) - before if k[0] not in LOOPBACK}
+            assert all(cmd.startswith("ray::ServeReplica") for cmd in beyond.values()), beyond
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -813,3 +813,14 @@ def test_handle_writes_are_logged_and_refused_once_stopping(tmp_path, rng):
     assert re.fullmatch(r"HANDLE upsert 400 [0-9.]+ms collection=docs", lines[2]), lines
     assert re.fullmatch(r"HANDLE delete 503 [0-9.]+ms collection=docs", lines[3]), lines
     assert not any("s3cr3t" in line or "secret" in line for line in lines)
+
+
+def test_local_ray_listens_on_loopback_unless_a_cluster_is_named(monkeypatch):
+    from gpusearch._ray import local_ray_kwargs
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert local_ray_kwargs() == {"_node_ip_address": "127.0.0.1"}
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")  # connecting to a cluster: its address is its own
+    assert local_ray_kwargs() == {}
+    monkeypatch.setenv("RAY_ADDRESS", "")
+    assert local_ray_kwargs() == {"_node_ip_address": "127.0.0.1"}
