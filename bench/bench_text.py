@@ -9,8 +9,12 @@ plus the encode time plus 2 ms. So, on one collection of ``--n`` random unit vec
 difference in noise):
 
 1. the encoder alone, in this process: ``SentenceEncoder.encode([text])`` one text at a
-   time on one torch thread, as the Aggregator runs it (a fractional-CPU Ray actor gets
-   ``OMP_NUM_THREADS=1``); also on every core, for reference;
+   time on one torch thread (what a fractional-CPU Ray actor gets from ``OMP_NUM_THREADS=1``) and
+   on every core (what the Aggregator sets once its encoder has loaded: ``_load_encoder``). The
+   goal is judged against the one-thread time (``text_minus_vector_minus_encode_ms``); the same
+   against the every-core time is reported beside it, as the Aggregator's setting is that one
+   (measured inside the Aggregator on the 2-core Xeon VM, its two-thread encode of one text ran at
+   about the one-thread speed of a quiet process, not the two-thread one);
 2. served, concurrency 1, blocking ``httpx.Client`` with keep-alive: the same query sent
    once as a vector (the text's own embedding, so both find the same records) and once
    as its text, alternating one request of each, ``--queries`` pairs per repeat.
@@ -179,8 +183,11 @@ def main() -> None:
 
     s, e = res["served"], res["encoder_1_thread"]["p50_ms"]
     extra = s["text_p50_ms"] - s["vector_p50_ms"] - e
+    e_all = res["encoder_all_cores"]["p50_ms"]
     res["goals"] = {"vector_p50_ms": s["vector_p50_ms"], "text_p50_ms": s["text_p50_ms"], "encode_p50_ms": e,
-                    "text_minus_vector_minus_encode_ms": extra, "goal_text_within_2ms": bool(extra <= 2.0)}
+                    "text_minus_vector_minus_encode_ms": extra, "goal_text_within_2ms": bool(extra <= 2.0),
+                    "encode_all_cores_p50_ms": e_all,
+                    "text_minus_vector_minus_encode_all_cores_ms": s["text_p50_ms"] - s["vector_p50_ms"] - e_all}
     out = Path(args.out) if args.out else result_path("text", res["machine"])
     out.write_text(json.dumps(res, indent=2, default=float))
     for k, v in res["goals"].items():
