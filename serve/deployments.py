@@ -81,6 +81,9 @@ class Writer:
     def __init__(self, cfg: dict):
         self.cfg = ServeConfig(**cfg)
         replica_logging(self.cfg.log_level)
+        # Its index work (HNSW insertions on each upsert, IVF training) is a batch job on the whole
+        # machine; Ray's OMP_NUM_THREADS=1 for a fractional-CPU actor ran it on one thread.
+        _set_search_threads(os.cpu_count() or 1)
         self.closed = False
         self.draining = False  # stopping: a Python handle's new calls are refused (see handle_call)
         self.writing = 0

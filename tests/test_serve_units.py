@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import threading
 
@@ -824,3 +825,16 @@ def test_local_ray_listens_on_loopback_unless_a_cluster_is_named(monkeypatch):
     assert local_ray_kwargs() == {}
     monkeypatch.setenv("RAY_ADDRESS", "")
     assert local_ray_kwargs() == {"_node_ip_address": "127.0.0.1"}
+
+
+def test_the_writer_builds_indexes_on_every_core(tmp_path, monkeypatch):
+    """The Writer inserts into HNSW on every upsert and trains IVF: batch work it used to run on the one
+    OpenMP thread Ray gives a fractional-CPU actor (ingest of 40k x 384 into HNSW32 on the 2-core VM:
+    1,900-2,300 records/s on one thread, 2,800-3,500 on both)."""
+    from gpusearch.serve import deployments
+
+    asked = []
+    monkeypatch.setattr(deployments, "_set_search_threads", asked.append)
+    w = deployments.Writer.func_or_class(ServeConfig(data_dir=str(tmp_path / "data"), fsync=False).to_dict())
+    assert asked == [os.cpu_count() or 1]
+    asyncio.run(w.close(5.0))
