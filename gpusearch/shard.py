@@ -343,7 +343,8 @@ class Shard:
                     cand = np.union1d(found, self._sparse.top_rows(request.sparse, n, c, allow))
                     total = self._sparse.dot(request.sparse, cand)
                 else:
-                    cand, total = np.unique(found), np.zeros(len(found), np.float64)
+                    cand = np.unique(found)
+                    total = np.zeros(len(cand), np.float64)
                 score = (total + self.store.host[cand] @ q).astype(np.float32)
                 if allow is not None:
                     keep = allow[cand]
