@@ -346,10 +346,7 @@ class Shard:
                     cand = np.unique(found)
                     total = np.zeros(len(cand), np.float64)
                 score = (total + self.store.host[cand] @ q).astype(np.float32)
-                if allow is not None:
-                    keep = allow[cand]
-                    cand, score = cand[keep], score[keep]
-                hits = self._best_of(cand, score, k)
+                hits = self._best_of(cand, score, k)  # both lists hold allowed rows only
             else:
                 total, touched = (self._sparse.scores(request.sparse, n, touched=True) if self._sparse is not None
                                   else (np.zeros(n, np.float64), np.zeros(n, bool)))

@@ -364,18 +364,27 @@ class SparseRows:
                 keep = r < n_rows
                 r, v, t = r[keep], v[keep], t[keep]
             parts.append((r, v, t))
-        stop = min(n_rows, self.n)
-        if covered < stop:  # rows appended since the copy: a scan of their entries
-            a, b = int(self._indptr[covered]), int(self._indptr[stop])
-            ent = self._indices[a:b]
-            at = np.minimum(np.searchsorted(terms, ent), len(terms) - 1)
-            hit = terms[at] == ent
-            if hit.any():
-                erow = np.repeat(np.arange(covered, stop, dtype=np.int64), np.diff(self._indptr[covered : stop + 1]))
-                parts.append((erow[hit], self._values[a:b][hit], at[hit]))
+        tail = self._tail_entries(terms, covered, n_rows)
+        if tail is not None:
+            parts.append(tail)
         if not parts:
             return empty
         return tuple(np.concatenate(p) for p in zip(*parts))
+
+    def _tail_entries(self, terms: np.ndarray, covered: int, n_rows: int):
+        """The entries whose index is in ``terms`` of the rows appended since the term-ordered copy (which
+        covers the first ``covered``), up to ``n_rows``: ``(rows, values, term positions)``, or None."""
+        stop = min(n_rows, self.n)
+        if covered >= stop:
+            return None
+        a, b = int(self._indptr[covered]), int(self._indptr[stop])
+        ent = self._indices[a:b]
+        at = np.minimum(np.searchsorted(terms, ent), len(terms) - 1)
+        hit = terms[at] == ent
+        if not hit.any():
+            return None
+        erow = np.repeat(np.arange(covered, stop, dtype=np.int64), np.diff(self._indptr[covered : stop + 1]))
+        return erow[hit], self._values[a:b][hit], at[hit]
 
     def scores(self, q: SparseVector, n_rows: int, touched: bool = False):
         """The sparse dot product of ``q`` with every one of the first ``n_rows`` rows (float64); with
@@ -404,6 +413,7 @@ class SparseRows:
         _, inv_rows, inv_vals = inv[:3]
         weights = q.values.astype(np.float64)
         lo, hi = (a.tolist() for a in self._runs(inv, q.indices))
+        tail = self._tail_entries(q.indices, covered, n_rows)  # rows appended since the copy: read whole
         for cut in (True, False):
             rows, contrib, truncated = [], [], False
             for j, (a, b) in enumerate(zip(lo, hi)):
@@ -413,17 +423,9 @@ class SparseRows:
                 if b > a:
                     rows.append(inv_rows[a:b])
                     contrib.append(inv_vals[a:b] * weights[j])
-            stop = min(n_rows, self.n)
-            if covered < stop:  # rows appended since the copy: every entry of theirs
-                a, b = int(self._indptr[covered]), int(self._indptr[stop])
-                ent = self._indices[a:b]
-                at = np.minimum(np.searchsorted(q.indices, ent), len(q) - 1)
-                hit = q.indices[at] == ent
-                if hit.any():
-                    erow = np.repeat(np.arange(covered, stop, dtype=np.int64),
-                                     np.diff(self._indptr[covered : stop + 1]))
-                    rows.append(erow[hit])
-                    contrib.append(self._values[a:b][hit] * weights[at[hit]])
+            if tail is not None:
+                rows.append(tail[0])
+                contrib.append(tail[1] * weights[tail[2]])
             if not rows:
                 return np.empty(0, np.int64)
             r, c = np.concatenate(rows), np.concatenate(contrib)
