@@ -190,10 +190,14 @@ class Catalog:
 
     def __init__(self, data_dir, *, shards: int = 2, metric: str = "cosine", index: str = "Flat",
                  device: str = "auto", fsync: bool = True, index_options: Mapping | None = None,
-                 durable=None):
+                 durable=None, index_role: str = "inline"):
         """``durable``: a :class:`gpusearch.durable.DurableStore` that has taken over (a Writer whose log
         and snapshots live at a storage URI): every collection's writes are shipped there, and
-        creating, dropping, restoring and aliasing change the catalog there first."""
+        creating, dropping, restoring and aliasing change the catalog there first.
+
+        ``index_role``: every collection's (see :meth:`Collection.create`); ``"builder"`` for the
+        served Writer, whose replicas load the indexes it saves."""
+        self.index_role = index_role
         self.data_dir = Path(data_dir)
         self.durable = durable
         self.index_options = dict(index_options) if index_options else None  # for collections of `index`
@@ -278,7 +282,7 @@ class Catalog:
                                     device=self.device, lineage=lineage, fsync=self.fsync,
                                     index_options=index_options if index_options is not None else
                                     (self.index_options if not index and not sparse else None),
-                                    vector_type=vector_type, bm25_field=bm25_field)
+                                    vector_type=vector_type, bm25_field=bm25_field, index_role=self.index_role)
             self._open[name] = col
             if self.durable is not None:
                 self._made_durable(name, col)
@@ -301,10 +305,16 @@ class Catalog:
             path = _collection_dir(self.data_dir, name)
             if not (path / "collection.json").exists():
                 raise CollectionNotFound(f"no collection or alias named {name!r}", name=name)
-            col = self._open[name] = Collection.open(path, device=self.device, fsync=self.fsync)
+            col = self._open[name] = Collection.open(path, device=self.device, fsync=self.fsync,
+                                                                 index_role=self.index_role)
             if self.durable is not None:
                 self.durable.attach(name, col)
         return col
+
+    def open_collections(self) -> list[Collection]:
+        """The collections open now (none is opened by asking)."""
+        with self._lock:
+            return list(self._open.values())
 
     def get(self, name) -> Collection:
         """The collection ``name`` (or the one the alias ``name`` points at)."""
@@ -411,7 +421,8 @@ class Catalog:
                 self._get(name)  # open it: replays the WAL tail the backup holds, checks that it loads
             else:
                 path = _collection_dir(self.data_dir, name)
-                col = self._open[name] = Collection.open(path, device=self.device, fsync=self.fsync)
+                col = self._open[name] = Collection.open(path, device=self.device, fsync=self.fsync,
+                                                                 index_role=self.index_role)
                 self._made_durable(name, col)
         return info
 
@@ -434,16 +445,20 @@ class Catalog:
 class ShardCatalog:
     """Shard ``shard`` of every collection under ``data_dir``, read-only, caught up on every batch."""
 
-    def __init__(self, data_dir, shard: int, *, device: str = "auto", source=None):
+    def __init__(self, data_dir, shard: int, *, device: str = "auto", source=None, load_indexes: bool = False):
         """``source``: None to read the writer's own files at ``data_dir``; or, for a replica that shares
         no file system with the writer, an object whose ``names()`` lists the writer's collections and
         whose ``fetch(name, shard, have, epoch, token)`` returns :func:`gpusearch.mirror.sync_answer`'s
         answer (raising ``CollectionNotFoundError`` for a collection the writer does not have): this
         shard of each collection is then copied under ``data_dir`` (:class:`gpusearch.mirror.ShardMirror`)
         and synced before every search, fetch and listing, so a query sees every write acknowledged
-        before it."""
+        before it.
+
+        ``load_indexes``: see :meth:`gpusearch.replica.ShardFollower.open` (True behind a Writer whose
+        catalog has ``index_role="builder"``)."""
         from .replica import ShardFollower  # the replica module is only needed on the read side
 
+        self.load_indexes = load_indexes
         self._Follower = ShardFollower
         self.data_dir, self.shard, self.device = Path(data_dir), int(shard), device
         self._source = source
@@ -507,7 +522,8 @@ class ShardCatalog:
                     self._followers.pop(name).close()
                 raise CollectionNotFound(f"no collection or alias named {name!r}", name=name)
             if f is None:
-                f = self._followers[name] = self._Follower.open(path, self.shard, device=self.device)
+                f = self._followers[name] = self._Follower.open(path, self.shard, device=self.device,
+                                                                         load_indexes=self.load_indexes)
         try:
             f.refresh()
         except CollectionReplacedError:  # dropped and made again with another shape: follow the new one
@@ -516,7 +532,8 @@ class ShardCatalog:
                     self._followers.pop(name).close()
                 f = self._followers.get(name)
                 if f is None:
-                    f = self._followers[name] = self._Follower.open(path, self.shard, device=self.device)
+                    f = self._followers[name] = self._Follower.open(path, self.shard, device=self.device,
+                                                                         load_indexes=self.load_indexes)
             f.refresh()
         return f
 

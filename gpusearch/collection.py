@@ -220,6 +220,7 @@ class Collection:
         self._log_sink = None  # gpusearch.durable's shipper, when the Writer keeps its log at a storage URI
         self._backup_hashes: dict = {}  # SHA-256 of snapshot files hashed by the last backup (gpusearch.backup)
         self._write_lock = threading.Lock()
+        self._last_write = time.monotonic()
         # More threads than cores only makes BLAS and FAISS threads fight over them.
         self._pool = cf.ThreadPoolExecutor(max_workers=max(1, min(len(shards), os.cpu_count() or 1)),
                                            thread_name_prefix="gpusearch-shard")
@@ -240,7 +241,8 @@ class Collection:
     def create(cls, path, *, dim: int | None = None, metric: str = "cosine", index: str = "Flat", shards: int = 1,
                device: str = "auto", dtype: str = "float32", lineage: Mapping[str, Any] | None = None,
                fsync: bool = True, index_options: Mapping[str, int] | None = None,
-               vector_type: str = "dense", bm25_field: str | None = None) -> "Collection":
+               vector_type: str = "dense", bm25_field: str | None = None,
+               index_role: str = "inline") -> "Collection":
         """Create an empty collection at ``path`` (a directory that must not hold one yet).
 
         Parameters
@@ -264,6 +266,9 @@ class Collection:
         bm25_field : a metadata field (e.g. ``"text"``) whose text the collection keeps a BM25 keyword
             index of (:mod:`gpusearch.bm25`): ``search(..., keywords=...)`` then searches it, alone or
             fused with the dense query. Such a collection makes its sparse vectors itself.
+        index_role : ``"inline"`` (every write is added to the FAISS index at once), or ``"builder"``
+            for a server's Writer, which never searches: the index is built at checkpoints, for
+            the shard replicas to load (see :mod:`gpusearch.shard`).
         """
         path = Path(path)
         if vector_type not in ("dense", "sparse"):
@@ -325,10 +330,10 @@ class Collection:
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         atomic_write_json(path / _MANIFEST, config)
-        return cls._load(path, config, device=device, fsync=fsync)
+        return cls._load(path, config, device=device, fsync=fsync, index_role=index_role)
 
     @classmethod
-    def open(cls, path, *, device: str = "auto", fsync: bool = True) -> "Collection":
+    def open(cls, path, *, device: str = "auto", fsync: bool = True, index_role: str = "inline") -> "Collection":
         """Open an existing collection: load each shard's snapshot and replay its WAL.
 
         Torn or corrupt WAL tails are cut (see :mod:`gpusearch.wal`); a batch that spans
@@ -344,10 +349,10 @@ class Collection:
         would leave it half applied). The message names the file.
         """
         path = Path(path)
-        return cls._load(path, read_config(path), device=device, fsync=fsync)
+        return cls._load(path, read_config(path), device=device, fsync=fsync, index_role=index_role)
 
     @classmethod
-    def _load(cls, path: Path, config: dict, *, device: str, fsync: bool) -> "Collection":
+    def _load(cls, path: Path, config: dict, *, device: str, fsync: bool, index_role: str = "inline") -> "Collection":
         device = resolve_device(device)
         # Torn tails are cut only once the cuts are known to lose no committed batch (repair below).
         commits, commit_records = WriteAheadLog.open(path / "commits", fsync=fsync, repair=False)
@@ -358,7 +363,7 @@ class Collection:
                 shard, records = Shard.open(
                     path / f"shard-{i:03d}", number=i, dim=config["dim"], metric=config["metric"],
                     index=config["index"], device=device, dtype=config["dtype"], fsync=fsync, repair=False,
-                    index_options=index_options_of(config),
+                    index_options=index_options_of(config), index_role=index_role,
                 )
                 shards.append(shard)
                 pending.append([(r.seq, _replayed_op(r, shard, config["dim"])) for r in records])
@@ -473,7 +478,8 @@ class Collection:
                 raise exc
 
     def _maybe_checkpoint(self) -> None:
-        if any(s.wal.size_bytes > CHECKPOINT_WAL_BYTES for s in self._shards):
+        self._last_write = time.monotonic()
+        if any(s.wal.size_bytes > CHECKPOINT_WAL_BYTES or s.index_due() for s in self._shards):
             try:
                 self._checkpoint_locked()
             except OSError as exc:
@@ -719,8 +725,7 @@ class Collection:
         with self._write_lock:
             for shard in self._shards:
                 with shard.lock.write():
-                    shard.backend.train(x)
-                    shard.backend.add(shard.store, range(0, len(shard.store)))
+                    shard.train_index(x)
             self._checkpoint_locked(force=True)
 
     # -- reads ---------------------------------------------------------------
@@ -883,10 +888,28 @@ class Collection:
         with self._write_lock:
             self._checkpoint_locked()
 
-    def _checkpoint_locked(self, force: bool = False) -> None:
+    def _checkpoint_locked(self, force: bool = False, build: bool | None = None) -> None:
         schema = dict(self.schema)
-        self._on_every(lambda s: s.checkpoint(schema, force=force), self._shards)
+        self._on_every(lambda s: s.checkpoint(schema, force=force, build=build), self._shards)
         self._drop_commits()
+
+    def index_pending(self) -> int:
+        """Rows not yet in a saved FAISS index (``index_role="builder"``; 0 otherwise)."""
+        return sum(s.index_pending() for s in self._shards if s.index_role == "builder")
+
+    def build_index_if_idle(self, idle_s: float) -> bool:
+        """A builder's rows that wait outside the saved index, added and saved now (a checkpoint) when
+        no write came for ``idle_s`` seconds; True when it built. The served Writer calls this in
+        the background, so the replicas' exact search of those rows does not last."""
+        if self._closed or time.monotonic() - self._last_write < idle_s:
+            return False
+        if not any(s.index_buildable() for s in self._shards):
+            return False
+        with self._write_lock:
+            if self._closed or time.monotonic() - self._last_write < idle_s:
+                return False
+            self._checkpoint_locked(build=True)
+        return True
 
     def _drop_commits(self) -> None:
         self._commits.rotate()

@@ -279,7 +279,7 @@ class DurableStore:
         """Whether something of ``term`` at or after write ``at`` came after a newer term began."""
         return any(t > term and key in starts and at >= starts[key] for t, starts in terms.items())
 
-    def _rebuild(self, name: str, gen: str, path: Path, terms, device: str, fsync: bool):
+    def _rebuild(self, name: str, gen: str, path: Path, terms, device: str, fsync: bool, index_role: str = "inline"):
         from .backup import _manifests, restore
         from .collection import Collection
 
@@ -299,7 +299,7 @@ class DurableStore:
                 st = (path / e["path"]).stat()
                 known[(e["path"], e["size"], st.st_ino, st.st_mtime_ns)] = e["sha256"]
         self._known[name] = known
-        col = Collection.open(path, device=device, fsync=fsync)
+        col = Collection.open(path, device=device, fsync=fsync, index_role=index_role)
         cur, applied, objects = int(snap["sequence"]), 0, []
         for k, size in self.loc.list(f"{prefix}/log").items():
             parsed = _parse_log(k)
@@ -320,10 +320,12 @@ class DurableStore:
                           "log_writes": applied, "sequence": cur}
 
     # -- taking over -----------------------------------------------------------
-    def take_over(self, data_dir, *, device: str = "cpu", fsync: bool = True) -> dict[str, Any]:
+    def take_over(self, data_dir, *, device: str = "cpu", fsync: bool = True,
+                  index_role: str = "inline") -> dict[str, Any]:
         """Take a new term, then rebuild every collection of the current catalog under ``data_dir``
         (``collections/``, ``aliases.json``; which must hold no collection yet), and record where
-        this term starts. Returns what it did per collection."""
+        this term starts. Returns what it did per collection. ``index_role``: see
+        :meth:`gpusearch.Collection.create`."""
         from .fileio import atomic_write_json
 
         t0 = time.perf_counter()
@@ -342,7 +344,8 @@ class DurableStore:
                             "aliases": dict(current.get("aliases") or {}), "indexes": dict(current.get("indexes") or {})}
         starts, report = {}, {}
         for name, gen in sorted(self.catalog["collections"].items()):
-            col, last, info = self._rebuild(name, gen, data_dir / "collections" / name, terms, device, fsync)
+            col, last, info = self._rebuild(name, gen, data_dir / "collections" / name, terms, device, fsync,
+                                             index_role)
             col.close()
             starts[f"{name}/{gen}"] = last + 1
             report[name] = info

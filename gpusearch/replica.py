@@ -103,6 +103,7 @@ class _State:
     manifest_racy: bool
     manifest_trained: bool  # that manifest saved a trained FAISS index holding rows
     manifest_rows: int  # rows that manifest's segments hold (dead ones included)
+    manifest_index: tuple = (None, 0)  # the FAISS index file that manifest names, and the rows it holds
     pending: deque = field(default_factory=deque)  # (seq, Op) read but waiting for their commit
     stale: bool = False
 
@@ -142,9 +143,10 @@ class ShardFollower:
     how records are chosen and when the shard is rebuilt.
     """
 
-    def __init__(self, path: Path, config: dict, number: int, device: str):
+    def __init__(self, path: Path, config: dict, number: int, device: str, index_role: str = "inline"):
         """Private: use :meth:`open`."""
         self.path = path
+        self.index_role = index_role
         self.number = number
         self.device = device
         self._config = config
@@ -162,10 +164,12 @@ class ShardFollower:
         self._refreshes = 0
         self._rebuilds = 0
         self._manifest_reads = 0  # parses in refreshes (builds not counted): a no-op refresh makes none
+        self._indexes_loaded = 0  # newer saved indexes taken in place (load_indexes)
 
     # -- construction --------------------------------------------------------
     @classmethod
-    def open(cls, collection_path, shard: int, *, device: str = "auto") -> "ShardFollower":
+    def open(cls, collection_path, shard: int, *, device: str = "auto",
+             load_indexes: bool = False) -> "ShardFollower":
         """Load shard ``shard`` of the collection at ``collection_path`` and catch up with its writer.
 
         Parameters
@@ -176,6 +180,11 @@ class ShardFollower:
             Which shard, in ``[0, shards)``.
         device : str, default "auto"
             ``"auto"`` (a GPU when torch sees one), ``"cpu"`` or ``"cuda:N"``.
+        load_indexes : bool, default False
+            False: add every new row to this follower's own FAISS index, as the writer does.
+            True (a served replica, whose Writer builds the index: see :mod:`gpusearch.shard`):
+            build nothing; load each newer index a checkpoint saves, and search the rows after
+            it exactly.
 
         Returns
         -------
@@ -194,7 +203,7 @@ class ShardFollower:
         n = config["shards"]
         if isinstance(shard, bool) or not isinstance(shard, (int, np.integer)) or not 0 <= int(shard) < n:
             raise ValueError(f"shard must be an int in [0, {n}) for {path}, which has {n} shards; got {shard!r}")
-        follower = cls(path, config, int(shard), resolve_device(device))
+        follower = cls(path, config, int(shard), resolve_device(device), "loader" if load_indexes else "inline")
         with follower._lock:
             follower._state = follower._catch_up(follower._build())
         return follower
@@ -218,8 +227,8 @@ class ShardFollower:
                     continue
             shard = Shard(self._shard_dir, number=self.number, dim=self.dim, metric=self.metric,
                           index=self._config["index"], device=self.device, dtype=self._config["dtype"], fsync=False,
-                          index_options=index_options_of(self._config))
-            seq, segments, trained, rows = 0, [], False, 0
+                          index_options=index_options_of(self._config), index_role=self.index_role)
+            seq, segments, trained, rows, index = 0, [], False, 0, (None, 0)
             if m is not None:
                 version = m.get("format_version")
                 if not isinstance(version, int) or version > SHARD_FORMAT_VERSION:
@@ -242,6 +251,7 @@ class ShardFollower:
                 seq, segments = int(m["applied_seq"]), list(m["segments"])
                 trained = bool(m.get("index")) and int(m.get("n_indexed") or 0) > 0
                 rows = shard.n_rows
+                index = (m.get("index"), int(m.get("n_indexed") or 0))
             try:
                 unchanged = sig == (_stat_sig(os.stat(self._manifest_path)) if sig is not None else None)
             except FileNotFoundError:
@@ -257,7 +267,7 @@ class ShardFollower:
                 self._commit_floor = 0
             return _State(shard, WALTail(self._shard_dir / "wal", after_seq=seq), covered=seq, segments=segments,
                           manifest_seq=seq, manifest_sig=sig, manifest_racy=racy, manifest_trained=trained,
-                          manifest_rows=rows)
+                          manifest_rows=rows, manifest_index=index)
         raise RuntimeError(f"shard {self.number} of {self.path}: no consistent snapshot after {BUILD_ATTEMPTS} "
                            f"attempts; last problem: {last_error}") from last_error
 
@@ -365,9 +375,28 @@ class ShardFollower:
             raise _Stale(f"the snapshot at seq {st.covered} holds {st.manifest_rows} rows, this follower "
                          f"{st.shard.n_rows}")
         backend = st.shard.backend
+        if self.index_role == "loader":
+            self._adopt_index(st)
         if st.manifest_trained and backend.kind == "faiss" and not backend.is_trained:
             raise _Stale("the writer trained the index outside the WAL (Collection.train)")
         return bool(records)
+
+    def _adopt_index(self, st: _State) -> None:
+        """Search the index the newest manifest names once it holds more rows than the one searched
+        (and this follower holds them all); until then the rows after it are searched exactly."""
+        name, n = st.manifest_index
+        shard = st.shard
+        if not name or shard.backend.kind != "faiss" or n <= shard.backend.n_indexed or n > shard.n_rows:
+            return
+        try:
+            shard.adopt_index(name, n)
+        except (OSError, ValueError) as e:
+            # A newer checkpoint removed it (its manifest names the next one), or the copy is not there yet.
+            log.info("shard %d of %s: index %s not loaded (%s); the next checkpoint's is", self.number,
+                     self.path, name, e)
+            st.manifest_index = (None, 0)
+            return
+        self._indexes_loaded += 1
 
     def _decode(self, record) -> ops_mod.Op:
         try:
@@ -415,6 +444,7 @@ class ShardFollower:
         st.segments, st.manifest_seq = segments, seq
         st.manifest_trained = bool(m.get("index")) and int(m.get("n_indexed") or 0) > 0
         st.manifest_rows = int(m.get("rows", 0))
+        st.manifest_index = (m.get("index"), int(m.get("n_indexed") or 0))
 
     def _apply_pending(self, st: _State) -> None:
         reread = False
@@ -600,6 +630,7 @@ class ShardFollower:
             "wal_files_opened": st.wal.files_opened,  # since the last rebuild
             "wal_bytes_read": st.wal.bytes_read,
             "manifest_reads": self._manifest_reads,
+            "indexes_loaded": self._indexes_loaded,
             "dim": self.dim,
             "metric": self.metric,
             "index": self.index,

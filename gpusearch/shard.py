@@ -12,6 +12,20 @@ On-disk layout of ``<collection>/shard-NNN/``::
     alive-<seq>.bits       which snapshot rows are alive (packed bits)
     index-<seq>.faiss      the FAISS index over the first n_indexed rows
     wal/                   ops after the snapshot (see gpusearch.wal)
+
+Who builds the FAISS index (``index_role``):
+
+``"inline"`` (a :class:`gpusearch.Collection` in one process, the default)
+    every applied upsert is added to the index at once; a checkpoint saves it.
+``"builder"`` (the served Writer, which never searches)
+    holds no index between builds. Rows are only stored; a checkpoint for which a
+    build is due (:meth:`Shard.index_due`, or asked for) loads the last saved index,
+    adds the rows since (training first when it needs to), saves it with the
+    snapshot and lets it go. Other checkpoints name the last saved index again.
+``"loader"`` (a served shard replica, see gpusearch.replica)
+    never builds: it loads the index a snapshot names (:meth:`Shard.adopt_index`
+    when a newer one appears) and searches the rows after it exactly. The rows are
+    then held twice (in the store and in an HNSW's own storage).
 """
 from __future__ import annotations
 
@@ -43,6 +57,11 @@ log = logging.getLogger(__name__)
 SHARD_FORMAT_VERSION = 1
 _META_CHUNKS_BEFORE_MERGE = 32
 _MIN_ROWS = 1024  # per-row arrays (alive, norms) start this long and double as rows are added
+INDEX_ROLES = ("inline", "builder", "loader")
+# A builder's next build is due once this many rows (and at least 1/INDEX_BUILD_FRACTION of those
+# indexed) wait outside the saved index: a loader searches them exactly until then.
+INDEX_BUILD_MIN_ROWS = 10_000
+INDEX_BUILD_FRACTION = 8
 
 
 def _padded(values: np.ndarray, fill, dtype) -> np.ndarray:
@@ -63,13 +82,22 @@ def _room(a: np.ndarray, rows: int, fill) -> np.ndarray:
 
 class Shard:
     def __init__(self, path: Path, *, number: int, dim: int, metric: str, index: str, device: str,
-                 dtype: str = "float32", fsync: bool = True, index_options: dict | None = None):
+                 dtype: str = "float32", fsync: bool = True, index_options: dict | None = None,
+                 index_role: str = "inline"):
+        if index_role not in INDEX_ROLES:
+            raise ValueError(f"index_role must be one of {', '.join(INDEX_ROLES)}, got {index_role!r}")
         self.path, self.number = Path(path), number
+        self.index_role = index_role
         self.dim, self.metric, self.index_spec, self.device = dim, metric, index, device
         self.backend = make_backend(index, dim=dim, metric=metric, device=device, options=index_options)
         # When the index keeps the rows itself (HNSW over flat storage), the store views them: one copy.
-        self.store = VectorStore(dim, device=device, dtype=dtype,
-                                 rows=self.backend if getattr(self.backend, "holds_rows", False) else None)
+        # (Not when another process builds the index: rows then wait outside it, so the store keeps them.)
+        holds = getattr(self.backend, "holds_rows", False) and index_role == "inline"
+        self.store = VectorStore(dim, device=device, dtype=dtype, rows=self.backend if holds else None)
+        # The index the newest manifest names and how many rows it holds (a builder keeps no other).
+        self._saved_index: str | None = None
+        self._saved_indexed = 0
+        self._built = False  # a builder's index is in memory, newer than the saved one
         self.ids: list[str] = []
         self.id_to_row: dict[str, int] = {}
         self._alive = np.zeros(_MIN_ROWS, dtype=bool)
@@ -163,9 +191,11 @@ class Shard:
                 else:
                     self._sparse.append_arrow(*cols)
         self._meta_chunks, self._meta_cache = tables, None
-        if m.get("index") and not self.store.external:
+        self._saved_index, self._saved_indexed = m.get("index"), int(m.get("n_indexed") or 0)
+        if m.get("index") and not self.store.external and self.index_role != "builder":
             self.backend.load_bytes((self.path / m["index"]).read_bytes(), int(m["n_indexed"]))
-        self.backend.add(self.store, range(self.backend.n_indexed, n))
+        if self.index_role == "inline":
+            self.backend.add(self.store, range(self.backend.n_indexed, n))
         self.applied_seq = int(m["applied_seq"])
         if n * self.dim * 4 >= RELEASE_AFTER_BYTES:
             release_freed()  # the segments and the index file were read through pools that keep freed pages
@@ -238,7 +268,8 @@ class Shard:
         self._meta_chunks.append(meta)
         self._meta_cache = None
         self.schema = md.merge_schemas(self.schema, md.schema_of(meta))
-        self.backend.add(self.store, rows)
+        if self.index_role == "inline":
+            self.backend.add(self.store, rows)
 
     def _apply_delete(self, ids: list[str]) -> None:
         for i in ids:
@@ -503,16 +534,23 @@ class Shard:
         return md.rows_to_dicts(self.metadata_table(schema), rows)
 
     # -- persistence ---------------------------------------------------------
-    def checkpoint(self, schema: dict[str, str], *, force: bool = False) -> None:
+    def checkpoint(self, schema: dict[str, str], *, force: bool = False, build: bool | None = None) -> None:
         """Fold the WAL into the snapshot: a new segment for the rows added since, the alive bitmap,
         the FAISS index and the manifest; then drop the WAL files it covers.
 
         ``force`` writes a new manifest even when no op was applied since the last
-        one (after training, which changes the index but is not an op)."""
+        one (after training, which changes the index but is not an op).
+
+        ``build`` (a builder, see the module docstring): whether to bring the saved index up to
+        date with every row now; None: when :meth:`index_due`."""
         with self.lock.write():
             m = self._manifest or {"segments": [], "rows": 0}
             start = int(m.get("rows", 0))
-            if not force and self.applied_seq == m.get("applied_seq") and start == self.n_rows:
+            if self.index_role == "builder":
+                build = self.index_due() if build is None else build and self.index_buildable()
+            else:
+                build = False
+            if not force and not build and self.applied_seq == m.get("applied_seq") and start == self.n_rows:
                 return
             seq = self.applied_seq
             segments = list(m.get("segments", []))
@@ -525,8 +563,71 @@ class Shard:
                               sparse=None if self._sparse is None else self._sparse.to_arrow(start, self.n_rows))
                 segments.append(name)
                 new_files.append(name)
-            # On failure (a full disk) the new files go: the old manifest and the WAL still hold everything.
-            self._write_manifest(seq, segments, keep=set(m.get("segments", [])), new_files=new_files)
+            if build:
+                self._build_index()
+            try:
+                # On failure (a full disk) the new files go: the old manifest and the WAL still hold everything.
+                self._write_manifest(seq, segments, keep=set(m.get("segments", [])), new_files=new_files,
+                                     fresh_index=self._built or self.index_role != "builder")
+            finally:
+                self._let_index_go()
+
+    # -- a builder's index (see the module docstring) ------------------------------
+    def index_pending(self) -> int:
+        """Rows outside the saved index (a builder's; 0 for an index that needs none)."""
+        if self.backend.kind != "faiss":
+            return 0
+        return self.n_rows - self._saved_indexed
+
+    def index_buildable(self) -> bool:
+        """Whether a builder has rows to add to its saved index (and enough to train it, when it
+        still needs training)."""
+        if self.index_role != "builder" or self.index_pending() <= 0:
+            return False
+        return self._saved_indexed > 0 or self.n_rows >= max(self.backend.train_size, 1)
+
+    def index_due(self) -> bool:
+        """Whether a builder should build at its next checkpoint: enough rows wait outside the saved index."""
+        floor = max(INDEX_BUILD_MIN_ROWS, self._saved_indexed // INDEX_BUILD_FRACTION)
+        return self.index_buildable() and self.index_pending() >= floor
+
+    def _load_saved_index(self) -> None:
+        """A builder's saved index into memory (it holds none between builds)."""
+        if not self._built and self.backend.kind == "faiss" and self._saved_index and self._saved_indexed:
+            self.backend.load_bytes((self.path / self._saved_index).read_bytes(), self._saved_indexed)
+
+    def _build_index(self) -> None:
+        """Load the saved index and add every row after it (training first if it needs to)."""
+        self._load_saved_index()
+        with progress(self.n_rows - self.backend.n_indexed, f"building shard {self.number} index",
+                      min_total=100_000):
+            self.backend.add(self.store, range(self.backend.n_indexed, self.n_rows))
+        self._built = True
+
+    def adopt_index(self, name: str, n_indexed: int) -> None:
+        """A loader: search the saved index ``name`` (over the first ``n_indexed`` rows, all of which
+        this shard holds) from now on. The file is read and decoded before the write lock is taken."""
+        index = self.backend.decode((self.path / name).read_bytes(), n_indexed)
+        with self.lock.write():
+            if n_indexed > self.n_rows:
+                raise ValueError(f"{name} indexes {n_indexed} rows, shard {self.number} holds {self.n_rows}")
+            self.backend.adopt(index)
+            self._saved_index, self._saved_indexed = name, n_indexed
+
+    def train_index(self, sample: np.ndarray) -> None:
+        """Train the index on ``sample`` now (a no-op when trained) and add every row (under the
+        caller's write lock); a builder's is saved by the next checkpoint."""
+        if self.index_role == "builder":
+            self._load_saved_index()
+            self._built = True
+        self.backend.train(sample)
+        self.backend.add(self.store, range(self.backend.n_indexed, len(self.store)))
+
+    def _let_index_go(self) -> None:
+        """A builder's index is on disk (or the build failed): free its memory until the next build."""
+        if self.index_role == "builder" and self._built and self.backend.kind == "faiss":
+            self.backend.clear_rows()
+            self._built = False
 
     def compact(self, schema: dict[str, str]) -> None:
         """Rewrite the shard as one segment of live rows and rebuild the index over them."""
@@ -557,10 +658,15 @@ class Shard:
             self._sparse = sparse
             self._meta_chunks, self._meta_cache = [meta], None
             self.schema = md.merge_schemas(self.schema, md.schema_of(meta))
-            with progress(len(ids), f"rebuilding shard {self.number} index", min_total=100_000):
-                self.backend.rebuild(self.store)
+            builder = self.index_role == "builder"
+            if self.index_role != "loader":  # (a loader never compacts: it follows a compacted snapshot)
+                with progress(len(ids), f"rebuilding shard {self.number} index", min_total=100_000):
+                    if builder:
+                        self._load_saved_index()  # what was trained (IVF centroids, PQ codebooks) is kept
+                        self._built = True
+                    self.backend.rebuild(self.store)
             try:
-                self._write_manifest(seq, [name], keep=set())
+                self._write_manifest(seq, [name], keep=set(), fresh_index=True)
             except BaseException:
                 # Memory holds the compacted rows, the disk the old snapshot (and the WAL since), which
                 # hold the same records. The next checkpoint must write a snapshot of the compacted rows:
@@ -570,8 +676,12 @@ class Shard:
                                       "applied_seq": None, "generation": gen}
                     self._pending_segment = name
                 raise
+            finally:
+                self._let_index_go()
 
-    def _write_manifest(self, seq: int, segments: list[str], keep: set[str], new_files: list[str] = ()) -> None:
+    def _write_manifest(self, seq: int, segments: list[str], keep: set[str], new_files: list[str] = (),
+                        fresh_index: bool = True) -> None:
+        """``fresh_index`` False (a builder that did not build): name the saved index again."""
         n = self.n_rows
         # Every manifest has its own generation, and its files carry it, so a new snapshot at the
         # same seq (compaction, training) never rewrites a file an older manifest names.
@@ -582,12 +692,16 @@ class Shard:
         try:
             atomic_write_bytes(self.path / alive_name, np.packbits(self.alive, bitorder="little").tobytes())
             written.append(alive_name)
-            data = self.backend.to_bytes()
-            if data is not None:
-                index_name = f"index-{seq:020d}-{gen}.faiss"
-                atomic_write_bytes(self.path / index_name, data)
-                written.append(index_name)
-            self._commit_manifest(seq, n, segments, alive_name, index_name, gen)
+            n_indexed = self.backend.n_indexed
+            if self.index_role == "builder" and not fresh_index:
+                index_name, n_indexed = self._saved_index, self._saved_indexed
+            else:
+                data = self.backend.to_bytes()
+                if data is not None:
+                    index_name = f"index-{seq:020d}-{gen}.faiss"
+                    atomic_write_bytes(self.path / index_name, data)
+                    written.append(index_name)
+            self._commit_manifest(seq, n, segments, alive_name, index_name, gen, n_indexed)
         except BaseException:
             try:  # the manifest may have been renamed into place before a later step (a directory fsync) failed
                 on_disk = read_json(self.path / "manifest.json")
@@ -613,7 +727,7 @@ class Shard:
         fsync_dir(self.path)
 
     def _commit_manifest(self, seq: int, n: int, segments: list[str], alive_name: str, index_name: str | None,
-                         gen: int) -> None:
+                         gen: int, n_indexed: int) -> None:
         m = {
             "format_version": SHARD_FORMAT_VERSION,
             "applied_seq": seq,
@@ -621,12 +735,13 @@ class Shard:
             "segments": segments,
             "alive": alive_name,
             "index": index_name,
-            "n_indexed": self.backend.n_indexed,
+            "n_indexed": n_indexed,
             "schema": dict(self.schema),
             "generation": gen,
         }
         atomic_write_json(self.path / "manifest.json", m)
         self._manifest = m
+        self._saved_index, self._saved_indexed = index_name, n_indexed
 
     def close(self) -> None:
         if self.wal is not None:
@@ -641,8 +756,9 @@ class Shard:
                 "records": len(self.id_to_row),
                 "rows": self.n_rows,
                 "deleted_rows": self.n_rows - len(self.id_to_row),
-                "indexed_rows": self.backend.n_indexed if self.backend.kind == "faiss" else self.n_rows,
-                "index_trained": self.backend.is_trained,
+                "indexed_rows": (self.n_rows if self.backend.kind != "faiss" else
+                                 self._saved_indexed if self.index_role == "builder" else self.backend.n_indexed),
+                "index_trained": self.backend.is_trained or self.index_role == "builder" and self._saved_indexed > 0,
                 "applied_seq": self.applied_seq,
                 "wal_bytes": self.wal.size_bytes if self.wal else 0,
                 "memory_bytes": {**mem, "index": self.backend.memory_bytes(),

@@ -45,8 +45,8 @@ from gpusearch.bm25 import fuse_hits, keyword_requests, sum_stats
 from gpusearch.backends import import_on_first_batch, warm_up
 from gpusearch.catalog import Catalog, CatalogReader, CollectionNotFound, ShardCatalog
 from gpusearch.collection import shard_of, sorted_page
-from gpusearch.errors import (AlreadyExistsError, DeadlineExceededError, InvalidArgumentError, InvalidTypeError,
-                              NotFoundError, PermissionDeniedError, UnavailableError)
+from gpusearch.errors import (AlreadyExistsError, ClosedError, DeadlineExceededError, InvalidArgumentError,
+                              InvalidTypeError, NotFoundError, PermissionDeniedError, UnavailableError)
 from gpusearch.fileio import atomic_write_json, read_json
 from gpusearch.merge import candidates_per_shard, merge, rescore_exact
 from gpusearch.request import SearchRequest
@@ -64,6 +64,10 @@ from .config import ServeConfig
 __all__ = ["Writer", "ShardServer", "Aggregator", "AggregatorServer", "RETRYABLE"]
 
 log = logging.getLogger("gpusearch.serve")
+# The Writer adds the rows waiting outside a saved index once a collection has had no write for
+# INDEX_IDLE_S seconds (looking every INDEX_IDLE_CHECK_S): until then the replicas search them exactly.
+INDEX_IDLE_S = 1.0
+INDEX_IDLE_CHECK_S = 0.5
 
 
 def _retryable() -> tuple[type, ...]:
@@ -91,13 +95,31 @@ class Writer:
         data_dir = self.cfg.data_dir
         if self.cfg.storage_uri:
             data_dir = self._take_over()
-        # The writer never searches: its copy stays on the host and the GPUs stay with the shards.
+        # The writer never searches: its copy stays on the host and the GPUs stay with the shards. It
+        # holds no index either: it builds each at checkpoints, and the replicas load what it saves
+        # (index_role "builder", see gpusearch.shard), in the background once writes pause.
         self.catalog = Catalog(data_dir, shards=self.cfg.shards, metric=self.cfg.metric,
                                index=self.cfg.index, device="cpu", fsync=self.cfg.fsync,
-                               index_options=self.cfg.index_options, durable=self.durable)
+                               index_options=self.cfg.index_options, durable=self.durable,
+                               index_role="builder")
+        self._stop_builds = threading.Event()
+        threading.Thread(target=self._build_when_idle, daemon=True, name="gpusearch-index-builds").start()
         self.identity = uuid.uuid4().hex  # tells the Aggregator's copy of the catalog files this Writer's
         self._lock = asyncio.Lock()
         self._index_lock = threading.Lock()
+
+    def _build_when_idle(self) -> None:
+        """Add the rows that wait outside a saved index once a collection's writes pause (a build is
+        also made by the write that leaves enough rows waiting, see gpusearch.shard.Shard.index_due)."""
+        while not self._stop_builds.wait(INDEX_IDLE_CHECK_S):
+            for col in self.catalog.open_collections():
+                try:
+                    if col.build_index_if_idle(INDEX_IDLE_S):
+                        log.info("built the index of %d waiting rows", col.index_pending())
+                except ClosedError:
+                    pass  # dropped or closed meanwhile
+                except Exception:  # noqa: BLE001 - a failed build (full disk) is retried at the next pause
+                    log.exception("building an index while writes pause failed; retried at the next pause")
 
     def _take_over(self) -> str:
         """Durability at the storage URI (gpusearch.durable): take a new lease term (fencing any older
@@ -127,7 +149,7 @@ class Writer:
         self._dir_lock = os.open(mine / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(self._dir_lock, fcntl.LOCK_EX)
         self.durable = DurableStore(self.cfg.storage_uri, RayLease(self.cfg.storage_uri), shards=self.cfg.shards)
-        self.durable.take_over(mine, device="cpu", fsync=self.cfg.fsync)
+        self.durable.take_over(mine, device="cpu", fsync=self.cfg.fsync, index_role="builder")
         if self.durable.catalog.get("indexes"):
             atomic_write_json(mine / INDEXES_FILE, self.durable.catalog["indexes"])
         return str(mine)
@@ -174,6 +196,7 @@ class Writer:
         """Stop taking writes, let those under way finish (at most ``timeout_s``), then close every
         collection (each checkpoints what its WAL holds). Returns what it did, for the stop's log line."""
         self.closed = True
+        self._stop_builds.set()
         unfinished = await _settled(lambda: self.writing, timeout_s)
         if unfinished:  # the WAL keeps whatever they acknowledge; the next open replays it
             log.warning("stopping with %d writes still running after %.1f s", unfinished, timeout_s)
@@ -513,7 +536,8 @@ class ShardServer:
             os.makedirs(root, exist_ok=True)
             self.local_dir = tempfile.mkdtemp(prefix=f"gpusearch-shard{shard}-", dir=root)
             source = _WriterFiles(writer, timeout_s=max(30.0, self.cfg.shard_timeout_s))
-            self.catalog = ShardCatalog(self.local_dir, shard, device=self.cfg.device, source=source)
+            self.catalog = ShardCatalog(self.local_dir, shard, device=self.cfg.device, source=source,
+                                        load_indexes=True)
             # Ray handles block only off the replica's event loop: load (copy every collection) in a thread.
             def load():
                 if self.cfg.storage_uri:
@@ -527,7 +551,7 @@ class ShardServer:
             _off_the_event_loop(load, "gpusearch-mirror-load")
         else:
             self.local_dir = None
-            self.catalog = ShardCatalog(self.cfg.data_dir, shard, device=self.cfg.device)
+            self.catalog = ShardCatalog(self.cfg.data_dir, shard, device=self.cfg.device, load_indexes=True)
             self.catalog.open_all()  # caught up before Serve routes anything here
         threading.Thread(target=_warm_up_gently, args=(self.cfg.shard_search_threads(),), daemon=True,
                          name="gpusearch-torch-import").start()

@@ -264,6 +264,11 @@ class FaissBackend:
         return faiss.serialize_index(index).tobytes()
 
     def load_bytes(self, data: bytes, n_indexed: int) -> None:
+        self.adopt(self.decode(data, n_indexed))
+
+    def decode(self, data: bytes, n_indexed: int):
+        """A saved index (checked against ``n_indexed`` and the dim), with the collection's settings;
+        not yet this backend's (see :meth:`adopt`)."""
         faiss = _faiss()
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         if index.ntotal != n_indexed or index.d != self.dim:
@@ -272,6 +277,10 @@ class FaissBackend:
                 f"the manifest expects {n_indexed} of dim {self.dim}"
             )
         self._apply_options(index, self.spec, self.dim, self.metric, self.options)
+        return index
+
+    def adopt(self, index) -> None:
+        """Search ``index`` (from :meth:`decode`) from now on, in place of the one held."""
         self.index = index
         self.on_gpu = False
         self._maybe_to_gpu()
