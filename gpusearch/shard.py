@@ -628,6 +628,8 @@ class Shard:
         if self.index_role == "builder" and self._built and self.backend.kind == "faiss":
             self.backend.clear_rows()
             self._built = False
+            if self.n_rows * self.dim * 4 >= RELEASE_AFTER_BYTES:
+                release_freed()  # glibc keeps the freed index's pages in the process otherwise
 
     def compact(self, schema: dict[str, str]) -> None:
         """Rewrite the shard as one segment of live rows and rebuild the index over them."""

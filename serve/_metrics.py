@@ -6,7 +6,8 @@ __all__ = ["Metrics"]
 
 class Metrics:
     """Requests and latency by route and status, search time per shard, partial answers, and live
-    vectors per collection and shard (read from the shards when ``/metrics`` is asked)."""
+    vectors and rows outside the index per collection and shard (read from the shards when
+    ``/metrics`` is asked)."""
 
     def __init__(self):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -23,6 +24,8 @@ class Metrics:
         self.partial = Counter("gpusearch_partial_responses", "query answers that lacked a shard", registry=reg)
         self.vectors = Gauge("gpusearch_vectors", "live vectors per collection and shard", ["collection", "shard"],
                              registry=reg)
+        self.unindexed = Gauge("gpusearch_unindexed_rows", "rows a shard replica searches exactly because no saved "
+                               "index holds them yet (0 for an exact index)", ["collection", "shard"], registry=reg)
 
     def answered(self, shard_seconds: dict, partial: bool) -> None:
         """Record one query's answer: each shard's search time, and whether a shard was missing."""

@@ -1250,6 +1250,7 @@ class HttpRoutes:
                 for name, shards in stats.items():
                     for s, st in shards.items():
                         self.metrics.vectors.labels(name, str(s)).set(st["records"])
+                        self.metrics.unindexed.labels(name, str(s)).set(st["rows"] - st["indexed_rows"])
             except Exception:  # noqa: BLE001 - the counters are still worth serving
                 log.warning("metrics: shard stats unavailable")
             return PlainTextResponse(self.metrics.text(), media_type="text/plain; version=0.0.4")

@@ -338,6 +338,37 @@ def test_malformed_and_oversized_bodies(served):
     assert r.status_code == 413 and "limit" in r.json()["message"]
 
 
+def _unindexed(cfg, name):
+    text = httpx.get(url(cfg, "/metrics"), headers={"Api-Key": RO_KEY}, timeout=60).text
+    return [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith(f'gpusearch_unindexed_rows{{collection="{name}"')]
+
+
+def test_an_approximate_index_is_built_by_the_writer_and_loaded_by_the_replicas(served, rng):
+    """The replicas never add a row to an index: they find every record at once (the rows after the saved
+    index are searched exactly) and load the index the Writer builds once writes pause."""
+    X = rng.standard_normal((400, DIM)).astype(np.float32)
+    r = post(served, "/collections", {"name": "built", "dimension": DIM, "metric": "l2", "index": "HNSW16"})
+    assert r.status_code in (200, 201), r.text
+    upsert(served, "built", [str(i) for i in range(400)], X)
+
+    def found():
+        r = post(served, "/query", {"namespace": "built", "queries": X.tolist(), "topK": 1})
+        assert r.status_code == 200, r.text
+        return np.mean([res["matches"][0]["id"] == str(i) for i, res in enumerate(r.json()["results"])])
+
+    assert found() == 1.0  # read-your-writes, before any index holds them
+    deadline = time.monotonic() + 120
+    while True:  # the Writer builds 1 s after the last write; a replica loads it at its next refresh
+        waiting = _unindexed(served, "built")
+        if len(waiting) == 2 and sum(waiting) == 0:
+            break
+        assert time.monotonic() < deadline, f"rows still outside a loaded index: {waiting}"
+        time.sleep(0.2)
+    assert found() >= 0.99  # now through the HNSW graphs
+    assert httpx.delete(url(served, "/collections/built"), headers={"Api-Key": RW_KEY}).status_code == 200
+
+
 def test_collections_and_metrics(served, rng):
     r = post(served, "/collections", {"name": "made", "dimension": 8, "metric": "l2"})
     assert r.status_code == 200, r.text
@@ -355,6 +386,7 @@ def test_collections_and_metrics(served, rng):
     assert r.status_code == 403 and "limited" in r.json()["message"]
     text = httpx.get(url(served, "/metrics"), headers={"Api-Key": RO_KEY}).text
     assert "gpusearch_requests_total" in text and 'gpusearch_vectors{collection="made"' in text
+    assert 'gpusearch_unindexed_rows{collection="made",shard="0"} 0.0' in text  # an exact index: none
     assert "gpusearch_shard_search_seconds" in text
     r = httpx.delete(url(served, "/collections/made"), headers={"Api-Key": RW_KEY})
     assert r.status_code == 200

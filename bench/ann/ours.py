@@ -225,6 +225,17 @@ class GpusearchServed:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"shards still at sequence {ans['sequence']} < {self._seq} after 600 s")
             time.sleep(0.2)
+        # Every record is found from here on, but the rows the Writer has not built into a saved index
+        # yet are searched exactly: the build is done once the replicas hold none outside their index.
+        while True:
+            text = self._http.get(self._base + "/metrics").text
+            waiting = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith(f'gpusearch_unindexed_rows{{collection="{self.COLLECTION}"')]
+            if waiting and sum(waiting) == 0:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"rows still outside the index after 600 s: {waiting}")
+            time.sleep(0.2)
 
     def _body(self, q: np.ndarray, k: int) -> bytes:
         body = {"namespace": self.COLLECTION, "topK": k, "vector": q.tolist()}
