@@ -220,6 +220,7 @@ class Collection:
         self._log_sink = None  # gpusearch.durable's shipper, when the Writer keeps its log at a storage URI
         self._backup_hashes: dict = {}  # SHA-256 of snapshot files hashed by the last backup (gpusearch.backup)
         self._write_lock = threading.Lock()
+        self._build_lock = threading.Lock()  # one index build at a time (index_role "builder")
         self._last_write = time.monotonic()
         # More threads than cores only makes BLAS and FAISS threads fight over them.
         self._pool = cf.ThreadPoolExecutor(max_workers=max(1, min(len(shards), os.cpu_count() or 1)),
@@ -479,7 +480,7 @@ class Collection:
 
     def _maybe_checkpoint(self) -> None:
         self._last_write = time.monotonic()
-        if any(s.wal.size_bytes > CHECKPOINT_WAL_BYTES or s.index_due() for s in self._shards):
+        if any(s.wal.size_bytes > CHECKPOINT_WAL_BYTES for s in self._shards):
             try:
                 self._checkpoint_locked()
             except OSError as exc:
@@ -888,28 +889,53 @@ class Collection:
         with self._write_lock:
             self._checkpoint_locked()
 
-    def _checkpoint_locked(self, force: bool = False, build: bool | None = None) -> None:
-        schema = dict(self.schema)
-        self._on_every(lambda s: s.checkpoint(schema, force=force, build=build), self._shards)
+    def _checkpoint_locked(self, force: bool = False, prepared: dict | None = None) -> None:
+        schema, prepared = dict(self.schema), prepared or {}
+        self._on_every(lambda s: s.checkpoint(schema, force=force, prepared=prepared.get(s.number)), self._shards)
         self._drop_commits()
 
     def index_pending(self) -> int:
         """Rows not yet in a saved FAISS index (``index_role="builder"``; 0 otherwise)."""
         return sum(s.index_pending() for s in self._shards if s.index_role == "builder")
 
-    def build_index_if_idle(self, idle_s: float) -> bool:
-        """A builder's rows that wait outside the saved index, added and saved now (a checkpoint) when
-        no write came for ``idle_s`` seconds; True when it built. The served Writer calls this in
-        the background, so the replicas' exact search of those rows does not last."""
-        if self._closed or time.monotonic() - self._last_write < idle_s:
+    def maybe_build_index(self, idle_s: float) -> bool:
+        """A builder's :meth:`build_index` when it is due: enough rows wait outside a shard's saved
+        index (:meth:`gpusearch.shard.Shard.index_due`), or some wait and no write came for ``idle_s``
+        seconds. The served Writer calls this in the background, so that the replicas' exact search of
+        those rows does not last. True when it built."""
+        if self._closed or not any(s.index_buildable() for s in self._shards):
             return False
-        if not any(s.index_buildable() for s in self._shards):
+        if time.monotonic() - self._last_write < idle_s and not any(s.index_due() for s in self._shards):
             return False
-        with self._write_lock:
-            if self._closed or time.monotonic() - self._last_write < idle_s:
+        return self.build_index()
+
+    def build_index(self) -> bool:
+        """A builder (``index_role="builder"``): add the rows that wait outside each shard's saved index
+        and save it with a checkpoint. The build holds no lock that writes or searches take (only the
+        checkpoint at its end does), so writes go on meanwhile. True when it built."""
+        with self._build_lock:
+            if self._closed:
                 return False
-            self._checkpoint_locked(build=True)
-        return True
+            prepared = {}
+            try:
+                for s in self._shards:  # one at a time: each build uses every core
+                    p = s.prepare_index()
+                    if p is not None:
+                        prepared[s.number] = p
+                if not prepared:
+                    return False
+                with self._write_lock:
+                    if self._closed:
+                        return False
+                    self._checkpoint_locked(prepared=prepared)
+                    return True
+            except OSError:
+                if self._closed:  # dropped or closed under the build: its files may be gone
+                    return False
+                raise
+            finally:
+                for p in prepared.values():
+                    p.discard()  # (those a checkpoint named are no longer there)
 
     def _drop_commits(self) -> None:
         self._commits.rotate()

@@ -18,10 +18,12 @@ Who builds the FAISS index (``index_role``):
 ``"inline"`` (a :class:`gpusearch.Collection` in one process, the default)
     every applied upsert is added to the index at once; a checkpoint saves it.
 ``"builder"`` (the served Writer, which never searches)
-    holds no index between builds. Rows are only stored; a checkpoint for which a
-    build is due (:meth:`Shard.index_due`, or asked for) loads the last saved index,
-    adds the rows since (training first when it needs to), saves it with the
-    snapshot and lets it go. Other checkpoints name the last saved index again.
+    holds no index. Rows are only stored. A build (:meth:`Shard.prepare_index`, which
+    the collection runs when it is due, without the locks writes take) loads the
+    last saved index, adds the rows since (training first when it needs to) and
+    writes it to a file of its own; the next checkpoint names that file, unless a
+    compaction or a retraining changed the saved index meanwhile. Other checkpoints
+    name the last saved index again. A compaction rebuilds the index under its lock.
 ``"loader"`` (a served shard replica, see gpusearch.replica)
     never builds: it loads the index a snapshot names (:meth:`Shard.adopt_index`
     when a newer one appears) and searches the rows after it exactly. The rows are
@@ -31,6 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +84,28 @@ def _room(a: np.ndarray, rows: int, fill) -> np.ndarray:
     return out
 
 
+class _Rows:
+    """Rows as an index backend's ``add`` reads a store (``host``, ``len``)."""
+
+    def __init__(self, host: np.ndarray):
+        self.host = host
+
+    def __len__(self) -> int:
+        return self.host.shape[0]
+
+
+class PreparedIndex:
+    """An index a builder made without the shard's lock (:meth:`Shard.prepare_index`): the file it is
+    in, the rows it holds, and what it was built on."""
+
+    def __init__(self, path: Path, rows: int, base: tuple):
+        self.path, self.rows, self.base = path, rows, base
+
+    def discard(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
 class Shard:
     def __init__(self, path: Path, *, number: int, dim: int, metric: str, index: str, device: str,
                  dtype: str = "float32", fsync: bool = True, index_options: dict | None = None,
@@ -98,6 +124,8 @@ class Shard:
         self._saved_index: str | None = None
         self._saved_indexed = 0
         self._built = False  # a builder's index is in memory, newer than the saved one
+        self._layout = 0  # bumped when rows are renumbered (compaction) or the index retrained
+        self._index_options = index_options
         self.ids: list[str] = []
         self.id_to_row: dict[str, int] = {}
         self._alive = np.zeros(_MIN_ROWS, dtype=bool)
@@ -207,7 +235,8 @@ class Shard:
         m = self._manifest or {}
         named = set(m.get("segments", [])) | {m.get("alive"), m.get("index")}
         removed = [p for p in self.path.iterdir()
-                   if p.is_file() and p.name.startswith(("seg-", "alive-", "index-")) and p.name not in named]
+                   if p.is_file() and (p.name.startswith(("seg-", "alive-", "index-")) and p.name not in named
+                                       or p.name.startswith("building-"))]  # a build a crash cut short
         for p in removed:
             p.unlink()
             log.info("shard %d: removed %s, which no manifest names", self.number, p)
@@ -534,42 +563,43 @@ class Shard:
         return md.rows_to_dicts(self.metadata_table(schema), rows)
 
     # -- persistence ---------------------------------------------------------
-    def checkpoint(self, schema: dict[str, str], *, force: bool = False, build: bool | None = None) -> None:
+    def checkpoint(self, schema: dict[str, str], *, force: bool = False, prepared: "PreparedIndex | None" = None) -> None:
         """Fold the WAL into the snapshot: a new segment for the rows added since, the alive bitmap,
         the FAISS index and the manifest; then drop the WAL files it covers.
 
         ``force`` writes a new manifest even when no op was applied since the last
         one (after training, which changes the index but is not an op).
 
-        ``build`` (a builder, see the module docstring): whether to bring the saved index up to
-        date with every row now; None: when :meth:`index_due`."""
+        ``prepared`` (a builder's, from :meth:`prepare_index`): the index this snapshot names, when
+        nothing changed the saved index since it was prepared (else it is dropped)."""
         with self.lock.write():
+            if prepared is not None and prepared.base != self._index_base():
+                log.info("shard %d: an index built meanwhile is dropped (the saved one changed under it)",
+                         self.number)
+                prepared.discard()
+                prepared = None
             m = self._manifest or {"segments": [], "rows": 0}
             start = int(m.get("rows", 0))
-            if self.index_role == "builder":
-                build = self.index_due() if build is None else build and self.index_buildable()
-            else:
-                build = False
-            if not force and not build and self.applied_seq == m.get("applied_seq") and start == self.n_rows:
+            if not force and prepared is None and self.applied_seq == m.get("applied_seq") and start == self.n_rows:
                 return
             seq = self.applied_seq
             segments = list(m.get("segments", []))
             new_files = []
-            if self.n_rows > start:
-                name = f"seg-{seq:020d}.arrow"
-                table = self.metadata_table(schema)
-                write_segment(self.path / name, self.ids[start:], self.store.host[start:], table.slice(start),
-                              norms=None if self._norms is None else self._norms[start : self.n_rows],
-                              sparse=None if self._sparse is None else self._sparse.to_arrow(start, self.n_rows))
-                segments.append(name)
-                new_files.append(name)
-            if build:
-                self._build_index()
             try:
+                if self.n_rows > start:
+                    name = f"seg-{seq:020d}.arrow"
+                    table = self.metadata_table(schema)
+                    write_segment(self.path / name, self.ids[start:], self.store.host[start:], table.slice(start),
+                                  norms=None if self._norms is None else self._norms[start : self.n_rows],
+                                  sparse=None if self._sparse is None else self._sparse.to_arrow(start, self.n_rows))
+                    segments.append(name)
+                    new_files.append(name)
                 # On failure (a full disk) the new files go: the old manifest and the WAL still hold everything.
                 self._write_manifest(seq, segments, keep=set(m.get("segments", [])), new_files=new_files,
-                                     fresh_index=self._built or self.index_role != "builder")
+                                     fresh_index=self._built or self.index_role != "builder", prepared=prepared)
             finally:
+                if prepared is not None:
+                    prepared.discard()  # renamed into place by now, unless this failed
                 self._let_index_go()
 
     # -- a builder's index (see the module docstring) ------------------------------
@@ -587,22 +617,45 @@ class Shard:
         return self._saved_indexed > 0 or self.n_rows >= max(self.backend.train_size, 1)
 
     def index_due(self) -> bool:
-        """Whether a builder should build at its next checkpoint: enough rows wait outside the saved index."""
+        """Whether a builder should build now, writes or not: enough rows wait outside the saved index."""
         floor = max(INDEX_BUILD_MIN_ROWS, self._saved_indexed // INDEX_BUILD_FRACTION)
         return self.index_buildable() and self.index_pending() >= floor
+
+    def _index_base(self) -> tuple:
+        """What a prepared index was built on: the saved index, and the row numbering."""
+        return self._saved_index, self._saved_indexed, self._layout
+
+    def prepare_index(self) -> "PreparedIndex | None":
+        """A builder: the saved index with every row held now added (training first when it needs to),
+        written to a file of its own, for a :meth:`checkpoint` to name. Runs without the shard's lock
+        (rows are only appended until a compaction, and a compaction or another build meanwhile makes
+        the checkpoint drop it), so writes and checkpoints go on while it builds. None when there is
+        nothing to add."""
+        with self.lock.read():
+            if not self.index_buildable():
+                return None
+            base, n = self._index_base(), self.n_rows
+            rows = _Rows(self.store.host[:n])  # a view of the rows as they are: a growing store copies
+        backend = make_backend(self.index_spec, dim=self.dim, metric=self.metric, device=self.device,
+                               options=self._index_options)
+        name, indexed, _ = base
+        if name and indexed:
+            backend.load_bytes((self.path / name).read_bytes(), indexed)
+        with progress(n - backend.n_indexed, f"building shard {self.number} index", min_total=100_000):
+            backend.add(rows, range(backend.n_indexed, n))
+        path = self.path / f"building-{uuid.uuid4().hex}.faiss"
+        try:
+            atomic_write_bytes(path, backend.to_bytes())
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            raise
+        return PreparedIndex(path, n, base)
 
     def _load_saved_index(self) -> None:
         """A builder's saved index into memory (it holds none between builds)."""
         if not self._built and self.backend.kind == "faiss" and self._saved_index and self._saved_indexed:
             self.backend.load_bytes((self.path / self._saved_index).read_bytes(), self._saved_indexed)
-
-    def _build_index(self) -> None:
-        """Load the saved index and add every row after it (training first if it needs to)."""
-        self._load_saved_index()
-        with progress(self.n_rows - self.backend.n_indexed, f"building shard {self.number} index",
-                      min_total=100_000):
-            self.backend.add(self.store, range(self.backend.n_indexed, self.n_rows))
-        self._built = True
 
     def adopt_index(self, name: str, n_indexed: int) -> None:
         """A loader: search the saved index ``name`` (over the first ``n_indexed`` rows, all of which
@@ -620,6 +673,7 @@ class Shard:
         if self.index_role == "builder":
             self._load_saved_index()
             self._built = True
+            self._layout += 1  # an index being prepared meanwhile lacks this training
         self.backend.train(sample)
         self.backend.add(self.store, range(self.backend.n_indexed, len(self.store)))
 
@@ -661,6 +715,7 @@ class Shard:
             self._meta_chunks, self._meta_cache = [meta], None
             self.schema = md.merge_schemas(self.schema, md.schema_of(meta))
             builder = self.index_role == "builder"
+            self._layout += 1  # rows renumbered: an index being prepared meanwhile is of the old ones
             if self.index_role != "loader":  # (a loader never compacts: it follows a compacted snapshot)
                 with progress(len(ids), f"rebuilding shard {self.number} index", min_total=100_000):
                     if builder:
@@ -682,8 +737,9 @@ class Shard:
                 self._let_index_go()
 
     def _write_manifest(self, seq: int, segments: list[str], keep: set[str], new_files: list[str] = (),
-                        fresh_index: bool = True) -> None:
-        """``fresh_index`` False (a builder that did not build): name the saved index again."""
+                        fresh_index: bool = True, prepared: "PreparedIndex | None" = None) -> None:
+        """``fresh_index`` False (a builder that did not build): name the saved index again, or the
+        ``prepared`` one."""
         n = self.n_rows
         # Every manifest has its own generation, and its files carry it, so a new snapshot at the
         # same seq (compaction, training) never rewrites a file an older manifest names.
@@ -695,7 +751,11 @@ class Shard:
             atomic_write_bytes(self.path / alive_name, np.packbits(self.alive, bitorder="little").tobytes())
             written.append(alive_name)
             n_indexed = self.backend.n_indexed
-            if self.index_role == "builder" and not fresh_index:
+            if prepared is not None and not fresh_index:
+                index_name, n_indexed = f"index-{seq:020d}-{gen}.faiss", prepared.rows
+                os.replace(prepared.path, self.path / index_name)
+                written.append(index_name)
+            elif self.index_role == "builder" and not fresh_index:
                 index_name, n_indexed = self._saved_index, self._saved_indexed
             else:
                 data = self.backend.to_bytes()

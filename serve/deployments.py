@@ -109,13 +109,14 @@ class Writer:
         self._index_lock = threading.Lock()
 
     def _build_when_idle(self) -> None:
-        """Add the rows that wait outside a saved index once a collection's writes pause (a build is
-        also made by the write that leaves enough rows waiting, see gpusearch.shard.Shard.index_due)."""
+        """Add the rows that wait outside a saved index to it, once enough wait or once a collection's
+        writes pause (gpusearch.Collection.maybe_build_index); writes go on while it builds."""
         while not self._stop_builds.wait(INDEX_IDLE_CHECK_S):
             for col in self.catalog.open_collections():
                 try:
-                    if col.build_index_if_idle(INDEX_IDLE_S):
-                        log.info("built the index of %d waiting rows", col.index_pending())
+                    if col.maybe_build_index(INDEX_IDLE_S):
+                        log.info("collection %s: index built and saved (%d rows wait outside it now)",
+                                 col.path.name, col.index_pending())
                 except ClosedError:
                     pass  # dropped or closed meanwhile
                 except Exception:  # noqa: BLE001 - a failed build (full disk) is retried at the next pause
