@@ -455,7 +455,7 @@ class ShardCatalog:
         before it.
 
         ``load_indexes``: see :meth:`gpusearch.replica.ShardFollower.open` (True behind a Writer whose
-        catalog has ``index_role="builder"``)."""
+        catalog has ``index_role="builder"``); the indexes are then loaded by :meth:`refresh_all`."""
         from .replica import ShardFollower  # the replica module is only needed on the read side
 
         self.load_indexes = load_indexes
@@ -525,7 +525,7 @@ class ShardCatalog:
                 f = self._followers[name] = self._Follower.open(path, self.shard, device=self.device,
                                                                          load_indexes=self.load_indexes)
         try:
-            f.refresh()
+            f.refresh(load_index=False)  # indexes are loaded by refresh_all, off the query path
         except CollectionReplacedError:  # dropped and made again with another shape: follow the new one
             with self._lock:
                 if self._followers.get(name) is f:
@@ -534,8 +534,21 @@ class ShardCatalog:
                 if f is None:
                     f = self._followers[name] = self._Follower.open(path, self.shard, device=self.device,
                                                                          load_indexes=self.load_indexes)
-            f.refresh()
+            f.refresh(load_index=False)  # indexes are loaded by refresh_all, off the query path
         return f
+
+    def refresh_all(self) -> int:
+        """Catch every collection's follower up with the writer, and load the newer indexes its
+        checkpoints saved (``load_indexes``). A served replica calls this from a thread of its own
+        twice a second: its queries then neither load an index nor, as a rule, find WAL files dropped
+        before they were read (which reloads the whole shard). Returns how many indexes it loaded."""
+        loaded = 0
+        for name in self.names():
+            try:
+                loaded += self.follower(name).load_index()
+            except CollectionNotFound:
+                pass  # dropped meanwhile
+        return loaded
 
     def schema(self, name: str) -> dict[str, str] | None:
         """The collection-wide metadata fields (the Writer publishes them before acknowledging a write

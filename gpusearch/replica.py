@@ -165,6 +165,7 @@ class ShardFollower:
         self._rebuilds = 0
         self._manifest_reads = 0  # parses in refreshes (builds not counted): a no-op refresh makes none
         self._indexes_loaded = 0  # newer saved indexes taken in place (load_indexes)
+        self._unloadable: str | None = None  # an index file that could not be read: not tried again
 
     # -- construction --------------------------------------------------------
     @classmethod
@@ -272,14 +273,16 @@ class ShardFollower:
                            f"attempts; last problem: {last_error}") from last_error
 
     # -- following -----------------------------------------------------------
-    def refresh(self) -> int:
+    def refresh(self, load_index: bool = True) -> int:
         """Catch up with what the writer has made durable; return :attr:`applied_seq`.
 
         Costs a few ``stat`` calls and a directory listing when nothing changed.
         Applies new records in place, or rebuilds the shard from the snapshot
         on the side and swaps it in (see the module docstring). If a rebuild
         fails, the previous state keeps serving and the error is raised; the
-        next call tries again.
+        next call tries again. With ``load_indexes`` (see :meth:`open`), then
+        :meth:`load_index` unless ``load_index`` is False (a caller that loads
+        them elsewhere, off its query path).
 
         Returns
         -------
@@ -294,7 +297,34 @@ class ShardFollower:
             if new is not current:
                 self._state = new  # searches holding the old shard's read lock finish on it
             self._refreshes += 1
-            return new.covered
+        if load_index:
+            self.load_index()
+        return new.covered
+
+    def load_index(self) -> bool:
+        """With ``load_indexes``: search the index the newest manifest seen names, once it holds more rows
+        than the one searched (and this follower holds them all); until then the rows after it are
+        searched exactly. The file is read and decoded while refreshes and searches go on; the swap
+        takes the shard's lock briefly. True when it loaded one."""
+        st = self._state
+        if st is None or self.index_role != "loader":
+            return False
+        name, n = st.manifest_index
+        shard = st.shard
+        if (not name or name == self._unloadable or shard.backend.kind != "faiss" or n <= shard.backend.n_indexed
+                or n > shard.n_rows):  # (rows not applied yet: the next call)
+            return False
+        try:
+            loaded = shard.adopt_index(name, n)
+        except FileNotFoundError:
+            return False  # a newer checkpoint removed it (its manifest names the next one)
+        except (OSError, ValueError, RuntimeError) as e:  # unreadable, or not the index it should be
+            log.warning("shard %d of %s: index %s not loaded (%s); its rows are searched exactly until the next "
+                        "one", self.number, self.path, name, e)
+            self._unloadable = name
+            return False
+        self._indexes_loaded += loaded
+        return loaded
 
     def reload(self) -> int:
         """Rebuild from the snapshot now, whatever refresh would decide; return :attr:`applied_seq`.
@@ -375,28 +405,10 @@ class ShardFollower:
             raise _Stale(f"the snapshot at seq {st.covered} holds {st.manifest_rows} rows, this follower "
                          f"{st.shard.n_rows}")
         backend = st.shard.backend
-        if self.index_role == "loader":
-            self._adopt_index(st)
-        if st.manifest_trained and backend.kind == "faiss" and not backend.is_trained:
+        # (A loader takes a newly trained index in with the next load_index: it searches exactly till then.)
+        if st.manifest_trained and backend.kind == "faiss" and not backend.is_trained and self.index_role != "loader":
             raise _Stale("the writer trained the index outside the WAL (Collection.train)")
         return bool(records)
-
-    def _adopt_index(self, st: _State) -> None:
-        """Search the index the newest manifest names once it holds more rows than the one searched
-        (and this follower holds them all); until then the rows after it are searched exactly."""
-        name, n = st.manifest_index
-        shard = st.shard
-        if not name or shard.backend.kind != "faiss" or n <= shard.backend.n_indexed or n > shard.n_rows:
-            return
-        try:
-            shard.adopt_index(name, n)
-        except (OSError, ValueError) as e:
-            # A newer checkpoint removed it (its manifest names the next one), or the copy is not there yet.
-            log.info("shard %d of %s: index %s not loaded (%s); the next checkpoint's is", self.number,
-                     self.path, name, e)
-            st.manifest_index = (None, 0)
-            return
-        self._indexes_loaded += 1
 
     def _decode(self, record) -> ops_mod.Op:
         try:

@@ -657,15 +657,19 @@ class Shard:
         if not self._built and self.backend.kind == "faiss" and self._saved_index and self._saved_indexed:
             self.backend.load_bytes((self.path / self._saved_index).read_bytes(), self._saved_indexed)
 
-    def adopt_index(self, name: str, n_indexed: int) -> None:
+    def adopt_index(self, name: str, n_indexed: int) -> bool:
         """A loader: search the saved index ``name`` (over the first ``n_indexed`` rows, all of which
-        this shard holds) from now on. The file is read and decoded before the write lock is taken."""
+        this shard holds) from now on, unless the one searched holds as many. The file is read and
+        decoded before the write lock is taken. True when it was taken."""
         index = self.backend.decode((self.path / name).read_bytes(), n_indexed)
         with self.lock.write():
             if n_indexed > self.n_rows:
                 raise ValueError(f"{name} indexes {n_indexed} rows, shard {self.number} holds {self.n_rows}")
+            if n_indexed <= self.backend.n_indexed:
+                return False  # another caller took this one, or a newer one, meanwhile
             self.backend.adopt(index)
             self._saved_index, self._saved_indexed = name, n_indexed
+            return True
 
     def train_index(self, sample: np.ndarray) -> None:
         """Train the index on ``sample`` now (a no-op when trained) and add every row (under the

@@ -519,6 +519,18 @@ def _off_the_event_loop(fn, name: str) -> None:
         raise failed[0]
 
 
+KEEP_UP_S = 0.5  # how often a shard replica follows the Writer between queries
+
+
+def _keep_up(catalog, stop: threading.Event, shard: int) -> None:
+    """A shard replica's background thread (holds the catalog, not the replica, which may then go)."""
+    while not stop.wait(KEEP_UP_S):
+        try:
+            catalog.refresh_all()
+        except Exception as e:  # noqa: BLE001 - the Writer away, a collection made anew: the queries report it
+            log.debug("shard %d: following the Writer in the background failed: %s", shard, e)
+
+
 @serve.deployment(name="Shard")
 class ShardServer:
     def __init__(self, cfg: dict, shard: int, writer=None):
@@ -548,17 +560,25 @@ class ShardServer:
                 t = time.perf_counter()
                 self.catalog.open_all()
                 self.load_s = round(time.perf_counter() - t, 3)  # the copy from the Writer, and the open
+                self._keep_up()
 
             _off_the_event_loop(load, "gpusearch-mirror-load")
         else:
             self.local_dir = None
             self.catalog = ShardCatalog(self.cfg.data_dir, shard, device=self.cfg.device, load_indexes=True)
             self.catalog.open_all()  # caught up before Serve routes anything here
+            self._keep_up()
         threading.Thread(target=_warm_up_gently, args=(self.cfg.shard_search_threads(),), daemon=True,
                          name="gpusearch-torch-import").start()
         # Concurrent queries share one engine search; see serve/batching.py for why not @serve.batch.
         self.batcher = GreedyBatcher(self._search_batch, max_size=self.cfg.batch_max_size,
                                      wait_s=self.cfg.batch_wait_s)
+
+    def _keep_up(self) -> None:
+        """Follow the Writer between queries too, and load the indexes it saves (ShardCatalog.refresh_all)."""
+        self._stop = threading.Event()
+        threading.Thread(target=_keep_up, args=(self.catalog, self._stop, self.shard), daemon=True,
+                         name="gpusearch-keep-up").start()
 
     async def search(self, collection: str, request: SearchRequest):
         return await self.batcher.submit((collection, request))
@@ -599,6 +619,8 @@ class ShardServer:
             raise RuntimeError(f"data directory {where} is gone")
 
     def __del__(self):
+        if getattr(self, "_stop", None) is not None:
+            self._stop.set()
         if getattr(self, "local_dir", None):
             shutil.rmtree(self.local_dir, ignore_errors=True)
 

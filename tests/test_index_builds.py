@@ -202,3 +202,22 @@ def test_a_build_a_crash_cut_short_leaves_no_file(tmp_path):
     col = Collection.open(tmp_path / "c", device="cpu", fsync=False, index_role="builder")
     assert not prepared.path.exists()
     f.close(), col.close()
+
+
+def test_a_served_replica_loads_indexes_in_its_background_refresh_not_on_the_query_path(tmp_path):
+    from gpusearch.catalog import Catalog, ShardCatalog
+
+    cat = Catalog(tmp_path, shards=1, metric="ip", index=IVF, device="cpu", fsync=False, index_role="builder")
+    ids, x = _data(1000)
+    cat.upsert("c", ids, x)
+    replica = ShardCatalog(tmp_path, 0, device="cpu", load_indexes=True)
+    replica.open_all()
+    assert cat.get("c").build_index()
+    f = replica.follower("c")  # what a query does first: catches up, loads nothing
+    assert f.applied_seq == cat.get("c").stats()["sequence"] and f.shard.backend.n_indexed == 0
+    q = x[:3] + 0.01
+    assert f.search(q, k=3, params=EXACT).ids.tolist() == _brute(x, ids, q, 3)
+    assert replica.refresh_all() == 1 and f.shard.backend.n_indexed == 1000
+    assert replica.refresh_all() == 0  # nothing newer
+    assert f.search(q, k=3, params=EXACT).ids.tolist() == _brute(x, ids, q, 3)
+    cat.close()
