@@ -101,7 +101,6 @@ class _State:
     manifest_seq: int  # applied_seq of the newest manifest seen
     manifest_sig: tuple | None
     manifest_racy: bool
-    manifest_trained: bool  # that manifest saved a trained FAISS index holding rows
     manifest_rows: int  # rows that manifest's segments hold (dead ones included)
     manifest_index: tuple = (None, 0)  # the FAISS index file that manifest names, and the rows it holds
     pending: deque = field(default_factory=deque)  # (seq, Op) read but waiting for their commit
@@ -229,7 +228,7 @@ class ShardFollower:
             shard = Shard(self._shard_dir, number=self.number, dim=self.dim, metric=self.metric,
                           index=self._config["index"], device=self.device, dtype=self._config["dtype"], fsync=False,
                           index_options=index_options_of(self._config), index_role=self.index_role)
-            seq, segments, trained, rows, index = 0, [], False, 0, (None, 0)
+            seq, segments, rows, index = 0, [], 0, (None, 0)
             if m is not None:
                 version = m.get("format_version")
                 if not isinstance(version, int) or version > SHARD_FORMAT_VERSION:
@@ -250,7 +249,6 @@ class ShardFollower:
                     last_error = e
                     continue
                 seq, segments = int(m["applied_seq"]), list(m["segments"])
-                trained = bool(m.get("index")) and int(m.get("n_indexed") or 0) > 0
                 rows = shard.n_rows
                 index = (m.get("index"), int(m.get("n_indexed") or 0))
             try:
@@ -267,7 +265,7 @@ class ShardFollower:
                 self._commit_order.clear()
                 self._commit_floor = 0
             return _State(shard, WALTail(self._shard_dir / "wal", after_seq=seq), covered=seq, segments=segments,
-                          manifest_seq=seq, manifest_sig=sig, manifest_racy=racy, manifest_trained=trained,
+                          manifest_seq=seq, manifest_sig=sig, manifest_racy=racy,
                           manifest_rows=rows, manifest_index=index)
         raise RuntimeError(f"shard {self.number} of {self.path}: no consistent snapshot after {BUILD_ATTEMPTS} "
                            f"attempts; last problem: {last_error}") from last_error
@@ -406,7 +404,8 @@ class ShardFollower:
                          f"{st.shard.n_rows}")
         backend = st.shard.backend
         # (A loader takes a newly trained index in with the next load_index: it searches exactly till then.)
-        if st.manifest_trained and backend.kind == "faiss" and not backend.is_trained and self.index_role != "loader":
+        trained = bool(st.manifest_index[0]) and st.manifest_index[1] > 0  # a saved index holding rows
+        if trained and backend.kind == "faiss" and not backend.is_trained and self.index_role != "loader":
             raise _Stale("the writer trained the index outside the WAL (Collection.train)")
         return bool(records)
 
@@ -454,7 +453,6 @@ class ShardFollower:
         if segments[: len(st.segments)] != st.segments or any(_COMPACTED.search(name) for name in added):
             raise _Stale(f"the snapshot's segments were rewritten at seq {seq} (compaction)")
         st.segments, st.manifest_seq = segments, seq
-        st.manifest_trained = bool(m.get("index")) and int(m.get("n_indexed") or 0) > 0
         st.manifest_rows = int(m.get("rows", 0))
         st.manifest_index = (m.get("index"), int(m.get("n_indexed") or 0))
 

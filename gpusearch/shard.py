@@ -596,7 +596,7 @@ class Shard:
                     new_files.append(name)
                 # On failure (a full disk) the new files go: the old manifest and the WAL still hold everything.
                 self._write_manifest(seq, segments, keep=set(m.get("segments", [])), new_files=new_files,
-                                     fresh_index=self._built or self.index_role != "builder", prepared=prepared)
+                                     prepared=prepared)
             finally:
                 if prepared is not None:
                     prepared.discard()  # renamed into place by now, unless this failed
@@ -727,7 +727,7 @@ class Shard:
                         self._built = True
                     self.backend.rebuild(self.store)
             try:
-                self._write_manifest(seq, [name], keep=set(), fresh_index=True)
+                self._write_manifest(seq, [name], keep=set())
             except BaseException:
                 # Memory holds the compacted rows, the disk the old snapshot (and the WAL since), which
                 # hold the same records. The next checkpoint must write a snapshot of the compacted rows:
@@ -741,9 +741,9 @@ class Shard:
                 self._let_index_go()
 
     def _write_manifest(self, seq: int, segments: list[str], keep: set[str], new_files: list[str] = (),
-                        fresh_index: bool = True, prepared: "PreparedIndex | None" = None) -> None:
-        """``fresh_index`` False (a builder that did not build): name the saved index again, or the
-        ``prepared`` one."""
+                        prepared: "PreparedIndex | None" = None) -> None:
+        """The index saved is the one in memory, except for a builder that holds none (it did not
+        build under the lock): then the ``prepared`` one, or the last saved one again."""
         n = self.n_rows
         # Every manifest has its own generation, and its files carry it, so a new snapshot at the
         # same seq (compaction, training) never rewrites a file an older manifest names.
@@ -755,11 +755,12 @@ class Shard:
             atomic_write_bytes(self.path / alive_name, np.packbits(self.alive, bitorder="little").tobytes())
             written.append(alive_name)
             n_indexed = self.backend.n_indexed
-            if prepared is not None and not fresh_index:
+            held = self.index_role != "builder" or self._built
+            if prepared is not None and not held:
                 index_name, n_indexed = f"index-{seq:020d}-{gen}.faiss", prepared.rows
                 os.replace(prepared.path, self.path / index_name)
                 written.append(index_name)
-            elif self.index_role == "builder" and not fresh_index:
+            elif not held:
                 index_name, n_indexed = self._saved_index, self._saved_indexed
             else:
                 data = self.backend.to_bytes()
